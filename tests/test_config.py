@@ -1,0 +1,82 @@
+"""Recipes, target profiles and budget files: every mistake is one clear line naming the file, key and fix."""
+
+from pathlib import Path
+
+import pytest
+
+from edgedistil.config import MODELS_DIR, TARGETS, load_budget_file, load_recipe, load_target
+from edgedistil.errors import EdgeError
+
+
+def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_and_profiles_load():
+    for recipe in MODELS_DIR.glob("*.toml"):
+        r = load_recipe(recipe)
+        assert r.student.layers >= 1 and r.export.max_len > r.export.prefill_len
+    for target in TARGETS:
+        profile = load_target(target)
+        assert profile.target == target and profile.budgets
+
+
+def test_default_recipe_file_matches_builtin_defaults_except_name():
+    # one source of truth: the file documents the defaults the code uses
+    from_file, builtin = load_recipe(MODELS_DIR / "default.toml"), load_recipe(None)
+    for section in ("teacher", "data", "student", "distill", "export", "bench"):
+        assert from_file.section(section) == builtin.section(section), section
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("[distill]\nalpah = 0.5\n", "unknown key 'alpah'; fix: did you mean 'alpha'?"),
+    ("[distil]\nalpha = 0.5\n", "unknown key 'distil'; fix: did you mean 'distill'?"),
+    ("[distill]\nalpha = 1.5\n", "'alpha' must be in [0, 1]"),
+    ("[distill]\ntemperature = 0\n", "'temperature' must be > 0"),
+    ("[distill]\nsteps = 'many'\n", "'steps' must be int, got str"),
+    ("[distill]\nsteps = true\n", "'steps' must be int, got bool"),
+    ("[student]\nlayers = 0\n", "'layers' must be >= 1"),
+    ("[export]\nmax_len = 16\nprefill_len = 64\n", "'max_len' must be larger than prefill_len"),
+    ("distill = 3\n", "must be a table"),
+    ("[distill\nalpha = 0.5\n", "is not valid TOML"),
+])
+def test_recipe_errors_are_one_line(tmp_path, text, expect):
+    with pytest.raises(EdgeError) as e:
+        load_recipe(write(tmp_path, text))
+    line = e.value.line()
+    assert expect in line and "\n" not in line and str(tmp_path) in line
+
+
+def test_recipe_int_accepted_for_float():
+    r = load_recipe(None)
+    assert isinstance(r.distill.alpha, float)
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(EdgeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.toml")
+
+
+def test_unknown_target_suggests():
+    with pytest.raises(EdgeError, match="unknown target 'wbe'.*did you mean 'web'"):
+        load_target("wbe")
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("[budgets]\ndecode_tokens_per_s_min = 'fast'\n", "'decode_tokens_per_s_min' must be a number"),
+    ("[budgets]\ndecode_tokens_per_s_min = true\n", "must be a number"),
+    ("[budgets]\ndecode_tps_min = 3\n", "unknown key 'decode_tps_min'"),
+    ("[limits]\nx = 1\n", "no [budgets] table"),
+    ("[budgets]\nsize_mb_max = 1\n[extra]\n", "unknown key 'extra'"),
+])
+def test_budget_file_errors(tmp_path, text, expect):
+    with pytest.raises(EdgeError) as e:
+        load_budget_file(write(tmp_path, text, "b.toml"))
+    assert expect in e.value.line()
+
+
+def test_budget_file_reads_numbers(tmp_path):
+    b = load_budget_file(write(tmp_path, "[budgets]\nsize_mb_max = 12\ntop1_agreement_min = 0.9\n", "b.toml"))
+    assert b == {"size_mb_max": 12.0, "top1_agreement_min": 0.9}
