@@ -34,6 +34,11 @@ def _sibling_tmp(final: Path, is_dir: bool) -> Path:
     if not is_dir:
         os.close(made[0])
         made = made[1]
+    # mkdtemp/mkstemp create owner-only entries; artifacts are shared (a web server serves dist/web), so give
+    # them the permissions a plain mkdir/open would have
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(made, (0o777 if is_dir else 0o666) & ~umask)
     return Path(made)
 
 

@@ -1,0 +1,75 @@
+"""The bench stage on ONNX Runtime (CPU, host): student beside teacher in one run, medians over repeats.
+
+Each model runs in its own process (edgedistil.bench.ort_worker) so peak memory is measured per model. Speed
+figures are tokens/s of the model's own decode loop through the Python binding; the cache goes in and out of
+every step, as the exported graph defines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from edgedistil.errors import EdgeError
+from edgedistil.records import sha256_file
+
+METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms")
+
+
+def runtime_label(threads: int) -> str:
+    return (f"onnxruntime {metadata.version('onnxruntime')} CPUExecutionProvider, {threads} thread(s), "
+            f"host {platform.machine()} (native, not a browser or phone)")
+
+
+def bench_model(path: Path, prompt: list[int], prefill_len: int, new_tokens: int, repeats: int,
+                threads: int) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"model {path} does not exist", "build the bundle first or check --model")
+    spec = {"model": str(path), "threads": threads, "prompt": prompt, "prefill_len": prefill_len,
+            "new_tokens": new_tokens, "repeats": repeats}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        proc = subprocess.run([sys.executable, "-m", "edgedistil.bench.ort_worker", f.name], capture_output=True,
+                              text=True, env=env)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeError(f"benchmarking {path} failed: {last[:300]}", "run `edgedistil verify` on the bundle")
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),
+           "runtime": runtime_label(threads), "repeats": repeats, "load_seconds": round(raw["load_seconds"], 3),
+           "peak_memory_mb": round(raw["peak_memory_mb"], 1), "rss_after_load_mb": round(raw["rss_after_load_mb"], 1)}
+    for m in METRICS:
+        values = [r[m] for r in raw["runs"]]
+        out[m] = round(statistics.median(values), 2)
+        out[m + "_spread"] = [round(min(values), 2), round(max(values), 2)]
+    return out
+
+
+def run_bench(models: dict[str, Path], prompt: list[int], prefill_len: int, new_tokens: int, repeats: int,
+              threads: int, log=print) -> dict:
+    """Benchmark each model in `models` ({"student": path, "teacher": path}) with the same prompt and settings."""
+    record = {"stage": "bench", "runtime": runtime_label(threads), "threads": threads,
+              "prompt_tokens": len(prompt), "prefill_len": prefill_len, "new_tokens": new_tokens,
+              "repeats": repeats, "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    for role, path in models.items():
+        log(f"bench[{role}]: {Path(path).name} ({Path(path).stat().st_size / 1e6:.1f} MB), {repeats} repeats")
+        record[role] = bench_model(path, prompt, prefill_len, new_tokens, repeats, threads)
+        r = record[role]
+        log(f"bench[{role}]: decode {r['decode_tokens_per_s']:.1f} tok/s, prefill {r['prefill_tokens_per_s']:.1f} "
+            f"tok/s, TTFT {r['ttft_ms']:.0f} ms, peak {r['peak_memory_mb']:.0f} MB")
+    if "student" in record and "teacher" in record:
+        record["speedup_vs_teacher"] = round(record["student"]["decode_tokens_per_s"]
+                                             / record["teacher"]["decode_tokens_per_s"], 3)
+    return record

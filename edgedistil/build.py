@@ -1,0 +1,243 @@
+"""The chain: distill -> export (student, teacher) -> quantize -> bench -> convert -> check, in one run folder.
+
+Each stage writes its own folder under the run folder with its artifacts and `record.json`; `stages/<stage>.json`
+keeps the hash of its inputs and config, and its record. A stage whose hash is unchanged is reused, so a rerun after a failure or a
+config change redoes only what changed. The single-stage CLI verbs call the same functions.
+
+Run folder layout:
+    distill/            student/ (HF folder), train.jsonl, eval.json, heldout.txt, record.json
+    export/student/     model.onnx, verify.json, record.json
+    export/teacher/     model.onnx, verify.json, record.json
+    quantize/int8/      model.onnx, verify.json, record.json
+    bench/              record.json
+    dist/<target>/      the bundle
+    stages/             one JSON per finished stage: input hash, seconds, record
+    check.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgedistil.config import BUILT_TARGETS, Recipe, load_budget_file, load_target
+from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
+from edgedistil.records import folder_fingerprint, sha256_file, stage_key
+
+
+@dataclass
+class Run:
+    out: Path
+    recipe: Recipe
+    teacher_override: str | None = None
+    data_override: str | None = None
+    log: Callable[[str], None] = print
+    stages: list[dict] = field(default_factory=list)
+    _teacher: Path | None = None
+    _corpus: object = None
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+    def teacher_dir(self) -> Path:
+        if self._teacher is None:
+            self._teacher = resolve_teacher(self.teacher_override or self.recipe.teacher.source, self)
+        return self._teacher
+
+    def corpus(self):
+        from edgedistil.sources import load_corpus
+
+        if self._corpus is None:
+            self._corpus = load_corpus(self.data_override or self.recipe.data.corpus, log=self.log)
+        return self._corpus
+
+    def heldout_ids(self) -> np.ndarray:
+        from edgedistil.distill.data import load_tokenizer, tokenize
+
+        path = self.out / "distill" / "heldout.txt"
+        if not path.is_file():
+            raise EdgeError(f"{path} does not exist", f"run `edgedistil distill --out {self.out}` first")
+        # enough held-out text for fidelity and bench prompts; tokenizing all of it would only cost time
+        return tokenize(load_tokenizer(self.out / "distill" / "student"), path.read_text(encoding="utf-8")[:50_000])
+
+    # ---- caching ------------------------------------------------------------------------------------------
+    def state_path(self, name: str) -> Path:
+        # kept outside the stage folder, so a bundle holds only what its manifest lists
+        return self.out / "stages" / f"{name.replace('[', '-').replace(']', '')}.json"
+
+    def key_of(self, name: str) -> str | None:
+        path = self.state_path(name)
+        return read_json(path).get("key") if path.is_file() else None
+
+    def stage(self, name: str, folder: Path, key: str, fn: Callable[[], dict], force: bool = False) -> dict:
+        """Run `fn` (which writes `folder`) unless a finished run with the same key left `folder` behind."""
+        state = self.state_path(name)
+        if not force and folder.is_dir() and state.is_file():
+            saved = read_json(state)
+            if saved.get("key") == key:
+                self.stages.append({"stage": name, "status": "cached", "seconds": 0.0})
+                self.log(f"[{name}] cached ({folder})")
+                return saved["record"]
+        self.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        try:
+            record = fn()
+        except BaseException:
+            self.stages.append({"stage": name, "status": "failed", "seconds": round(time.perf_counter() - t0, 1)})
+            raise
+        seconds = round(time.perf_counter() - t0, 1)
+        write_json(state, {"stage": name, "key": key, "seconds": seconds, "record": record})
+        self.stages.append({"stage": name, "status": "run", "seconds": seconds})
+        return record
+
+
+def resolve_teacher(source: str, run: Run) -> Path:
+    from edgedistil.sources import EMBEDDED_TEACHER, embedded_teacher, tiny_teacher
+
+    if source == EMBEDDED_TEACHER:
+        return embedded_teacher(log=run.log)
+    if source == "tiny":
+        from edgedistil.sources import load_corpus
+
+        folder = run.out / "teacher-tiny"
+        if not (folder / "config.json").is_file():  # its tokenizer is trained on the tiny corpus, whatever --data says
+            tiny_teacher(folder, load_corpus("tiny").text, seed=run.recipe.distill.seed)
+        return folder
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise EdgeError(f"teacher path {path} does not exist",
+                        f"pass --teacher PATH to an HF model folder (config.json + *.safetensors + tokenizer.json), "
+                        f"or use the embedded default '{EMBEDDED_TEACHER}'")
+    from edgedistil.model import read_hf_config
+
+    read_hf_config(path)  # refuses unsupported architectures before any work starts
+    return path
+
+
+# ---- stages ----------------------------------------------------------------------------------------------------
+
+
+def do_distill(run: Run, force: bool = False) -> dict:
+    from edgedistil.distill.train import run_distill
+
+    r = run.recipe
+    teacher, corpus = run.teacher_dir(), run.corpus()
+    key = stage_key("distill", r.section("data"), r.section("student"), r.section("distill"),
+                    folder_fingerprint(teacher), corpus.name, len(corpus.text), hash_text(corpus.text))
+    return run.stage("distill", run.out / "distill", key,
+                     lambda: run_distill(teacher, corpus, r, run.out / "distill", log=run.log), force)
+
+
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def do_export(run: Run, role: str, model_dir: Path | None = None, force: bool = False) -> dict:
+    from edgedistil.export.onnx import run_export
+
+    e = run.recipe.export
+    if model_dir is None:
+        model_dir = run.out / "distill" / "student" if role == "student" else run.teacher_dir()
+    if not (Path(model_dir) / "config.json").is_file():
+        raise EdgeError(f"model folder {model_dir} has no config.json",
+                        "run `edgedistil distill` first, or pass --model PATH to an HF model folder")
+    folder = run.out / "export" / role
+    key = stage_key("export", role, run.recipe.section("export"), folder_fingerprint(Path(model_dir)))
+    return run.stage(f"export[{role}]", folder, key, lambda: run_export(
+        Path(model_dir), folder, run.heldout_ids(), e.max_len, e.prefill_len, role, log=run.log), force)
+
+
+def do_quantize(run: Run, method: str = "int8", src: Path | None = None, force: bool = False) -> dict:
+    from edgedistil.quantize.onnx import run_quantize
+
+    src = Path(src) if src else run.out / "export" / "student" / "model.onnx"
+    export_record = read_json(src.parent / "record.json", "export record")
+    model_dir = Path(export_record["source"]["model_dir"])
+    folder = run.out / "quantize" / method
+    key = stage_key("quantize", method, sha256_file(src), run.recipe.export.prefill_len)
+    return run.stage(f"quantize[{method}]", folder, key, lambda: run_quantize(
+        src, model_dir, folder, run.heldout_ids(), run.recipe.export.prefill_len, method, log=run.log), force)
+
+
+def bench_prompt(run: Run) -> list[int]:
+    """One prefill chunk of held-out text: the same prompt for every model benchmarked."""
+    return run.heldout_ids()[: run.recipe.export.prefill_len].tolist()
+
+
+def do_bench(run: Run, models: dict[str, Path], threads: int, force: bool = False) -> dict:
+    from edgedistil.bench.ort import run_bench
+
+    b = run.recipe.bench
+    key = stage_key("bench", {k: sha256_file(v) for k, v in models.items()}, run.recipe.section("bench"), threads)
+    folder = run.out / "bench"
+
+    def bench() -> dict:
+        record = run_bench(models, bench_prompt(run), run.recipe.export.prefill_len, b.new_tokens, b.repeats, threads,
+                           log=run.log)
+        with atomic_dir(folder) as tmp:
+            write_json(tmp / "record.json", record)
+        return record
+
+    return run.stage("bench", folder, key, bench, force)
+
+
+def do_convert(run: Run, target: str, force: bool = False) -> dict:
+    from edgedistil.convert.web import run_convert_web
+
+    if target not in BUILT_TARGETS:
+        raise not_built(target)
+    records = {
+        "distill": read_json(run.out / "distill" / "record.json", "distill record"),
+        "export": read_json(run.out / "export" / "student" / "record.json", "export record"),
+        "quantize": read_json(run.out / "quantize" / "int8" / "record.json", "quantize record"),
+        "recipe_name": run.recipe.name,
+    }
+    bench = run.out / "bench" / "record.json"
+    if bench.is_file():
+        records["bench"] = read_json(bench, "bench record")
+    folder = run.out / "dist" / target
+    key = stage_key("convert", target, [run.key_of(n) for n in ("distill", "export[student]", "quantize[int8]",
+                                                                  "bench")])
+    return run.stage(f"convert[{target}]", folder, key, lambda: dict(run_convert_web(
+        run.out / "quantize" / "int8" / "model.onnx", run.out / "distill" / "student", folder, records,
+        log=run.log)), force)
+
+
+def not_built(target: str) -> EdgeError:
+    return EdgeError(f"target '{target}' has a profile (targets/{target}.toml) but no converter in this version",
+                     f"build --target {' or '.join(BUILT_TARGETS)} for now")
+
+
+def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list[dict], dict]:
+    """The whole chain for `target`. Returns the check rows and the bundle manifest."""
+    from edgedistil.check.budgets import evaluate
+
+    profile = load_target(target)
+    if target not in BUILT_TARGETS:
+        raise not_built(target)
+    budgets = load_budget_file(budgets_file) if budgets_file else profile.budgets
+    if run.recipe.export.max_len > profile.max_len:
+        raise EdgeError(f"[export] max_len {run.recipe.export.max_len} exceeds the {target} profile's max_len "
+                        f"{profile.max_len}", f"lower max_len in the recipe or raise it in {profile.path}")
+    do_distill(run)
+    do_export(run, "student")
+    do_export(run, "teacher")
+    do_quantize(run, profile.quantization)
+    do_bench(run, {"student": run.out / "quantize" / profile.quantization / "model.onnx",
+                   "teacher": run.out / "export" / "teacher" / "model.onnx"}, profile.threads)
+    manifest = do_convert(run, target)
+    rows = evaluate(manifest, budgets)
+    write_json(run.out / "check.json", {"bundle": str(run.out / "dist" / target), "budgets": rows,
+                                        "passed": all(r["status"] == "pass" for r in rows)})
+    return rows, manifest
+
+
+def recipe_with(recipe: Recipe, **section_overrides) -> Recipe:
+    """A copy of `recipe` with some fields of its sections replaced, e.g. recipe_with(r, distill={"steps": 2})."""
+    changes = {name: dataclasses.replace(getattr(recipe, name), **values) for name, values in section_overrides.items()}
+    return dataclasses.replace(recipe, **changes)

@@ -1,0 +1,81 @@
+"""The check stage: a bundle's measured figures against budgets -> a pass/fail table; any failure fails CI.
+
+A budget on a figure that was not measured fails too: a gate that passes on missing data is no gate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgedistil.config import BUDGETS
+from edgedistil.errors import EdgeError, read_json
+
+
+def bundle_metrics(manifest: dict) -> dict[str, tuple[float | None, list | None]]:
+    """The figures budgets can gate, each as (value, spread over repeats or None)."""
+    bench = manifest.get("bench") or {}
+    spread = bench.get("spread", {})
+    model_bytes = sum(f["bytes"] for f in manifest.get("files", []))
+    fid, q = manifest.get("fidelity") or {}, manifest.get("quality") or {}
+
+    def b(key):
+        return bench.get(key), spread.get(key)
+
+    return {
+        "decode_tokens_per_s": b("decode_tokens_per_s"),
+        "prefill_tokens_per_s": b("prefill_tokens_per_s"),
+        "ttft_ms": b("ttft_ms"),
+        "peak_memory_mb": b("peak_memory_mb"),
+        "size_mb": (model_bytes / 1e6 if manifest.get("files") else None, None),
+        "top1_agreement": (fid.get("top1_agreement"), None),
+        "kl_mean": (fid.get("kl_mean"), None),
+        "quality_retained": (q.get("quality_retained"), None),
+        "speedup_vs_teacher": (manifest.get("speedup_vs_teacher"), None),
+    }
+
+
+def evaluate(manifest: dict, budgets: dict[str, float]) -> list[dict]:
+    metrics = bundle_metrics(manifest)
+    rows = []
+    for name, limit in budgets.items():
+        direction, unit = BUDGETS[name]
+        metric = name.rsplit("_", 1)[0]
+        value, spread = metrics[metric]
+        if value is None:
+            rows.append({"budget": name, "metric": metric, "measured": None, "spread": None, "limit": limit,
+                         "margin": None, "unit": unit, "status": "fail", "note": "not measured"})
+            continue
+        margin = value - limit if direction == "min" else limit - value
+        rows.append({"budget": name, "metric": metric, "measured": value, "spread": spread, "limit": limit,
+                     "margin": margin, "unit": unit, "status": "pass" if margin >= 0 else "fail", "note": ""})
+    return rows
+
+
+def load_bundle_manifest(bundle: Path) -> dict:
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise EdgeError(f"bundle {bundle} does not exist", "build it first with `edgedistil build --target T`")
+    return read_json(bundle / "manifest.json", "bundle manifest")
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, list):
+        return "[" + ", ".join(_fmt(v) for v in x) + "]"
+    return f"{x:.4g}"
+
+
+def render(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps({"passed": all(r["status"] == "pass" for r in rows), "budgets": rows}, indent=2)
+    head = ["budget", "measured", "spread", "limit", "margin", "status"]
+    body = [[r["budget"], _fmt(r["measured"]) + (f" {r['unit']}" if r["unit"] and r["measured"] is not None else ""),
+             _fmt(r["spread"]), _fmt(r["limit"]), _fmt(r["margin"]),
+             r["status"].upper() + (f" ({r['note']})" if r["note"] else "")] for r in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [head, *body])

@@ -1,0 +1,57 @@
+"""Chunked prefill and greedy decoding over any runtime's step function, so every runtime decodes the same way.
+
+A step function takes `(ids: list[int] of length T, position: int, cache)` and returns `(logits [T, V] numpy,
+cache)`. Prefill runs the prompt in fixed chunks of P tokens; the last chunk is padded, and its padded rows are
+ignored (they write cache slots past the prompt, which the next real token overwrites before anyone reads them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from edgedistil.errors import EdgeError
+
+StepFn = Callable[[list[int], int, Any], tuple[np.ndarray, Any]]
+
+
+def prefill(step: StepFn, cache: Any, prompt: list[int], chunk: int, max_len: int, pad_id: int = 0,
+            start: int = 0) -> tuple[np.ndarray, Any]:
+    """Run `prompt` from position `start` in chunks of `chunk`; returns logits for every prompt token and the cache."""
+    if not prompt:
+        raise EdgeError("the prompt is empty", "give at least one token")
+    padded_end = start + -(-len(prompt) // chunk) * chunk
+    if padded_end > max_len:
+        raise EdgeError(f"a {len(prompt)}-token prompt padded to {padded_end} positions does not fit the "
+                        f"{max_len}-position cache", "use a shorter prompt or export with a larger max_len")
+    rows = []
+    for i in range(0, len(prompt), chunk):
+        piece = prompt[i:i + chunk]
+        logits, cache = step(piece + [pad_id] * (chunk - len(piece)), start + i, cache)
+        rows.append(logits[: len(piece)])
+    return np.concatenate(rows), cache
+
+
+def decode(step: StepFn, cache: Any, tokens: list[int], start: int) -> tuple[np.ndarray, Any]:
+    """Feed `tokens` one at a time from position `start` (teacher forcing); returns their logits and the cache."""
+    rows = []
+    for i, tok in enumerate(tokens):
+        logits, cache = step([tok], start + i, cache)
+        rows.append(logits[-1])
+    return np.stack(rows), cache
+
+
+def greedy(step: StepFn, cache: Any, prompt: list[int], new_tokens: int, chunk: int, max_len: int) -> list[int]:
+    """Greedy generation: chunked prefill of `prompt`, then `new_tokens` decode steps. Returns the new tokens."""
+    if len(prompt) + new_tokens > max_len:
+        raise EdgeError(f"{len(prompt)} prompt + {new_tokens} new tokens exceed the {max_len}-position cache",
+                        "generate fewer tokens or export with a larger max_len")
+    logits, cache = prefill(step, cache, prompt, chunk, max_len)
+    out = [int(logits[-1].argmax())]
+    pos = len(prompt)
+    while len(out) < new_tokens:
+        logits, cache = step([out[-1]], pos, cache)
+        out.append(int(logits[-1].argmax()))
+        pos += 1
+    return out

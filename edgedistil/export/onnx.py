@@ -1,0 +1,123 @@
+"""The export stage: HF model folder -> model.onnx (prefill and decode in one graph) + verify.json + record.json.
+
+One graph serves both prefill (T = P) and decode (T = 1): T is the only dynamic axis, and the weights are stored
+once, which matters for a browser download. The cache is the static `[layers, 1, kv_heads, max_len, head_dim]`
+convention; the whole cache goes in and out of each step (issue #4 replaces that with in-place updates).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgedistil.errors import EdgeError, atomic_dir, write_json
+from edgedistil.fidelity import measure_fidelity
+from edgedistil.model import EdgeLM, load_hf_folder
+from edgedistil.records import folder_fingerprint, sha256_file, versions
+from edgedistil.runtimes.ort import OrtLM
+from edgedistil.runtimes.torch_step import TorchLM
+
+OPSET = 17
+INPUTS = ["input_ids", "position", "k_cache", "v_cache"]
+OUTPUTS = ["logits", "k_cache_out", "v_cache_out"]
+
+
+class _Step(torch.nn.Module):
+    """torch.onnx.export traces `forward`; this makes EdgeLM.step the traced function."""
+
+    def __init__(self, model: EdgeLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position, k_cache, v_cache):
+        return self.model.step(input_ids, position, k_cache, v_cache)
+
+
+def cache_layout(model: EdgeLM, max_len: int) -> dict:
+    c = model.cfg
+    return {"layers": c.num_hidden_layers, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+            "max_len": max_len, "shape": [c.num_hidden_layers, 1, c.num_key_value_heads, max_len, c.head_dim],
+            "dtype": "float32", "physical": "whole cache in (k_cache, v_cache) and out (k_cache_out, v_cache_out)"}
+
+
+def graph_io(path: Path, prefill_len: int) -> list[dict]:
+    """The prefill and decode views of the exported graph, with concrete shapes, for the manifest."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    elem = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
+            onnx.TensorProto.FLOAT16: "float16"}
+
+    def describe(values, t: int):
+        out = []
+        for v in values:
+            dims = [d.dim_value if d.HasField("dim_value") else t for d in v.type.tensor_type.shape.dim]
+            out.append({"name": v.name, "shape": dims, "dtype": elem.get(v.type.tensor_type.elem_type, "other")})
+        return out
+
+    return [{"name": name, "file": path.name, "tokens_per_call": t,
+             "inputs": describe(m.graph.input, t), "outputs": describe(m.graph.output, t)}
+            for name, t in (("prefill", prefill_len), ("decode", 1))]
+
+
+def op_histogram(path: Path) -> dict[str, int]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return dict(collections.Counter(n.op_type for n in m.graph.node).most_common())
+
+
+def run_export(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, max_len: int, prefill_len: int,
+               role: str, log=print) -> dict:
+    """Export `model_dir` (student or teacher) to ONNX, check it with onnx.checker and ONNX Runtime, and measure
+    its fidelity against the PyTorch model on held-out tokens."""
+    import onnx
+
+    model = load_hf_folder(model_dir, max_len=max_len).eval()
+    k, v = model.empty_cache(max_len)
+    example = (torch.zeros(1, prefill_len, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), k, v)
+    with atomic_dir(out_dir) as tmp:
+        path = tmp / "model.onnx"
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                _Step(model), example, str(path), dynamo=False, opset_version=OPSET,
+                input_names=INPUTS, output_names=OUTPUTS,
+                dynamic_axes={"input_ids": {1: "T"}, "logits": {1: "T"}},
+            )
+        export_s = time.perf_counter() - t0
+        proto = onnx.load(str(path))
+        source = {"model_dir": str(model_dir), "fingerprint": folder_fingerprint(Path(model_dir))}
+        meta = {"edgedistil.role": role, "edgedistil.cache_layout": str(cache_layout(model, max_len)),
+                "edgedistil.source_fingerprint": source["fingerprint"], "edgedistil.prefill_len": str(prefill_len)}
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(path))
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise EdgeError(f"the exported graph fails onnx.checker: {str(e).splitlines()[0]}",
+                            "report this model's config.json with the edgedistil version")
+
+        log(f"export[{role}]: {path.stat().st_size / 1e6:.1f} MB ONNX in {export_s:.1f}s; checking against PyTorch")
+        fidelity = measure_fidelity(TorchLM(model, max_len), OrtLM(path), heldout_ids, prefill_len)
+        write_json(tmp / "verify.json", fidelity)
+        record = {
+            "stage": "export", "role": role, "source": source, "file": "model.onnx",
+            "bytes": path.stat().st_size, "sha256": sha256_file(path), "opset": OPSET, "export_seconds":
+            round(export_s, 2), "ops": op_histogram(path), "graphs": graph_io(path, prefill_len),
+            "kv_cache": cache_layout(model, max_len), "fidelity": fidelity,
+            "checked_with": ["onnx.checker full_check", "onnxruntime CPU, graph optimization level ALL"],
+            "versions": versions(),
+        }
+        write_json(tmp / "record.json", record)
+    log(f"export[{role}]: max abs logit diff {fidelity['max_abs_diff']:.2e}, top-1 {fidelity['top1_agreement']:.3f}, "
+        f"greedy {fidelity['greedy_tokens_matching']}/{fidelity['greedy_tokens']}")
+    return record

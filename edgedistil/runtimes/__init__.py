@@ -1,0 +1,1 @@
+"""Step functions over each runtime, all speaking the static KV-cache convention of edgedistil.model."""

@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny recipe built once per test session through the real CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "models" / "tiny.toml"
+TINY_BUDGETS = REPO / "tests" / "tiny_budgets.toml"
+
+
+def edgedistil(*args, cwd=None, env=None):
+    """Run the real `edgedistil` CLI in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgedistil.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A whole `build --target web` of the tiny recipe; tests read its run folder and must not modify it."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    proc = edgedistil("build", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", out,
+                      env={"EDGEDISTIL_CACHE": str(tmp_path_factory.mktemp("cache"))})
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return out, proc

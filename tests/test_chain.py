@@ -1,0 +1,137 @@
+"""The whole chain on the tiny recipe, through the real CLI: artifacts, records, manifest, caching, verify, check."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, TINY_BUDGETS, edgedistil
+
+MANIFEST_KEYS = {"schema_version", "target", "files", "graphs", "kv_cache", "quantization", "fidelity", "bench",
+                 "teacher_bench", "quality"}
+
+
+def manifest_of(out):
+    return json.loads((out / "dist" / "web" / "manifest.json").read_text())
+
+
+def test_every_stage_writes_artifacts_and_a_record(tiny_run):
+    out, _ = tiny_run
+    for stage in ("distill", "export/student", "export/teacher", "quantize/int8", "bench"):
+        record = json.loads((out / stage / "record.json").read_text())
+        assert record["stage"] == stage.split("/")[0]
+    for name in ("distill", "export-student", "export-teacher", "quantize-int8", "bench", "convert-web"):
+        assert json.loads((out / "stages" / f"{name}.json").read_text())["key"]
+    assert (out / "distill" / "student" / "model.safetensors").is_file()
+    assert len((out / "distill" / "train.jsonl").read_text().splitlines()) == 30  # one line per step of tiny.toml
+    for stage in ("export/student", "export/teacher", "quantize/int8"):
+        assert (out / stage / "model.onnx").is_file() and (out / stage / "verify.json").is_file()
+    assert not list(out.rglob("*.tmp")), "no temp folders may be left behind"
+
+
+def test_distillation_lowers_the_loss(tiny_run):
+    out, _ = tiny_run
+    curve = [json.loads(line) for line in (out / "distill" / "train.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["kl"] for r in curve[:5]]), np.mean([r["kl"] for r in curve[-5:]])
+    assert last < first, (first, last)
+
+
+def test_manifest_has_the_contract_keys_and_measured_numbers(tiny_run):
+    out, _ = tiny_run
+    m = manifest_of(out)
+    assert MANIFEST_KEYS <= set(m) and m["target"] == "web" and m["schema_version"] == 1
+    assert {g["name"] for g in m["graphs"]} == {"prefill", "decode"}
+    decode = next(g for g in m["graphs"] if g["name"] == "decode")
+    names = {i["name"]: i for i in decode["inputs"]}
+    assert names["input_ids"]["dtype"] == "int32" and names["input_ids"]["shape"] == [1, 1]
+    assert names["k_cache"]["shape"] == m["kv_cache"]["shape"]
+    assert m["kv_cache"]["max_len"] == 128 and m["kv_cache"]["layers"] == 2
+    for key in ("max_abs_diff", "top1_agreement", "kl_mean"):
+        assert isinstance(m["fidelity"][key], float)
+    for who in ("bench", "teacher_bench"):
+        for key in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb"):
+            assert m[who][key] > 0, (who, key)
+        assert m[who]["repeats"] == 3 and "onnxruntime" in m[who]["runtime"]
+    for key in ("student_perplexity", "teacher_perplexity", "top1_agreement_with_teacher"):
+        assert m["quality"][key] > 0
+    paths = {f["path"] for f in m["files"]}
+    assert {"model.onnx", "tokenizer.json", "USAGE.md"} <= paths
+
+
+def test_fp32_export_matches_pytorch(tiny_run):
+    out, _ = tiny_run
+    for role in ("student", "teacher"):
+        fid = json.loads((out / "export" / role / "verify.json").read_text())
+        assert fid["max_abs_diff"] < 1e-3 and fid["top1_agreement"] == 1.0, (role, fid)
+        assert fid["greedy_tokens_matching"] == fid["greedy_tokens"]
+
+
+def test_student_loads_in_transformers_with_the_same_logits(tiny_run):
+    from transformers import AutoModelForCausalLM
+
+    from edgedistil.model import load_hf_folder
+
+    student_dir = tiny_run[0] / "distill" / "student"
+    hf = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    ours = load_hf_folder(student_dir).eval()
+    ids = torch.randint(0, hf.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, ours(ids), atol=1e-4)
+    assert hf.config.num_hidden_layers == 2
+
+
+def test_rebuild_reuses_every_stage(tiny_run, tmp_path):
+    out, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    proc = edgedistil("build", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", copy)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "running" not in proc.stderr
+    for stage in ("distill", "export[student]", "export[teacher]", "quantize[int8]", "bench", "convert[web]"):
+        assert f"[{stage}] cached" in proc.stderr
+
+
+def test_verify_accepts_the_bundle_and_catches_tampering(tiny_run, tmp_path):
+    bundle = tmp_path / "web"
+    shutil.copytree(tiny_run[0] / "dist" / "web", bundle)
+    ok = edgedistil("verify", bundle)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    with open(bundle / "tokenizer.json", "r+b") as f:
+        f.seek(10)
+        f.write(b"X")
+    bad = edgedistil("verify", bundle)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "does not match its sha256" in bad.stderr
+
+
+def test_check_passes_and_fails_on_budgets(tiny_run, tmp_path):
+    bundle = tiny_run[0] / "dist" / "web"
+    loose = tmp_path / "loose.toml"
+    loose.write_text("[budgets]\ndecode_tokens_per_s_min = 1\nsize_mb_max = 100\n")
+    ok = edgedistil("check", bundle, "--budgets", loose, "--format", "json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["passed"] is True
+    tight = tmp_path / "tight.toml"
+    tight.write_text("[budgets]\ndecode_tokens_per_s_min = 1e9\nsize_mb_max = 100\n")
+    summary = tmp_path / "summary.md"
+    bad = edgedistil("check", bundle, "--budgets", tight, "--format", "markdown",
+                     env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert bad.returncode == 1
+    assert "| decode_tokens_per_s_min |" in bad.stdout and "FAIL" in bad.stdout
+    assert "FAIL" in summary.read_text()
+
+
+def test_bench_verb_on_a_bundle_prints_json(tiny_run, tmp_path):
+    proc = edgedistil("bench", "--target", "web", "--bundle", tiny_run[0] / "dist" / "web", "--config", TINY,
+                      "--out", tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)
+    assert record["student"]["decode_tokens_per_s"] > 0 and record["repeats"] == 3
+    assert (tmp_path / "bench.json").is_file()
+
+
+@pytest.mark.parametrize("verb", ["report"])
+def test_unbuilt_verbs_say_so(tiny_run, verb, tmp_path):
+    proc = edgedistil(verb, tiny_run[0], "--out", tmp_path)
+    assert proc.returncode == 3 and "not built yet" in proc.stderr
