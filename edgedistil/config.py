@@ -46,7 +46,7 @@ class StudentConfig:
 class DistillConfig:
     alpha: float = 0.9
     temperature: float = 2.0
-    steps: int = 120
+    steps: int = 200
     batch_size: int = 4
     lr: float = 3e-4
     warmup_steps: int = 10

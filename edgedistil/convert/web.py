@@ -106,6 +106,6 @@ def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, reco
 def _bench_entry(bench: dict, role: str) -> dict:
     r = bench[role]
     keys = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb")
-    entry = {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"],
+    entry = {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"], "model_bytes": r["bytes"],
              "spread": {k: r[k + "_spread"] for k in keys if k + "_spread" in r}, "sha256": r["sha256"]}
     return entry

@@ -35,7 +35,5 @@ def build_student(teacher: EdgeLM, layers: int) -> tuple[EdgeLM, list[int]]:
             i, rest = name[len("model.layers."):].split(".", 1)
             src = f"model.layers.{picks[int(i)]}.{rest}"
         sd[name] = t_sd[src].detach().clone()
-    student.load_state_dict(sd)
-    if cfg.tie_word_embeddings:
-        student.lm_head.weight = student.model.embed_tokens.weight
+    student.load_state_dict(sd)  # a tied head shares the embedding Parameter, so it is loaded with it
     return student.to(torch.float32), picks

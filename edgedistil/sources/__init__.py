@@ -1,6 +1,6 @@
 """Where teachers and corpora come from: the cache folder, hash-pinned PyPI downloads, teachers and corpora."""
 
-from edgedistil.sources.cache import RegistryError, cache_dir, cached_download, pypi_download, sha256_of
+from edgedistil.sources.cache import RegistryError, cache_dir, cached_download, pypi_download
 from edgedistil.sources.corpus import (
     CORPUS_NAMES,
     Corpus,
@@ -25,7 +25,6 @@ __all__ = [
     "load_corpus",
     "pydoc_corpus",
     "pypi_download",
-    "sha256_of",
     "split_heldout",
     "text_file_corpus",
     "tiny_corpus",

