@@ -1,6 +1,8 @@
 """The check stage: a bundle's measured figures against budgets -> a pass/fail table; any failure fails CI.
 
-A budget on a figure that was not measured fails too: a gate that passes on missing data is no gate.
+A budget on a figure that was not measured fails too: a gate that passes on missing data is no gate. A budget
+whose limit lies inside the measured spread over repeats is "within noise": `noise_passes` decides its fate.
+Against a baseline bundle, each figure may also not regress by more than a set percentage.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def bundle_metrics(manifest: dict) -> dict[str, tuple[float | None, list | None]
     }
 
 
-def evaluate(manifest: dict, budgets: dict[str, float]) -> list[dict]:
+def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = False) -> list[dict]:
     metrics = bundle_metrics(manifest)
     rows = []
     for name, limit in budgets.items():
@@ -47,8 +49,33 @@ def evaluate(manifest: dict, budgets: dict[str, float]) -> list[dict]:
                          "margin": None, "unit": unit, "status": "fail", "note": "not measured"})
             continue
         margin = value - limit if direction == "min" else limit - value
+        status, note = ("pass" if margin >= 0 else "fail"), ""
+        if spread and spread[0] <= limit <= spread[1]:
+            status = "pass" if noise_passes else "fail"
+            note = "within noise"
         rows.append({"budget": name, "metric": metric, "measured": value, "spread": spread, "limit": limit,
-                     "margin": margin, "unit": unit, "status": "pass" if margin >= 0 else "fail", "note": ""})
+                     "margin": margin, "unit": unit, "status": status, "note": note})
+    return rows
+
+
+def compare_baseline(manifest: dict, baseline: dict, max_regression_pct: float) -> list[dict]:
+    """Each gateable figure against the same figure of a previous bundle; worse by more than the percentage fails.
+
+    "Worse" follows the budget direction: lower is worse for *_min figures, higher for *_max figures.
+    """
+    now, before = bundle_metrics(manifest), bundle_metrics(baseline)
+    rows = []
+    for name, (direction, unit) in BUDGETS.items():
+        metric = name.rsplit("_", 1)[0]
+        value, old = now[metric][0], before[metric][0]
+        if value is None or old is None or old == 0:
+            continue  # a figure measured in only one of the two bundles cannot regress
+        change = 100.0 * (value - old) / abs(old)
+        worse = -change if direction == "min" else change
+        rows.append({"budget": f"{metric} vs baseline", "metric": metric, "measured": value, "spread": None,
+                     "limit": old, "margin": -worse, "unit": unit,
+                     "status": "fail" if worse > max_regression_pct else "pass",
+                     "note": f"{change:+.1f}% (allowed {max_regression_pct:g}% worse)"})
     return rows
 
 

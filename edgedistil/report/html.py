@@ -1,0 +1,211 @@
+"""The report: a run folder's records -> report.html (one file, plots inline) and summary.md.
+
+It reads what the stages wrote and measures nothing itself. A figure missing from the records is shown as
+missing, with the stage that would have written it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from edgedistil.errors import EdgeError, atomic_file
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def collect(run: Path) -> dict:
+    """Everything the report shows, from the run folder's records."""
+    run = Path(run)
+    if not run.is_dir():
+        raise EdgeError(f"run folder {run} does not exist", "pass the --out folder of a build or distill run")
+    curve_path = run / "distill" / "train.jsonl"
+    curve = [json.loads(line) for line in curve_path.read_text().splitlines()] if curve_path.is_file() else []
+    data = {
+        "distill": _read(run / "distill" / "record.json"),
+        "curve": curve,
+        "exports": {p.parent.name: _read(p) for p in sorted((run / "export").glob("*/record.json"))},
+        "quantized": {p.parent.name: _read(p) for p in sorted((run / "quantize").glob("*/record.json"))},
+        "bench": _read(run / "bench" / "record.json"),
+        "bundles": {p.parent.name: _read(p) for p in sorted((run / "dist").glob("*/manifest.json"))},
+        "check": _read(run / "check.json"),
+    }
+    if not data["distill"] and not data["bundles"]:
+        raise EdgeError(f"{run} holds no distill record and no bundle", "run `edgedistil build` into it first")
+    return data
+
+
+def variants(data: dict) -> list[dict]:
+    """Every artifact with a size, and its speed and fidelity where measured: the points of the Pareto chart."""
+    rows = []
+    bench = data["bench"] or {}
+    for role, rec in data["exports"].items():
+        if rec:
+            b = bench.get(role) if role == "teacher" else None
+            rows.append({"name": f"{role} fp32 (ONNX)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
+                         "decode": b["decode_tokens_per_s"] if b else None})
+    for method, rec in data["quantized"].items():
+        if rec:
+            b = bench.get("student") if bench.get("student", {}).get("sha256") == rec["sha256"] else None
+            rows.append({"name": f"student {method} (ONNX)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
+                         "decode": b["decode_tokens_per_s"] if b else None})
+    for target, m in data["bundles"].items():
+        if m:
+            b = m.get("bench") or {}
+            rows.append({"name": f"dist/{target}", "mb": sum(f["bytes"] for f in m["files"]) / 1e6,
+                         "fidelity": m.get("fidelity"), "decode": b.get("decode_tokens_per_s")})
+    return rows
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(data: dict) -> dict[str, str]:
+    """Title -> base64 PNG, for the figures whose records exist."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on build machines
+    import matplotlib.pyplot as plt
+
+    out = {}
+    if data["curve"]:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        steps = [r["step"] for r in data["curve"]]
+        for key, label in (("loss", "total loss"), ("kl", "soft: KL(teacher || student) at T"),
+                           ("ce", "hard: CE on labels")):
+            ax.plot(steps, [r[key] for r in data["curve"]], label=label)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title("Distillation loss")
+        out["Distillation loss"] = _png(fig)
+        plt.close(fig)
+
+    bench, q = data["bench"] or {}, (data["distill"] or {}).get("quality")
+    if bench.get("student") and bench.get("teacher"):
+        s, t = bench["student"], bench["teacher"]
+        panels = [("size (MB)", s["bytes"] / 1e6, t["bytes"] / 1e6),
+                  ("decode tok/s", s["decode_tokens_per_s"], t["decode_tokens_per_s"]),
+                  ("prefill tok/s", s["prefill_tokens_per_s"], t["prefill_tokens_per_s"]),
+                  ("peak memory (MB)", s["peak_memory_mb"], t["peak_memory_mb"])]
+        if q:
+            panels.append(("held-out perplexity", q["student_perplexity"], q["teacher_perplexity"]))
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 3))
+        for ax, (title, sv, tv) in zip(axes, panels):
+            ax.bar(["student", "teacher"], [sv, tv], color=["#2a9d8f", "#8d99ae"])
+            ax.set_title(title, fontsize=9)
+        fig.suptitle("Student vs teacher (same runtime)", y=1.04)
+        out["Student vs teacher"] = _png(fig)
+        plt.close(fig)
+
+    points = {}  # a bundle and the artifact inside it are one point with two names
+    for v in variants(data):
+        if v["decode"]:
+            points.setdefault((round(v["mb"]), v["decode"]), []).append(v)
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for group in points.values():
+            v, top1 = group[0], (group[0]["fidelity"] or {}).get("top1_agreement")
+            ax.scatter(v["mb"], v["decode"], s=60)
+            ax.annotate(" = ".join(g["name"] for g in group) + (f"\ntop-1 {top1:.3f}" if top1 is not None else ""),
+                        (v["mb"], v["decode"]), fontsize=8, xytext=(5, 5), textcoords="offset points")
+        points = [g[0] for g in points.values()]
+        front = pareto([(v["mb"], v["decode"]) for v in points])
+        ax.plot(*zip(*front), "--", color="grey", label="Pareto front (smaller and faster)")
+        ax.set_xlabel("size (MB)")
+        ax.set_ylabel("decode tok/s")
+        ax.legend(fontsize=8)
+        ax.set_title("Size vs speed")
+        out["Size vs speed"] = _png(fig)
+        plt.close(fig)
+
+    fid = [v for v in variants(data) if v["fidelity"]]
+    if fid:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+        names = [v["name"] for v in fid]
+        a1.barh(names, [v["fidelity"]["top1_agreement"] for v in fid], color="#2a9d8f")
+        a1.set_title("top-1 agreement with its PyTorch source", fontsize=9)
+        a1.set_xlim(0, 1)
+        a2.barh(names, [max(v["fidelity"]["kl_mean"], 1e-9) for v in fid], color="#e76f51")
+        a2.set_xscale("log")
+        a2.set_title("mean KL(source || artifact)", fontsize=9)
+        a2.set_yticks([])
+        out["Fidelity per artifact"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by one both smaller and faster, sorted by size."""
+    front, best = [], float("-inf")
+    for mb, speed in sorted(points, key=lambda p: (p[0], -p[1])):
+        if speed > best:
+            front.append((mb, speed))
+            best = speed
+    return front
+
+
+def summary_markdown(data: dict) -> str:
+    lines = ["# edgedistil report", ""]
+    d = data["distill"]
+    if d:
+        q = d["quality"]
+        lines += [f"Student: {d['student']['layers']} layers (teacher layers {d['student']['teacher_layers']}), "
+                  f"{d['student']['parameters'] / 1e6:.1f}M parameters vs teacher {d['teacher_parameters'] / 1e6:.1f}M.",
+                  "", "| held-out | student | teacher |", "|---|---|---|",
+                  f"| perplexity | {q['student_perplexity']:.2f} | {q['teacher_perplexity']:.2f} |",
+                  f"| top-1 agreement with teacher | {q['top1_agreement_with_teacher']:.3f} | 1 |",
+                  f"| quality retained | {q['quality_retained']:.3f} | 1 |", ""]
+    b = data["bench"]
+    if b and b.get("student") and b.get("teacher"):
+        lines += [f"Runtime: {b['runtime']}, {b['repeats']} repeats (medians).", "",
+                  "| | student | teacher | ratio |", "|---|---|---|---|"]
+        for key, label in (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
+                           ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB")):
+            sv, tv = b["student"][key], b["teacher"][key]
+            lines.append(f"| {label} | {sv:.1f} | {tv:.1f} | {sv / tv:.2f}x |")
+        lines.append("")
+    rows = variants(data)
+    if rows:
+        lines += ["| artifact | MB | top-1 vs source | KL vs source |", "|---|---|---|---|"]
+        for v in rows:
+            f = v["fidelity"] or {}
+            top1, kl = f.get("top1_agreement"), f.get("kl_mean")
+            lines.append(f"| {v['name']} | {v['mb']:.1f} | {'-' if top1 is None else f'{top1:.3f}'} | "
+                         f"{'-' if kl is None else f'{kl:.2e}'} |")
+        lines.append("")
+    if data["check"]:
+        c = data["check"]
+        lines += [f"Budget check: {'passed' if c['passed'] else 'FAILED'}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def run_report(run: Path, out_dir: Path, log=print) -> Path:
+    data = collect(run)
+    images = plots(data)
+    md = summary_markdown(data)
+    body = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b64}'>"
+                   for t, b64 in images.items())
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgedistil report: {html.escape(str(run))}"
+            "</title><style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em}"
+            "img{max-width:100%}pre{background:#f4f4f4;padding:1em;white-space:pre-wrap}</style></head><body>"
+            f"<h1>edgedistil report</h1><p>Run folder: <code>{html.escape(str(run))}</code></p>{body}"
+            f"<h2>Summary</h2><pre>{html.escape(md)}</pre></body></html>")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.html", page), ("summary.md", md)):  # files, not the folder: --out may hold others
+        with atomic_file(out_dir / name) as tmp:
+            tmp.write_text(text)
+    log(f"report: {out_dir / 'report.html'} ({len(images)} plots), {out_dir / 'summary.md'}")
+    return out_dir / "report.html"
