@@ -10,6 +10,7 @@ Run folder layout:
     export/teacher/     model.onnx, verify.json, record.json
     quantize/int8/      model.onnx, verify.json, record.json
     bench/              record.json
+    bench-web/          record.json (web: the bundle in headless Chromium)
     dist/<target>/      the bundle
     stages/             one JSON per finished stage: input hash, seconds, record
     check.json
@@ -17,7 +18,10 @@ Run folder layout:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,10 @@ from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
 from edgedistil.records import folder_fingerprint, sha256_file, stage_key
 
 
+# The chain's stage names in order; `--force NAME` reruns NAME and every stage after it.
+CHAIN = ("distill", "export", "quantize", "bench", "convert")
+
+
 @dataclass
 class Run:
     out: Path
@@ -37,6 +45,8 @@ class Run:
     teacher_override: str | None = None
     data_override: str | None = None
     log: Callable[[str], None] = print
+    force_from: str | None = None  # a CHAIN name
+    min_ios: int | None = None  # --min-ios: overrides the ios profile's min_ios
     stages: list[dict] = field(default_factory=list)
     _teacher: Path | None = None
     _corpus: object = None
@@ -75,6 +85,9 @@ class Run:
     def stage(self, name: str, folder: Path, key: str, fn: Callable[[], dict], force: bool = False) -> dict:
         """Run `fn` (which writes `folder`) unless a finished run with the same key left `folder` behind."""
         state = self.state_path(name)
+        base = name.split("[")[0]
+        if self.force_from and base in CHAIN and CHAIN.index(base) >= CHAIN.index(self.force_from):
+            force = True
         if not force and folder.is_dir() and state.is_file():
             saved = read_json(state)
             if saved.get("key") == key:
@@ -89,9 +102,34 @@ class Run:
             self.stages.append({"stage": name, "status": "failed", "seconds": round(time.perf_counter() - t0, 1)})
             raise
         seconds = round(time.perf_counter() - t0, 1)
-        write_json(state, {"stage": name, "key": key, "seconds": seconds, "record": record})
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+            write_json(state, {"stage": name, "key": key, "seconds": seconds, "record": record})
         self.stages.append({"stage": name, "status": "run", "seconds": seconds})
         return record
+
+
+@contextlib.contextmanager
+def build_lock(out: Path):
+    """Refuse a second build into the same run folder while one is running (an advisory lock, freed on exit)."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown pid"
+        f.close()
+        raise EdgeError(f"another edgedistil build is running in {out} ({holder})",
+                        "wait for it to finish, or pass another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def resolve_teacher(source: str, run: Run) -> Path:
@@ -120,15 +158,15 @@ def resolve_teacher(source: str, run: Run) -> Path:
 # ---- stages ----------------------------------------------------------------------------------------------------
 
 
-def do_distill(run: Run, force: bool = False) -> dict:
+def do_distill(run: Run, force: bool = False, resume: bool = False) -> dict:
     from edgedistil.distill.train import run_distill
 
     r = run.recipe
     teacher, corpus = run.teacher_dir(), run.corpus()
-    key = stage_key("distill", r.section("data"), r.section("student"), r.section("distill"),
+    key = stage_key("distill", r.section("data"), r.section("student"), r.section("distill"), r.section("sequence"),
                     folder_fingerprint(teacher), corpus.name, len(corpus.text), hash_text(corpus.text))
     return run.stage("distill", run.out / "distill", key,
-                     lambda: run_distill(teacher, corpus, r, run.out / "distill", log=run.log), force)
+                     lambda: run_distill(teacher, corpus, r, run.out / "distill", log=run.log, resume=resume), force)
 
 
 def hash_text(text: str) -> str:
@@ -149,7 +187,7 @@ def do_export(run: Run, role: str, model_dir: Path | None = None, force: bool = 
     folder = run.out / "export" / role
     key = stage_key("export", role, run.recipe.section("export"), folder_fingerprint(Path(model_dir)))
     return run.stage(f"export[{role}]", folder, key, lambda: run_export(
-        Path(model_dir), folder, run.heldout_ids(), e.max_len, e.prefill_len, role, log=run.log), force)
+        Path(model_dir), folder, run.heldout_ids(), e.max_len, e.prefill_len, role, log=run.log, cache=e.cache), force)
 
 
 def do_quantize(run: Run, method: str = "int8", src: Path | None = None, force: bool = False) -> dict:
@@ -159,9 +197,12 @@ def do_quantize(run: Run, method: str = "int8", src: Path | None = None, force: 
     export_record = read_json(src.parent / "record.json", "export record")
     model_dir = Path(export_record["source"]["model_dir"])
     folder = run.out / "quantize" / method
-    key = stage_key("quantize", method, sha256_file(src), run.recipe.export.prefill_len)
+    q = run.recipe.quantize
+    keep_float = None if q.keep_float == ["auto"] else q.keep_float  # None: the method's measured default
+    key = stage_key("quantize", method, sha256_file(src), run.recipe.export.prefill_len, run.recipe.section("quantize"))
     return run.stage(f"quantize[{method}]", folder, key, lambda: run_quantize(
-        src, model_dir, folder, run.heldout_ids(), run.recipe.export.prefill_len, method, log=run.log), force)
+        src, model_dir, folder, run.heldout_ids(), run.recipe.export.prefill_len, method, log=run.log,
+        block_size=q.block_size, keep_float=keep_float), force)
 
 
 def bench_prompt(run: Run) -> list[int]:
@@ -186,26 +227,69 @@ def do_bench(run: Run, models: dict[str, Path], threads: int, force: bool = Fals
     return run.stage("bench", folder, key, bench, force)
 
 
-def do_convert(run: Run, target: str, force: bool = False) -> dict:
-    from edgedistil.convert.web import run_convert_web
-
-    if target not in BUILT_TARGETS:
-        raise not_built(target)
+def convert_records(run: Run) -> dict:
+    """The records a bundle's manifest is made from; the benches only when they ran."""
     records = {
         "distill": read_json(run.out / "distill" / "record.json", "distill record"),
         "export": read_json(run.out / "export" / "student" / "record.json", "export record"),
         "quantize": read_json(run.out / "quantize" / "int8" / "record.json", "quantize record"),
         "recipe_name": run.recipe.name,
     }
-    bench = run.out / "bench" / "record.json"
-    if bench.is_file():
-        records["bench"] = read_json(bench, "bench record")
+    for name, folder in (("bench", "bench"), ("bench_web", "bench-web")):
+        path = run.out / folder / "record.json"
+        if path.is_file():
+            records[name] = read_json(path, f"{name} record")
+    return records
+
+
+def do_bench_web(run: Run, threads: int, force: bool = False) -> dict:
+    """The bundle's own page and JS module in headless Chromium (student, and the fp32 teacher when it fits)."""
+    from edgedistil.bench.web import run_bench_web
+
+    b = run.recipe.bench
+    student, teacher = run.out / "quantize" / "int8" / "model.onnx", run.out / "export" / "teacher" / "model.onnx"
+    key = stage_key("bench-web", sha256_file(student), sha256_file(teacher), run.recipe.section("bench"), threads,
+                    [run.key_of(n) for n in ("distill", "export[student]", "quantize[int8]", "bench")])
+    folder = run.out / "bench-web"
+    return run.stage("bench[web]", folder, key, lambda: run_bench_web(
+        convert_records(run), student, run.out / "distill" / "student", teacher, folder, bench_prompt(run),
+        b.new_tokens, b.repeats, threads, log=run.log), force)
+
+
+def do_convert(run: Run, target: str, force: bool = False) -> dict:
+    from edgedistil.convert.web import run_convert_web
+
+    if target not in BUILT_TARGETS:
+        raise not_built(target)
+    if target == "ios":
+        return do_convert_ios(run, force)
+    records = convert_records(run)
     folder = run.out / "dist" / target
     key = stage_key("convert", target, [run.key_of(n) for n in ("distill", "export[student]", "quantize[int8]",
-                                                                  "bench")])
+                                                                  "bench", "bench[web]")])
     return run.stage(f"convert[{target}]", folder, key, lambda: dict(run_convert_web(
         run.out / "quantize" / "int8" / "model.onnx", run.out / "distill" / "student", folder, records,
         log=run.log)), force)
+
+
+def do_convert_ios(run: Run, force: bool = False) -> dict:
+    """Core ML variants of the PyTorch student, each checked on Linux (coreml/), then the bundle (dist/ios/)."""
+    from edgedistil.convert.ios import IosOptions, run_coreml, run_convert_ios
+
+    profile, e = load_target("ios"), run.recipe.export
+    options = IosOptions(min_ios=run.min_ios or profile.min_ios, bundle_variant=profile.quantization,
+                         prefill_len=e.prefill_len, max_len=e.max_len).check()
+    student, coreml_dir, folder = run.out / "distill" / "student", run.out / "coreml", run.out / "dist" / "ios"
+    if not (student / "config.json").is_file():
+        raise EdgeError(f"{student} has no config.json", f"run `edgedistil distill --out {run.out}` first")
+    key = stage_key("coreml", options.stage_config(), run.key_of("distill"))
+    coreml = run.stage("convert[coreml]", coreml_dir, key, lambda: run_coreml(
+        student, coreml_dir, run.heldout_ids(), options, log=run.log), force)
+    records = {"coreml": coreml, "distill": read_json(run.out / "distill" / "record.json", "distill record"),
+               "recipe_name": run.recipe.name}
+    key = stage_key("convert", "ios", run.key_of("convert[coreml]"), run.key_of("distill"), options.bundle_variant)
+    return run.stage("convert[ios]", folder, key, lambda: run_convert_ios(
+        coreml_dir, student, folder, records, options.bundle_variant, log=run.log), force)
 
 
 def not_built(target: str) -> EdgeError:
@@ -224,13 +308,22 @@ def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list
     if run.recipe.export.max_len > profile.max_len:
         raise EdgeError(f"[export] max_len {run.recipe.export.max_len} exceeds the {target} profile's max_len "
                         f"{profile.max_len}", f"lower max_len in the recipe or raise it in {profile.path}")
+    if target == "web" and run.recipe.export.cache != "full":
+        # the bundle's JS and manifest speak the whole-cache I/O; the gqa layout is for ONNX Runtime hosts
+        raise EdgeError(f"[export] cache = \"{run.recipe.export.cache}\" is not the web bundle's cache layout",
+                        "use cache = \"full\" for --target web (gqa is for native ONNX Runtime)")
     do_distill(run)
-    do_export(run, "student")
-    do_export(run, "teacher")
-    do_quantize(run, profile.quantization)
-    do_bench(run, {"student": run.out / "quantize" / profile.quantization / "model.onnx",
-                   "teacher": run.out / "export" / "teacher" / "model.onnx"}, profile.threads)
-    manifest = do_convert(run, target)
+    if target == "ios":  # Core ML converts the PyTorch student itself: no ONNX export, quantize or ONNX bench
+        manifest = do_convert_ios(run)
+    else:
+        do_export(run, "student")
+        do_export(run, "teacher")
+        do_quantize(run, profile.quantization)
+        do_bench(run, {"student": run.out / "quantize" / profile.quantization / "model.onnx",
+                       "teacher": run.out / "export" / "teacher" / "model.onnx"}, profile.threads)
+        if target == "web":
+            do_bench_web(run, profile.threads)
+        manifest = do_convert(run, target)
     rows = evaluate(manifest, budgets)
     write_json(run.out / "check.json", {"bundle": str(run.out / "dist" / target), "budgets": rows,
                                         "passed": all(r["status"] == "pass" for r in rows)})

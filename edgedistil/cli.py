@@ -2,11 +2,12 @@
 
 Every verb takes --config FILE (a recipe TOML; the built-in default recipe when absent) and --out DIR (the run
 folder). Problems the user can fix are printed as one line on stderr with exit code 2; a failed budget check
-exits 1; a verb that is not built yet says so and exits 3.
+exits 1.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -15,11 +16,20 @@ from pathlib import Path
 import click
 
 from edgedistil import __version__
+from edgedistil.build import CHAIN
 from edgedistil.config import MODELS_DIR, TARGETS, load_recipe
 from edgedistil.errors import EdgeError
 
 DEFAULT_OUT = "edgedistil-run"
-EXIT_USER_ERROR, EXIT_CHECK_FAILED, EXIT_NOT_BUILT = 2, 1, 3
+EXIT_USER_ERROR, EXIT_CHECK_FAILED = 2, 1
+# Environment failures the user can fix, as opposed to bugs, which keep their traceback.
+OS_ERRORS = {
+    errno.ENOSPC: "free disk space, or pass --out on another disk",
+    errno.EDQUOT: "free space in your quota, or pass --out on another disk",
+    errno.EFBIG: "lift the file size limit (ulimit -f), or pass --out on another disk",
+    errno.EACCES: "make the folder writable, or pass --out elsewhere",
+    errno.EROFS: "pass --out on a writable disk",
+}
 
 
 def log(msg: str) -> None:
@@ -41,6 +51,12 @@ def target_option(required=True):
                         help="Target runtime profile from targets/.")
 
 
+def min_ios_option(f):
+    return click.option("--min-ios", "min_ios", type=click.Choice(["17", "18"]), callback=lambda c, p, v: v and int(v),
+                        help="ios only: 18 = stateful KV cache (default, from targets/ios.toml), 17 = cache as "
+                             "inputs and outputs.")(f)
+
+
 def make_run(config, out, teacher=None, data=None):
     from edgedistil.build import Run
 
@@ -55,6 +71,13 @@ class Group(click.Group):
             return super().invoke(ctx)
         except EdgeError as e:
             click.echo(f"edgedistil: error: {e.line()}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as e:
+            if e.errno not in OS_ERRORS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"edgedistil: error: {e.strerror or e}{where}; fix: {OS_ERRORS[e.errno]}; finished stages "
+                       "are kept and half-written files were removed", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("edgedistil: interrupted; finished stages are kept and half-written files were removed",
@@ -90,13 +113,18 @@ def init(config, out):
 @config_option
 @out_option
 @click.option("--teacher", help="Teacher: an HF model folder (overrides the recipe).")
-@click.option("--data", help="Corpus: kjv, pydoc, tiny or a UTF-8 .txt file (overrides the recipe).")
-def distill(config, out, teacher, data):
-    """Distill a student from the teacher (response KD: alpha*T^2*KL + (1-alpha)*CE)."""
+@click.option("--data", help="Corpus: kjv, pydoc, tiny, a UTF-8 .txt file or a .jsonl file with a \"text\" field "
+              "(overrides the recipe).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint ([distill] checkpoint_every), "
+              "bit for bit.")
+def distill(config, out, teacher, data, resume):
+    """Distill a student from the teacher: response KD (forward KL, reverse KL or JSD, plus CE), optionally with
+    hidden states, or sequence-level KD; runs under `torchrun --nproc_per_node N` too (DDP)."""
     from edgedistil.build import do_distill
 
-    record = do_distill(make_run(config, out, teacher, data), force=True)
-    click.echo(json.dumps(record["quality"], indent=2))
+    record = do_distill(make_run(config, out, teacher, data), force=True, resume=resume)
+    if record.get("rank", 0) == 0:  # under torchrun, rank 0 reports
+        click.echo(json.dumps(record["quality"], indent=2))
 
 
 @main.command()
@@ -116,7 +144,10 @@ def export(config, out, role, model, teacher):
 @main.command()
 @config_option
 @out_option
-@click.option("--method", type=click.Choice(["int8"]), default="int8", show_default=True)
+@click.option("--method", type=click.Choice(["int8", "int8_wo", "int8_static", "int4", "fp16"]), default="int8",
+              show_default=True, help="int8: dynamic, per channel; int8_wo: MatMulNBits 8-bit weight-only; "
+              "int8_static: QDQ calibrated on held-out decoding; int4: MatMulNBits weight-only (block size from the "
+              "recipe's [quantize] block_size); fp16: fp16 weight storage.")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="Exported model.onnx (default: the run's "
               "student export).")
 def quantize(config, out, method, model):
@@ -131,13 +162,16 @@ def quantize(config, out, method, model):
 @config_option
 @out_option
 @target_option()
-def convert(config, out, target):
+@min_ios_option
+def convert(config, out, target, min_ios):
     """Assemble dist/<target>/ from the run folder's records and quantized model."""
     from edgedistil.build import do_convert
     from edgedistil.config import load_target
 
     load_target(target)
-    do_convert(make_run(config, out), target, force=True)
+    run = make_run(config, out)
+    run.min_ios = min_ios
+    do_convert(run, target, force=True)
     log(f"bundle: {Path(out) / 'dist' / target}")
 
 
@@ -151,7 +185,10 @@ def convert(config, out, target):
 @click.option("--prompt-tokens", type=int, default=None, help="Prompt length (default: the recipe's prefill_len).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON on stdout.")
 def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_json):
-    """Benchmark on the target runtime: prefill and decode tokens/s, TTFT, peak memory (student vs teacher)."""
+    """Benchmark on the target runtime: prefill and decode tokens/s, TTFT, peak memory (student vs teacher).
+
+    With --target web --bundle DIR the bundle's own page runs in headless Chromium (/usr/bin/chromium, or
+    $EDGEDISTIL_CHROMIUM) beside native onnxruntime on the same files."""
     from edgedistil.bench.ort import run_bench
     from edgedistil.build import not_built
     from edgedistil.check.budgets import load_bundle_manifest
@@ -163,6 +200,20 @@ def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_j
         raise not_built(target)
     if bool(bundle) == bool(model):
         raise EdgeError("bench needs exactly one of --bundle DIR or --model FILE", "pass one of them")
+    if target == "ios":  # Core ML on a Mac; on Linux require_macos says so and the exit code is non-zero
+        from edgedistil.bench.coreml import run_bench_coreml
+        from edgedistil.runtimes.coreml import require_macos
+
+        require_macos()
+        recipe = load_recipe(config)
+        manifest = load_bundle_manifest(bundle) if bundle else None
+        package = Path(bundle) / manifest["graphs"][0]["file"] if bundle else Path(model)
+        prefill_len = manifest["runtime"]["prefill_len"] if bundle else recipe.export.prefill_len
+        prompt = [(7 * i + 3) % 97 for i in range(prompt_tokens or prefill_len)]
+        record = run_bench_coreml(package, prompt, prefill_len, recipe.bench.new_tokens, recipe.bench.repeats, log=log)
+        write_json(Path(out) / "bench.json", record)
+        click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
+        return
     recipe = load_recipe(config)
     if bundle:
         manifest = load_bundle_manifest(bundle)
@@ -177,6 +228,13 @@ def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_j
     prompt = [(7 * i + 3) % 97 for i in range(prompt_tokens or prefill_len)]
     record = run_bench(models, prompt, prefill_len, recipe.bench.new_tokens, recipe.bench.repeats, profile.threads,
                        log=log)
+    if target == "web" and bundle:  # the bundle's own page in headless Chromium, beside native ORT on the same files
+        from edgedistil.bench.web import bench_web, compare_with_native
+
+        record = compare_with_native(bench_web(bundle, prompt, recipe.bench.new_tokens, recipe.bench.repeats,
+                                               profile.threads, teacher=teacher_model, log=log), record)
+    elif target == "web":
+        log("bench: --model runs a bare model file in native onnxruntime only; pass --bundle DIR to run it in Chromium")
     write_json(Path(out) / "bench.json", record)
     click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
 
@@ -184,21 +242,27 @@ def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_j
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--budgets", type=click.Path(path_type=Path), help="Budgets TOML (default: the bundle target's profile).")
+@click.option("--baseline", type=click.Path(path_type=Path), help="A previous bundle: fail on a regression against it.")
+@click.option("--max-regression", type=float, default=10.0, show_default=True,
+              help="Percent a figure may get worse than the baseline.")
+@click.option("--noise", type=click.Choice(["fail", "pass"]), default="fail", show_default=True,
+              help="Fate of a budget whose limit lies inside the measured spread over repeats.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
-def check(bundle, budgets, fmt):
-    """Check a bundle's measured figures against budgets; exit 1 when any budget fails."""
-    from edgedistil.check.budgets import evaluate, load_bundle_manifest, render
+def check(bundle, budgets, baseline, max_regression, noise, fmt):
+    """Check a bundle's measured figures against budgets (and a baseline); exit 1 when any fails."""
+    from edgedistil.check.budgets import compare_baseline, evaluate, load_bundle_manifest, render
     from edgedistil.config import load_budget_file, load_target
 
     manifest = load_bundle_manifest(bundle)
     limits = load_budget_file(budgets) if budgets else load_target(manifest["target"]).budgets
-    rows = evaluate(manifest, limits)
-    text = render(rows, fmt)
-    click.echo(text)
+    rows = evaluate(manifest, limits, noise_passes=noise == "pass")
+    if baseline:
+        rows += compare_baseline(manifest, load_bundle_manifest(baseline), max_regression)
+    click.echo(render(rows, fmt))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
-            f.write(render(rows, "markdown") + "\n")
+            f.write(f"### edgedistil check: {bundle}\n\n" + render(rows, "markdown") + "\n\n")
     if not all(r["status"] == "pass" for r in rows):
         sys.exit(EXIT_CHECK_FAILED)
 
@@ -214,50 +278,88 @@ def verify(bundle):
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@out_option
-def report(run, out):
-    """Write report.html and summary.md from a run folder's records (not built yet)."""
-    click.echo("edgedistil: report is not built yet in this version; the records it will read are the JSON files "
-               f"under {run}", err=True)
-    sys.exit(EXIT_NOT_BUILT)
+@config_option
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Folder for report.html and summary.md (default: RUN/report).")
+def report(run, config, out):
+    """Write report.html (plots inline) and summary.md from a run folder's records."""
+    from edgedistil.report.html import run_report
+
+    run_report(Path(run), Path(out) if out else Path(run) / "report", log=log)
 
 
 @main.command()
-@target_option()
+@click.option("--target", "targets", required=True, multiple=True, metavar="|".join((*TARGETS, "all")),
+              help="Target profile from targets/; repeat it, or say `all`, to build several from one distillation.")
 @config_option
 @out_option
 @click.option("--teacher", help="Teacher: an HF model folder (overrides the recipe).")
 @click.option("--data", help="Corpus: kjv, pydoc, tiny or a UTF-8 .txt file (overrides the recipe).")
 @click.option("--budgets", type=click.Path(path_type=Path), help="Budgets TOML (default: the target profile's).")
-def build(target, config, out, teacher, data, budgets):
+@click.option("--force", "force_from", type=click.Choice(CHAIN), help="Rerun this stage and every stage after it.")
+@min_ios_option
+def build(targets, config, out, teacher, data, budgets, force_from, min_ios):
     """Run the whole chain for a target with cached stages: distill, export, quantize, bench, convert, check."""
     import time
 
     from edgedistil.build import build as run_build
+    from edgedistil.build import build_lock
     from edgedistil.check.budgets import render
-    from edgedistil.config import load_budget_file, load_target
+    from edgedistil.config import BUILT_TARGETS, load_budget_file, load_target
 
-    load_target(target)  # an unknown target or a bad profile fails before any work
+    if "all" in targets:
+        for t in TARGETS:
+            if t not in BUILT_TARGETS:
+                log(f"target {t}: no converter in this version, skipped")
+        targets = BUILT_TARGETS
+    targets = list(dict.fromkeys(targets))  # repeated names build once
+    for t in targets:
+        load_target(t)  # an unknown target or a bad profile fails before any work
     if budgets:
         load_budget_file(budgets)
     run = make_run(config, out, teacher, data)
+    run.force_from = force_from
+    run.min_ios = min_ios
     t0 = time.perf_counter()
-    try:
-        rows, manifest = run_build(run, target, budgets)
-    finally:
-        if run.stages:
-            log("\nstages:")
-            for s in run.stages:
-                log(f"  {s['stage']:<18} {s['status']:<7} {s['seconds']:>7.1f} s")
+    failed = False
+    with build_lock(run.out), open(run.out / "build.log", "a") as log_file:
+        def tee(msg: str) -> None:
+            log(msg)
+            log_file.write(msg + "\n")
+            log_file.flush()
+
+        run.log = tee
+        tee(f"edgedistil {__version__} build --target {' --target '.join(targets)} --out {out} "
+            f"({time.strftime('%Y-%m-%d %H:%M:%S')})")
+        results = {}
+        try:
+            for t in targets:
+                results[t] = run_build(run, t, budgets)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if run.stages:
+                tee("\nstages:")
+                for s in run.stages:
+                    tee(f"  {s['stage']:<18} {s['status']:<7} {s['seconds']:>7.1f} s")
+            if failed and run.stages and run.stages[-1]["status"] == "failed":
+                tee(f"stage {run.stages[-1]['stage']} failed; full log: {run.out / 'build.log'}; finished stages "
+                    "stay cached for the next run")
     log(f"total {time.perf_counter() - t0:.1f} s\n")
-    q, b, tb = manifest["quality"], manifest["bench"], manifest["teacher_bench"]
-    log(f"student {manifest['student']['parameters'] / 1e6:.1f}M params vs teacher "
-        f"{manifest['student']['teacher_parameters'] / 1e6:.1f}M; held-out perplexity {q['student_perplexity']:.2f} "
-        f"vs {q['teacher_perplexity']:.2f}; decode {b['decode_tokens_per_s']:.1f} vs {tb['decode_tokens_per_s']:.1f} "
-        f"tok/s ({manifest['speedup_vs_teacher']:.2f}x)")
-    click.echo(render(rows, "table"))
-    click.echo(f"\nbundle: {Path(out) / 'dist' / target}")
-    if not all(r["status"] == "pass" for r in rows):
+    passed = True
+    for t, (rows, manifest) in results.items():
+        q, b, tb = manifest["quality"], manifest.get("bench") or {}, manifest.get("teacher_bench") or {}
+        speed = (f"decode {b['decode_tokens_per_s']:.1f} vs {tb['decode_tokens_per_s']:.1f} tok/s "
+                 f"({manifest['speedup_vs_teacher']:.2f}x)" if b.get("decode_tokens_per_s") and
+                 tb.get("decode_tokens_per_s") else "speed: not measured on this host")
+        log(f"[{t}] student {manifest['student']['parameters'] / 1e6:.1f}M params vs teacher "
+            f"{manifest['student']['teacher_parameters'] / 1e6:.1f}M; held-out perplexity "
+            f"{q['student_perplexity']:.2f} vs {q['teacher_perplexity']:.2f}; {speed}")
+        click.echo(f"\n{t}:\n" + render(rows, "table"))
+        click.echo(f"bundle: {Path(out) / 'dist' / t}")
+        passed = passed and all(r["status"] == "pass" for r in rows)
+    if not passed:
         sys.exit(EXIT_CHECK_FAILED)
 
 

@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = REPO_ROOT / "targets"
 MODELS_DIR = REPO_ROOT / "models"
 TARGETS = ("web", "android", "ios")
-BUILT_TARGETS = ("web",)  # the others have profiles and issues, not yet a converter
+BUILT_TARGETS = ("web", "ios")  # android has a profile and an issue, not yet a converter
 
 
 @dataclass
@@ -31,21 +31,44 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "kjv"  # "kjv" | "pydoc" | "tiny" | path to a UTF-8 .txt file
+    corpus: str = "kjv"  # "kjv" | "pydoc" | "tiny" | path to a UTF-8 .txt file or a .jsonl file with a "text" field
     heldout_fraction: float = 0.02
     seq_len: int = 64
+
+
+STUDENT_INITS = ("even", "first", "random")
+SHRINK_INITS = ("slice", "random")
 
 
 @dataclass
 class StudentConfig:
     layers: int = 6
-    init: str = "even"  # teacher layers picked evenly spaced, as DistilBERT did
+    # "even" (teacher layers evenly spaced, as DistilBERT did) | "first" | "random" | a list of teacher layer indices
+    init: str | list = "even"
+    intermediate_size: int = 0  # 0 = the teacher's FFN width; smaller = a narrower FFN
+    heads: int = 0  # 0 = the teacher's attention heads; fewer keeps the teacher's heads-per-kv-head ratio
+    shrink_init: str = "slice"  # how narrowed weights start: "slice" (the teacher's first rows) | "random"
+    source: str = ""  # "" = built from the teacher; or an HF folder of a ready student (e.g. a smaller pretrained LM)
+
+    # keys whose TOML value may also be of these types (checked in _validate)
+    also_accept = {"init": (list,)}
+
+
+DISTILL_METHODS = ("response", "sequence")
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+FEATURE_LOSSES = ("mse", "cosine")
 
 
 @dataclass
 class DistillConfig:
+    method: str = "response"  # "response" (soft labels, + features if feature_weight > 0) | "sequence" (teacher texts)
+    loss: str = "forward_kl"  # "forward_kl" (Hinton) | "reverse_kl" (MiniLLM) | "jsd" (GKD, weighted by beta)
+    beta: float = 0.5  # jsd only: the mixture weight, as in TRL's GKDTrainer
     alpha: float = 0.9
     temperature: float = 2.0
+    feature_weight: float = 0.0  # > 0 adds hidden-state KD, weighted by this
+    feature_loss: str = "mse"  # "mse" | "cosine"
+    feature_layers: list = field(default_factory=list)  # teacher hidden-state index per student layer; [] = even
     steps: int = 200
     batch_size: int = 4
     lr: float = 3e-4
@@ -55,12 +78,40 @@ class DistillConfig:
     seed: int = 0
     eval_tokens: int = 4096
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the global batch of one step
+    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
+    preflight_export: bool = True  # trial-export the student's decode graph before training
+
+
+@dataclass
+class SequenceConfig:
+    """Sequence-level KD: the teacher writes completions that the student learns with plain CE."""
+    prompts: str = ""  # "" = windows of the training corpus; or a .txt (one prompt a line) / .jsonl ("prompt" or "text")
+    num_prompts: int = 256
+    prompt_tokens: int = 16
+    new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 50  # 0 = no top-k cut
+    top_p: float = 1.0
+    batch_size: int = 8
+    seed: int = 0
 
 
 @dataclass
 class ExportConfig:
     max_len: int = 256
     prefill_len: int = 64
+    # "full": the traced graph, whole cache in and out (k_cache/v_cache); runs everywhere (the web bundle's).
+    # "gqa": per-layer caches updated in place by ORT's GroupQueryAttention (export/gqa.py); ONNX Runtime only.
+    cache: str = "full"
+
+
+@dataclass
+class QuantizeConfig:
+    # The method comes from the target profile's `quantization` (or `edgedistil quantize --method`).
+    block_size: int = 32  # int4 (MatMulNBits): weights per scale along the input axis, a power of two >= 16
+    # parts of layer names kept fp32 on purpose (e.g. "lm_head"); "auto" = the method's measured default
+    keep_float: list = field(default_factory=lambda: ["auto"])
 
 
 @dataclass
@@ -76,7 +127,9 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     path: str | None = None  # where it was read from; not a TOML key
 
@@ -106,6 +159,7 @@ class TargetProfile:
     runtime: str
     threads: int = 1
     max_len: int = 256
+    min_ios: int = 18  # ios only: 18 = stateful KV cache (multifunction package), 17 = cache as inputs and outputs
     budgets: dict[str, float] = field(default_factory=dict)
     path: str | None = None
 
@@ -152,9 +206,13 @@ def _fill(cls, where: str, table: dict):
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     values = {}
+    also = getattr(cls, "also_accept", {})
     for key, value in table.items():
         if key not in names:
             raise _unknown_key(where, key, names)
+        if isinstance(value, also.get(key, ())):
+            values[key] = value
+            continue
         values[key] = _coerce(where, key, value, getattr(defaults, key))
     return cls(**values)
 
@@ -198,14 +256,55 @@ def _validate(r: Recipe, where: str) -> None:
     _check_range(f"{where} [distill]", "device", d.device in ("auto", "cpu", "cuda"),
                  f"must be auto, cpu or cuda, got {d.device!r}")
     _check_range(f"{where} [student]", "layers", s.layers >= 1, f"must be >= 1, got {s.layers}")
-    _check_range(f"{where} [student]", "init", s.init == "even", f"must be 'even' (teacher layers evenly spaced), "
-                 f"got {s.init!r}")
+    if isinstance(s.init, list):
+        _check_range(f"{where} [student]", "init", len(s.init) == s.layers and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in s.init),
+            f"as a list must hold {s.layers} teacher layer indices (one per student layer), got {s.init!r}")
+    else:
+        _check_range(f"{where} [student]", "init", s.init in STUDENT_INITS,
+                     f"must be one of {', '.join(STUDENT_INITS)} or a list of teacher layer indices, got {s.init!r}")
+    _check_range(f"{where} [student]", "intermediate_size", s.intermediate_size >= 0,
+                 f"must be >= 0 (0 = the teacher's), got {s.intermediate_size}")
+    _check_range(f"{where} [student]", "heads", s.heads >= 0, f"must be >= 0 (0 = the teacher's), got {s.heads}")
+    _check_range(f"{where} [student]", "shrink_init", s.shrink_init in SHRINK_INITS,
+                 f"must be one of {', '.join(SHRINK_INITS)}, got {s.shrink_init!r}")
+    _check_range(f"{where} [distill]", "method", d.method in DISTILL_METHODS,
+                 f"must be one of {', '.join(DISTILL_METHODS)}, got {d.method!r}")
+    _check_range(f"{where} [distill]", "loss", d.loss in KD_LOSSES,
+                 f"must be one of {', '.join(KD_LOSSES)}, got {d.loss!r}")
+    _check_range(f"{where} [distill]", "beta", 0.0 < d.beta < 1.0, f"must be in (0, 1), got {d.beta}")
+    _check_range(f"{where} [distill]", "feature_weight", d.feature_weight >= 0,
+                 f"must be >= 0, got {d.feature_weight}")
+    _check_range(f"{where} [distill]", "feature_loss", d.feature_loss in FEATURE_LOSSES,
+                 f"must be one of {', '.join(FEATURE_LOSSES)}, got {d.feature_loss!r}")
+    _check_range(f"{where} [distill]", "feature_layers", not d.feature_layers or (
+        len(d.feature_layers) == s.layers and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1
+                                                  for i in d.feature_layers)),
+        f"must be [] or {s.layers} teacher hidden-state indices >= 1 (one per student layer), got {d.feature_layers!r}")
+    _check_range(f"{where} [distill]", "grad_accum", d.grad_accum >= 1 and d.batch_size % d.grad_accum == 0,
+                 f"must be >= 1 and divide batch_size ({d.batch_size}), got {d.grad_accum}")
+    _check_range(f"{where} [distill]", "checkpoint_every", d.checkpoint_every >= 0,
+                 f"must be >= 0 (0 = no checkpoints), got {d.checkpoint_every}")
+    q = r.sequence
+    for key in ("num_prompts", "prompt_tokens", "new_tokens", "batch_size"):
+        _check_range(f"{where} [sequence]", key, getattr(q, key) >= 1, f"must be >= 1, got {getattr(q, key)}")
+    _check_range(f"{where} [sequence]", "temperature", q.temperature >= 0,
+                 f"must be >= 0 (0 = greedy), got {q.temperature}")
+    _check_range(f"{where} [sequence]", "top_k", q.top_k >= 0, f"must be >= 0 (0 = off), got {q.top_k}")
+    _check_range(f"{where} [sequence]", "top_p", 0.0 < q.top_p <= 1.0, f"must be in (0, 1], got {q.top_p}")
     _check_range(f"{where} [data]", "heldout_fraction", 0.0 < data.heldout_fraction <= 0.5,
                  f"must be in (0, 0.5], got {data.heldout_fraction}")
     _check_range(f"{where} [data]", "seq_len", data.seq_len >= 8, f"must be >= 8, got {data.seq_len}")
     _check_range(f"{where} [export]", "prefill_len", e.prefill_len >= 1, f"must be >= 1, got {e.prefill_len}")
     _check_range(f"{where} [export]", "max_len", e.max_len > e.prefill_len,
                  f"must be larger than prefill_len ({e.prefill_len}), got {e.max_len}")
+    _check_range(f"{where} [export]", "cache", e.cache in ("full", "gqa"),
+                 f"must be \"full\" or \"gqa\", got {e.cache!r}")
+    qz = r.quantize
+    _check_range(f"{where} [quantize]", "block_size", qz.block_size >= 16 and not qz.block_size & (qz.block_size - 1),
+                 f"must be a power of two >= 16, got {qz.block_size}")
+    _check_range(f"{where} [quantize]", "keep_float", all(isinstance(k, str) and k for k in qz.keep_float),
+                 f"must be a list of layer-name parts like [\"lm_head\"], got {qz.keep_float!r}")
     _check_range(f"{where} [bench]", "new_tokens", b.new_tokens >= 1, f"must be >= 1, got {b.new_tokens}")
     _check_range(f"{where} [bench]", "repeats", b.repeats >= 1, f"must be >= 1, got {b.repeats}")
     _check_range(f"{where} [bench]", "new_tokens", e.prefill_len + b.new_tokens <= e.max_len,
@@ -249,12 +348,12 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
     if raw["target"] not in TARGETS:
         raise EdgeError(f"{path}: unknown target '{raw['target']}'", f"use one of: {', '.join(TARGETS)}")
     defaults = TargetProfile("", "", "", "")
-    for key in ("threads", "max_len"):
+    for key in ("threads", "max_len", "min_ios"):
         if key in raw:
             _coerce(str(path), key, raw[key], getattr(defaults, key))
     return TargetProfile(
         target=raw["target"], format=raw["format"], quantization=raw["quantization"], runtime=raw["runtime"],
-        threads=raw.get("threads", 1), max_len=raw.get("max_len", 256),
+        threads=raw.get("threads", 1), max_len=raw.get("max_len", 256), min_ios=raw.get("min_ios", 18),
         budgets=load_budgets(raw.get("budgets", {}), str(path)), path=str(path),
     )
 

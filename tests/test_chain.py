@@ -131,7 +131,32 @@ def test_bench_verb_on_a_bundle_prints_json(tiny_run, tmp_path):
     assert (tmp_path / "bench.json").is_file()
 
 
-@pytest.mark.parametrize("verb", ["report"])
-def test_unbuilt_verbs_say_so(tiny_run, verb, tmp_path):
-    proc = edgedistil(verb, tiny_run[0], "--out", tmp_path)
-    assert proc.returncode == 3 and "not built yet" in proc.stderr
+def test_force_reruns_a_stage_and_everything_after_it(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[0], copy)
+    proc = edgedistil("build", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", copy,
+                      "--force", "quantize")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("distill", "export[student]", "export[teacher]"):
+        assert f"[{stage}] cached" in proc.stderr
+    for stage in ("quantize[int8]", "bench", "convert[web]"):
+        assert f"[{stage}] running" in proc.stderr
+    assert "[quantize[int8]] running" in (copy / "build.log").read_text()
+
+
+def test_a_second_build_into_a_running_folder_is_refused(tmp_path):
+    from edgedistil.build import build_lock
+
+    with build_lock(tmp_path):
+        proc = edgedistil("build", "--target", "web", "--config", TINY, "--out", tmp_path)
+    assert proc.returncode == 2
+    assert "another edgedistil build is running" in proc.stderr and f"pid {__import__('os').getpid()}" in proc.stderr
+    assert not (tmp_path / "distill").exists()
+
+
+def test_repeated_targets_build_once(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[0], copy)
+    proc = edgedistil("build", "--target", "web", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS,
+                      "--out", copy)
+    assert proc.returncode == 0 and proc.stdout.count("bundle: ") == 1

@@ -38,7 +38,7 @@ def test_unknown_target(tmp_path, target):
 
 
 def test_target_without_a_converter_says_so(tmp_path):
-    proc = edgedistil("build", "--target", "ios", "--config", TINY, "--out", tmp_path)
+    proc = edgedistil("build", "--target", "android", "--config", TINY, "--out", tmp_path)
     assert_one_line_error(proc, "no converter in this version")
     assert not (tmp_path / "distill").exists()
 

@@ -29,12 +29,12 @@ def runtime_label(threads: int) -> str:
 
 
 def bench_model(path: Path, prompt: list[int], prefill_len: int, new_tokens: int, repeats: int,
-                threads: int) -> dict:
+                threads: int, pp: tuple[int, ...] = (), depths: tuple[int, ...] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise EdgeError(f"model {path} does not exist", "build the bundle first or check --model")
     spec = {"model": str(path), "threads": threads, "prompt": prompt, "prefill_len": prefill_len,
-            "new_tokens": new_tokens, "repeats": repeats}
+            "new_tokens": new_tokens, "repeats": repeats, "pp": list(pp), "depths": list(depths)}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
@@ -54,21 +54,31 @@ def bench_model(path: Path, prompt: list[int], prefill_len: int, new_tokens: int
         values = [r[m] for r in raw["runs"]]
         out[m] = round(statistics.median(values), 2)
         out[m + "_spread"] = [round(min(values), 2), round(max(values), 2)]
+    if "llama_bench" in raw:
+        out["llama_bench"] = {k: {m: (round(x, 2) if isinstance(x, float) else x) for m, x in v.items()}
+                              for k, v in raw["llama_bench"].items()}
     return out
 
 
 def run_bench(models: dict[str, Path], prompt: list[int], prefill_len: int, new_tokens: int, repeats: int,
-              threads: int, log=print) -> dict:
-    """Benchmark each model in `models` ({"student": path, "teacher": path}) with the same prompt and settings."""
+              threads: int, log=print, pp: tuple[int, ...] = (64, 256),
+              depths: tuple[int, ...] = (0, 128, 512)) -> dict:
+    """Benchmark each model in `models` ({"student": path, "teacher": path}) with the same prompt and settings,
+    plus the llama-bench figures: prefill of `pp` tokens and decode at context `depths` (null where the cache is
+    too short), each with wall tok/s and CPU-ms per token."""
     record = {"stage": "bench", "runtime": runtime_label(threads), "threads": threads,
               "prompt_tokens": len(prompt), "prefill_len": prefill_len, "new_tokens": new_tokens,
               "repeats": repeats, "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
     for role, path in models.items():
         log(f"bench[{role}]: {Path(path).name} ({Path(path).stat().st_size / 1e6:.1f} MB), {repeats} repeats")
-        record[role] = bench_model(path, prompt, prefill_len, new_tokens, repeats, threads)
+        record[role] = bench_model(path, prompt, prefill_len, new_tokens, repeats, threads, pp, depths)
         r = record[role]
         log(f"bench[{role}]: decode {r['decode_tokens_per_s']:.1f} tok/s, prefill {r['prefill_tokens_per_s']:.1f} "
             f"tok/s, TTFT {r['ttft_ms']:.0f} ms, peak {r['peak_memory_mb']:.0f} MB")
+        for name, m in r.get("llama_bench", {}).items():
+            figure = (f"{m['tokens_per_s']:9.1f} tok/s  {m['cpu_ms_per_token']:7.2f} CPU-ms/token"
+                      if m.get("tokens_per_s") else f"n/a: {m['reason']}")
+            log(f"bench[{role}]:   {name:<12} {figure}")
     if "student" in record and "teacher" in record:
         record["speedup_vs_teacher"] = round(record["student"]["decode_tokens_per_s"]
                                              / record["teacher"]["decode_tokens_per_s"], 3)

@@ -40,5 +40,9 @@ def verify_bundle(bundle: Path) -> dict:
             if not (logits == logits).all():
                 raise EdgeError(f"{bundle / file} produced NaN logits", "rebuild the bundle")
             runs.append({"file": file, "runtime": "onnxruntime CPU", "decode_step": "ok"})
+    elif manifest["target"] == "ios":  # no Core ML on Linux: the spec against the manifest, one MIL reference step
+        from edgedistil.convert.ios import verify_package
+
+        runs.extend(verify_package(bundle, manifest))
     return {"bundle": str(bundle), "target": manifest["target"], "files_checked": len(manifest["files"]),
             "model_runs": runs, "ok": True}

@@ -1,111 +1,334 @@
-"""The convert stage for `web`: records + quantized ONNX -> dist/web/ (model, tokenizer, manifest, usage).
+"""The convert stage for `web`: records + quantized ONNX -> dist/web/, a folder a web developer serves as it is.
 
-The bundle is what a web developer copies into a site: `model.onnx` for onnxruntime-web, the tokenizer, and a
-manifest that says how to call the model (I/O names, shapes, dtypes, cache layout) and what was measured.
+The bundle holds the model for onnxruntime-web, the tokenizer, `edgedistil-web.js` (load, tokenize, chunked
+prefill, greedy decode streaming tokens to a callback), a demo page, and under `vendor/` the few files of the
+pinned npm packages that the page loads (onnxruntime-web's wasm build and the Hugging Face tokenizer library), so
+nothing comes from a CDN. `manifest.json` lists every file with its sha256 and says what was measured.
+
+The npm packages are pinned by `web_runtime/package-lock.json` and installed once with `npm ci --ignore-scripts`
+into the cache (`$EDGEDISTIL_NPM_CACHE`, else `<edgedistil cache>/npm`), one folder per lockfile hash.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from edgedistil import __version__
-from edgedistil.errors import atomic_dir, write_json
+from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.records import file_entry
 
 SCHEMA_VERSION = 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+RUNTIME_SRC = Path(__file__).resolve().parent / "web_runtime"
+OWN_FILES = ("edgedistil-web.js", "index.html")  # ours, copied from web_runtime/
+# bundle path -> path under node_modules: only what the page loads (the bundled ESM build of onnxruntime-web
+# inlines its wasm glue, so one .mjs and one .wasm suffice), plus the tokenizer library's license
+VENDOR_FILES = {
+    "vendor/ort.wasm.bundle.min.mjs": "onnxruntime-web/dist/ort.wasm.bundle.min.mjs",
+    "vendor/ort-wasm-simd-threaded.wasm": "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm",
+    "vendor/tokenizers.min.mjs": "@huggingface/tokenizers/dist/tokenizers.min.mjs",
+    "vendor/tokenizers.LICENSE": "@huggingface/tokenizers/LICENSE",
+}
+NPM_FIX = ("install Node.js and npm (Debian: `apt-get install nodejs npm`) and allow access to the npm registry once, "
+           "or copy an installed runtime folder into $EDGEDISTIL_NPM_CACHE")
+
+
+# ---- the pinned JS runtime -------------------------------------------------------------------------------------
+
+
+def lock_hash() -> str:
+    return hashlib.sha256((RUNTIME_SRC / "package-lock.json").read_bytes()).hexdigest()[:16]
+
+
+def npm_cache_root() -> Path:
+    from edgedistil.sources import cache_dir
+
+    env = os.environ.get("EDGEDISTIL_NPM_CACHE")
+    return Path(env).expanduser() if env else cache_dir() / "npm"
+
+
+def web_runtime(log=print) -> Path:
+    """The `node_modules` folder of the pinned runtime, installed with `npm ci` on first use."""
+    dest = npm_cache_root() / lock_hash()
+    if (dest / "node_modules").is_dir() and all((dest / "node_modules" / p).is_file() for p in VENDOR_FILES.values()):
+        return dest / "node_modules"
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise EdgeError("the web bundle needs the pinned onnxruntime-web from npm, but `npm`/`node` are not on PATH",
+                        NPM_FIX)
+    log(f"installing the pinned JS runtime (onnxruntime-web, @huggingface/tokenizers) with npm ci into {dest}")
+    with atomic_dir(dest) as tmp:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(RUNTIME_SRC / name, tmp / name)
+        # --ignore-scripts: nothing from the registry runs here; we only copy files out of the packages
+        cmd = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--fetch-retries=1",
+               "--fetch-timeout=60000"]
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  errors="replace", timeout=600)
+        except subprocess.TimeoutExpired:
+            raise EdgeError("`npm ci` for the web runtime did not finish in 10 minutes", NPM_FIX) from None
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "ERR" in ln] or lines or ["npm exited without a message"]
+            raise EdgeError(f"could not install the pinned JS runtime from the npm registry (not reachable?): "
+                            f"{' / '.join(errors[:3])[:300]}", NPM_FIX)
+        missing = [p for p in VENDOR_FILES.values() if not (tmp / "node_modules" / p).is_file()]
+        if missing:
+            raise EdgeError(f"the installed npm packages lack {missing[0]}", "delete the npm cache folder and retry")
+    return dest / "node_modules"
+
+
+def runtime_versions(node_modules: Path) -> dict:
+    def version(pkg: str) -> str:
+        return json.loads((node_modules / pkg / "package.json").read_text())["version"]
+
+    return {pkg: version(pkg) for pkg in ("onnxruntime-web", "@huggingface/tokenizers")}
+
+
+# ---- the bundle ------------------------------------------------------------------------------------------------
 
 USAGE = """\
 # {name}: web bundle
 
-Files: `model.onnx` ({size_mb:.1f} MB, {quantization}), `tokenizer.json`, `manifest.json` (I/O, cache layout,
-sha256 of every file, measured fidelity and speed).
+Serve this folder as it is and open `index.html`: a demo page with a prompt box that streams the generated text
+and shows tokens/s. Everything it loads is in the folder (onnxruntime-web {ort_version} and
+@huggingface/tokenizers {tok_version} are under `vendor/`); no CDN is contacted.
 
-One graph serves prefill (`input_ids` of {prefill} tokens) and decode (1 token). The KV cache has the shape
-`{cache_shape}` (float32); feed the previous step's `k_cache_out`/`v_cache_out` back in. Prompts run in chunks of
-{prefill} tokens: pad the last chunk and read the logits of its last real token.
+| file | what |
+|---|---|
+| `model.onnx` | {size_mb:.1f} MB, {quantization}: one graph for prefill and decode |
+| `tokenizer.json`, `tokenizer_config.json` | the tokenizer, read by @huggingface/tokenizers |
+| `edgedistil-web.js` | ES module: load, tokenize, chunked prefill, greedy decode streaming tokens |
+| `index.html` | the demo page |
+| `vendor/` | `ort.wasm.bundle.min.mjs` + `ort-wasm-simd-threaded.wasm` (onnxruntime-web, MIT), `tokenizers.min.mjs` |
+| `manifest.json` | I/O, cache layout, the sha256 of every file, measured fidelity and speed |
 
-```js
-import * as ort from "onnxruntime-web";
+## Serve it
 
-const manifest = await (await fetch("manifest.json")).json();
-const session = await ort.InferenceSession.create("model.onnx", {{ executionProviders: ["wasm"] }});
-const shape = manifest.kv_cache.shape;
-const zeros = () => new ort.Tensor("float32", new Float32Array(shape.reduce((a, b) => a * b)), shape);
-let k = zeros(), v = zeros();
+Any static server works. For more than one wasm thread the page must be cross-origin isolated (that is what
+enables `SharedArrayBuffer`), so send these two headers with every file:
 
-// ids: token ids of one chunk (prefill, padded to {prefill}) or one token (decode); position: index of ids[0]
-async function step(ids, position) {{
-  const out = await session.run({{
-    input_ids: new ort.Tensor("int32", Int32Array.from(ids), [1, ids.length]),
-    position: new ort.Tensor("int32", Int32Array.of(position), [1]),
-    k_cache: k, v_cache: v,
-  }});
-  k = out.k_cache_out; v = out.v_cache_out;
-  return out.logits;  // [1, ids.length, {vocab}]
-}}
+```
+Cross-Origin-Opener-Policy: same-origin
+Cross-Origin-Embedder-Policy: require-corp
 ```
 
-Tokenize with any library that reads `tokenizer.json` (for example `AutoTokenizer` of `@huggingface/transformers`).
-edgedistil measured this bundle with native ONNX Runtime on the build machine (see `manifest.json`: `fidelity`,
-`bench`); it has not run it in a browser yet.
+Serve `.wasm` as `application/wasm` and `.js`/`.mjs` as `text/javascript`. For a quick local look (one thread,
+no headers needed): `python3 -m http.server -d . 8000` and open http://127.0.0.1:8000/index.html.
+With nginx: `add_header Cross-Origin-Opener-Policy same-origin; add_header Cross-Origin-Embedder-Policy
+require-corp;`. edgedistil's own browser bench serves the folder with both headers (`edgedistil bench --target web
+--bundle DIR`).
+
+## Use the module
+
+```js
+import {{ load }} from "./edgedistil-web.js";
+
+const lm = await load({{ threads: 1 }});  // threads > 1 needs the headers above
+const result = await lm.generate("In the beginning", {{
+  maxNewTokens: 48,
+  onToken: ({{ text, tokensPerSecond }}) => output.append(text),  // streamed as it is generated
+}});
+console.log(result.ids, result.text, result.timings);  // timings: ttft_ms, prefill/decode tokens per second
+```
+
+`generate` accepts text or an array of token ids; it stops at the end-of-sequence token unless
+`stopAtEos: false`. `lm.encode(text)` and `lm.decode(ids)` use the bundle's tokenizer. The module keeps the files it
+imports at the relative paths of this folder; to move them, keep `edgedistil-web.js` beside `vendor/`, and pass
+`load({{ base: "https://.../bundle/" }})` when the model and manifest live elsewhere.
+
+## The model's calling convention
+
+One graph serves prefill (`input_ids` int32 `[1, {prefill}]`) and decode (`[1, 1]`), with `position` int32 `[1]`
+(the position of `input_ids[0]`). The KV cache has the shape `{cache_shape}` (float32); feed the previous step's
+`k_cache_out`/`v_cache_out` back in as `k_cache`/`v_cache`. Prompts run in chunks of {prefill} tokens: pad the last
+chunk with token 0 and read the logits of its last real token. `logits` is `[1, T, {vocab}]`.
+
+## What was measured
+
+{measured}
 """
 
 
+def _measured_text(manifest: dict) -> str:
+    b, fid = manifest["bench"], manifest["fidelity"]
+    lines = []
+    if b.get("decode_tokens_per_s") is not None:
+        lines.append(f"- Speed ({b['runtime']}): decode {b['decode_tokens_per_s']:.1f} tokens/s, prefill "
+                     f"{b['prefill_tokens_per_s']:.0f} tokens/s, first token after {b['ttft_ms']:.0f} ms, peak "
+                     f"memory {b['peak_memory_mb']:.0f} MB.")
+    native = manifest.get("bench_native") or {}
+    if native.get("decode_tokens_per_s") is not None and native is not b:
+        lines.append(f"- Native ({native['runtime']}), same file: decode {native['decode_tokens_per_s']:.1f} "
+                     f"tokens/s.")
+    browser = fid.get("browser")
+    if browser:
+        gap = browser.get("divergence")
+        lines.append(f"- In the browser, greedy generation gave {browser['tokens_matching']}/{browser['tokens']} "
+                     f"of the token ids of Python onnxruntime on the same prompt" +
+                     (f"; at token {gap['position']} the two tokens were {gap['logit_gap']:.3g} apart in Python's "
+                      f"logits ({'a near-tie' if abs(gap['logit_gap']) < 0.5 else 'not a near-tie'})." if gap
+                      else "."))
+    else:
+        lines.append("- This bundle has not been run in a browser yet (`edgedistil bench --target web --bundle DIR`).")
+    lines.append(f"- Against the fp32 PyTorch student on held-out text: top-1 agreement {fid['top1_agreement']:.3f}, "
+                 f"mean KL {fid['kl_mean']:.4f}.")
+    return "\n".join(lines)
+
+
+def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, records: dict, node_modules: Path) -> dict:
+    """Write the bundle into the existing, empty folder `dest` and return its manifest.
+
+    `records` holds the export, quantize and distill records, and optionally `bench` (native ONNX Runtime) and
+    `bench_web` (the browser, see edgedistil.bench.web).
+    """
+    dest = Path(dest)
+    export, quant, distill = records["export"], records["quantize"], records["distill"]
+    shutil.copy2(quantized_onnx, dest / "model.onnx")
+    for name in TOKENIZER_FILES:
+        if (Path(student_dir) / name).is_file():
+            shutil.copy2(Path(student_dir) / name, dest / name)
+    for name in OWN_FILES:
+        shutil.copy2(RUNTIME_SRC / name, dest / name)
+    (dest / "vendor").mkdir()
+    for rel, src in VENDOR_FILES.items():
+        shutil.copy2(node_modules / src, dest / rel)
+    versions = runtime_versions(node_modules)
+    graphs = [{**g, "file": "model.onnx"} for g in export["graphs"]]
+    name = f"{records.get('recipe_name', 'student')}-student"
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "target": "web",
+        "name": name,
+        "created_by": f"edgedistil {__version__}",
+        "runtime": {"name": "onnxruntime-web", "version": versions["onnxruntime-web"], "execution_provider": "wasm",
+                    "opset": export["opset"], "module": "edgedistil-web.js", "demo": "index.html",
+                    "tokenizer_library": f"@huggingface/tokenizers {versions['@huggingface/tokenizers']}",
+                    "vendor": {rel: src for rel, src in VENDOR_FILES.items()},
+                    "npm_lock_sha256_16": lock_hash()},
+        "files": [],
+        "graphs": graphs,
+        "kv_cache": export["kv_cache"],
+        "tokenizer": "tokenizer.json",
+        "quantization": {"method": quant["method"], "scheme": quant["scheme"]},
+        "fidelity": _fidelity(quant, records.get("bench_web")),
+        **_bench_entries(records.get("bench"), records.get("bench_web")),
+        "quality": _quality(distill),
+        "student": {"parameters": distill["student"]["parameters"], "layers": distill["student"]["layers"],
+                    "teacher_layers": distill["student"]["teacher_layers"],
+                    "teacher_parameters": distill["teacher_parameters"]},
+    }
+    (dest / "USAGE.md").write_text(USAGE.format(
+        name=name, size_mb=quant["bytes"] / 1e6, quantization=quant["method"], prefill=graphs[0]["tokens_per_call"],
+        cache_shape=export["kv_cache"]["shape"], vocab=graphs[0]["outputs"][0]["shape"][-1],
+        ort_version=versions["onnxruntime-web"], tok_version=versions["@huggingface/tokenizers"],
+        measured=_measured_text(manifest)))
+    manifest["files"] = [file_entry(p, dest) for p in sorted(dest.rglob("*")) if p.is_file()]
+    write_json(dest / "manifest.json", manifest)
+    return manifest
+
+
 def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, records: dict, log=print) -> dict:
-    """Assemble `out_dir` (dist/web) atomically. `records` holds the export, quantize, distill and bench records."""
-    export, quant, distill, bench = records["export"], records["quantize"], records["distill"], records.get("bench")
+    """Assemble `out_dir` (dist/web) atomically; see assemble_web_bundle for `records`."""
+    node_modules = web_runtime(log)
+    web = records.get("bench_web")
+    if web and web["student"]["sha256"] != _sha(quantized_onnx):
+        raise EdgeError("the browser bench record is for another model file than the one being bundled",
+                        "rerun `edgedistil build --target web` so the browser bench runs on this model")
     with atomic_dir(out_dir) as tmp:
-        shutil.copy2(quantized_onnx, tmp / "model.onnx")
-        for name in TOKENIZER_FILES:
-            if (Path(student_dir) / name).is_file():
-                shutil.copy2(Path(student_dir) / name, tmp / name)
-        q = distill["quality"]
-        graphs = [{**g, "file": "model.onnx"} for g in export["graphs"]]
-        manifest_name = f"{records.get('recipe_name', 'student')}-student"
-        usage = USAGE.format(
-            name=manifest_name, size_mb=quant["bytes"] / 1e6, quantization=quant["method"],
-            prefill=graphs[0]["tokens_per_call"], cache_shape=export["kv_cache"]["shape"],
-            vocab=graphs[0]["outputs"][0]["shape"][-1])
-        (tmp / "USAGE.md").write_text(usage)
-        files = [file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()]
-        not_measured = {"value": None, "reason": "the bench stage did not run"}
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "target": "web",
-            "name": manifest_name,
-            "created_by": f"edgedistil {__version__}",
-            "runtime": {"name": "onnxruntime-web", "execution_provider": "wasm", "opset": export["opset"]},
-            "files": files,
-            "graphs": graphs,
-            "kv_cache": export["kv_cache"],
-            "tokenizer": "tokenizer.json",
-            "quantization": {"method": quant["method"], "scheme": quant["scheme"]},
-            "fidelity": {**{k: quant["fidelity"][k] for k in ("max_abs_diff", "top1_agreement", "kl_mean",
-                                                              "greedy_tokens_matching", "greedy_tokens")},
-                         "reference": "fp32 PyTorch student", "runtime": "onnxruntime CPU (host)",
-                         "positions_compared": quant["fidelity"]["positions_compared"]},
-            "bench": _bench_entry(bench, "student") if bench else not_measured,
-            "teacher_bench": _bench_entry(bench, "teacher") if bench and "teacher" in bench else not_measured,
-            "speedup_vs_teacher": bench.get("speedup_vs_teacher") if bench else None,
-            "quality": {"student_perplexity": q["student_perplexity"], "teacher_perplexity": q["teacher_perplexity"],
-                        "top1_agreement_with_teacher": q["top1_agreement_with_teacher"],
-                        "kl_teacher_student_mean": q["kl_teacher_student_mean"],
-                        "quality_retained": q["quality_retained"], "heldout_tokens": q["tokens"],
-                        "corpus": distill["corpus"]["name"]},
-            "student": {"parameters": distill["student"]["parameters"], "layers": distill["student"]["layers"],
-                        "teacher_layers": distill["student"]["teacher_layers"],
-                        "teacher_parameters": distill["teacher_parameters"]},
-        }
-        write_json(tmp / "manifest.json", manifest)
+        manifest = assemble_web_bundle(tmp, quantized_onnx, student_dir, records, node_modules)
+    files = manifest["files"]
     log(f"convert[web]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files)")
     return manifest
 
 
-def _bench_entry(bench: dict, role: str) -> dict:
-    r = bench[role]
+def _sha(path: Path) -> str:
+    from edgedistil.records import sha256_file
+
+    return sha256_file(path)
+
+
+def _fidelity(quant: dict, web: dict | None) -> dict:
+    f = quant["fidelity"]
+    out = {**{k: f[k] for k in ("max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching",
+                                "greedy_tokens")},
+           "reference": "fp32 PyTorch student", "runtime": "onnxruntime CPU (host)",
+           "positions_compared": f["positions_compared"]}
+    if web:
+        s = web["student"]
+        out["browser"] = {"tokens_matching": s["tokens_matching"], "tokens": len(s["reference_ids"]),
+                          "ids_equal": s["ids_equal"], "first_divergence": s["first_divergence"],
+                          "divergence": s.get("divergence"),
+                          "reference": "the same model file in Python onnxruntime (CPU), greedy, same prompt",
+                          "runtime": s["runtime"]}
+    return out
+
+
+def _bench_entries(native: dict | None, web: dict | None) -> dict:
+    """`bench`/`teacher_bench` come from the browser when it ran, else from native ONNX Runtime; the native figures
+    are kept under `bench_native`/`teacher_bench_native` either way. `speedup_vs_teacher` compares the two on the
+    same runtime only."""
+    def missing(reason):
+        return {"value": None, "reason": reason}
+
+    nat = {role: _native_entry(native[role]) if native and role in native else None for role in ("student", "teacher")}
+    brw = {role: web[role] if web and web.get(role) and web[role].get("decode_tokens_per_s") is not None else None
+           for role in ("student", "teacher")}
+    out = {}
+    for key, role in (("bench", "student"), ("teacher_bench", "teacher")):
+        chosen = brw[role] and _web_entry(brw[role])
+        if not chosen:
+            chosen = nat[role]
+        if chosen is None:
+            reason = "the bench stage did not run"
+            if web and web.get(role) and web[role].get("reason"):
+                reason = web[role]["reason"]
+            chosen = missing(reason)
+        out[key] = chosen
+        out[key + "_native"] = nat[role] or missing("the native bench stage did not run")
+    pair, where = (brw, "browser") if brw["student"] and brw["teacher"] else (nat, "native")
+    if pair["student"] and pair["teacher"]:
+        out["speedup_vs_teacher"] = round(pair["student"]["decode_tokens_per_s"]
+                                          / pair["teacher"]["decode_tokens_per_s"], 3)
+        out["speedup_runtime"] = where
+    else:
+        out["speedup_vs_teacher"] = None
+        out["speedup_runtime"] = None
+    if brw["student"] and nat["student"]:
+        out["browser_vs_native_decode"] = round(brw["student"]["decode_tokens_per_s"]
+                                                / nat["student"]["decode_tokens_per_s"], 3)
+    return out
+
+
+def _native_entry(r: dict) -> dict:
     keys = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb")
-    entry = {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"], "model_bytes": r["bytes"],
-             "spread": {k: r[k + "_spread"] for k in keys if k + "_spread" in r}, "sha256": r["sha256"]}
-    return entry
+    return {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"], "model_bytes": r["bytes"],
+            "spread": {k: r[k + "_spread"] for k in keys if k + "_spread" in r}, "sha256": r["sha256"]}
+
+
+def _web_entry(r: dict) -> dict:
+    keys = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb")
+    extra = ("js_heap_used_mb", "renderer_peak_rss_mb", "chromium_peak_rss_mb", "load_ms", "threads",
+             "cross_origin_isolated", "wasm_simd")
+    return {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"], "model_bytes": r["bytes"],
+            "spread": {k: r[k + "_spread"] for k in keys if k + "_spread" in r}, "sha256": r["sha256"],
+            **{k: r.get(k) for k in extra},
+            "peak_memory_source": "peak resident set of the Chromium renderer process that ran the page (VmHWM)"}
+
+
+def _quality(distill: dict) -> dict:
+    q = distill["quality"]
+    return {"student_perplexity": q["student_perplexity"], "teacher_perplexity": q["teacher_perplexity"],
+            "top1_agreement_with_teacher": q["top1_agreement_with_teacher"],
+            "kl_teacher_student_mean": q["kl_teacher_student_mean"], "quality_retained": q["quality_retained"],
+            "heldout_tokens": q["tokens"], "corpus": distill["corpus"]["name"]}
+
+
+if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS runtime now (CI does this)
+    print(web_runtime())

@@ -1,14 +1,18 @@
 """The distill stage: teacher + corpus + recipe -> student HF folder, train.jsonl curve, eval.json and record.json.
 
-Response-based KD on random corpus windows: the student is trained to match the teacher's softened next-token
-distribution (plus a little CE on the real next token). One file, one workflow.
+One training loop serves the three flavours: response KD (soft labels: forward KL, reverse KL or JSD, plus CE),
+with hidden-state KD added when feature_weight > 0, and sequence-level KD (CE on texts the teacher wrote). Before
+any training, a pre-flight checks the tokenizers, estimates size and memory, and trial-exports the student. The
+loop accumulates gradients, checkpoints every N steps for a bit-for-bit `--resume`, and runs under torchrun (DDP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,12 +21,17 @@ import torch
 from tqdm import tqdm
 
 from edgedistil.config import Recipe
+from edgedistil.distill import distributed
+from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize
-from edgedistil.distill.evaluate import compare_on_heldout, eval_windows
-from edgedistil.distill.losses import kd_loss
+from edgedistil.distill.evaluate import compare_on_heldout, eval_windows, student_only_quality
+from edgedistil.distill.losses import FeatureKD, ce_loss, even_feature_map, kd_loss
+from edgedistil.distill.preflight import check_tokenizers, estimate, trial_export
+from edgedistil.distill.sequence import read_prompts, teacher_texts
 from edgedistil.distill.student import build_student
 from edgedistil.errors import EdgeError, atomic_dir, write_json
-from edgedistil.model import load_hf_folder, save_hf_folder
+from edgedistil.model import EdgeLM, load_hf_folder, save_hf_folder
+from edgedistil.records import folder_fingerprint, stage_key
 from edgedistil.sources import Corpus, split_heldout
 
 
@@ -43,100 +52,276 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path, log=print) -> dict:
-    """Distill a student from `teacher_dir` on `corpus`; writes `out_dir` atomically and returns the record."""
+class Trainee(torch.nn.Module):
+    """What the optimizer trains and DDP wraps: the student and, for hidden-state KD, its projections."""
+
+    def __init__(self, student: EdgeLM, feature: FeatureKD | None):
+        super().__init__()
+        self.student, self.feature = student, feature
+
+    def forward(self, inputs, teacher_hidden=None):
+        if self.feature is None:
+            return self.student(inputs), None
+        logits, hidden = self.student(inputs, output_hidden_states=True)
+        return logits, self.feature(hidden, teacher_hidden)
+
+
+def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe) -> tuple[EdgeLM, Path, dict]:
+    """The student (built from the teacher, or a ready HF folder), the folder its tokenizer comes from, and how
+    it was made."""
+    s = recipe.student
+    if s.source:
+        folder = Path(s.source).expanduser()
+        if not folder.is_dir():
+            raise EdgeError(f"[student] source {folder} does not exist",
+                            "pass an HF model folder, or \"\" to build the student from the teacher")
+        student = load_hf_folder(folder).float()
+        return student, folder, {"source": str(folder), "layers": student.cfg.num_hidden_layers,
+                                 "init": "from the source folder"}
+    student, info = build_student(teacher, s.layers, s.init, s.intermediate_size, s.heads, s.shrink_init,
+                                  seed=recipe.distill.seed)
+    return student, teacher_dir, {"source": "built from the teacher", "layers": s.layers, "init": s.init, **info}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), as the bench measures it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def run_key(teacher_dir: Path, corpus: Corpus, recipe: Recipe) -> str:
+    """Identity of a run's inputs: a checkpoint resumes only a run with the same key."""
+    import hashlib
+
+    return stage_key("distill-checkpoint", recipe.section("data"), recipe.section("student"),
+                     recipe.section("distill"), recipe.section("sequence"), folder_fingerprint(Path(teacher_dir)),
+                     hashlib.sha256(corpus.text.encode()).hexdigest())
+
+
+def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path, log=print,
+                resume: bool = False) -> dict:
+    """Distill a student from `teacher_dir` on `corpus`; rank 0 writes `out_dir` atomically; returns the record."""
     d, data = recipe.distill, recipe.data
+    out_dir = Path(out_dir)
     device, amp_dtype = pick_device(d.device)
+    ddp = distributed.setup(device)
+    if not ddp.main:
+        log = lambda *_: None  # noqa: E731 - one voice in the log
+    if device == "cuda" and ddp.active:
+        device = f"cuda:{ddp.local_rank}"
     torch.manual_seed(d.seed)
-    if device == "cpu":
+    if device == "cpu" and not ddp.active:  # under torchrun each rank keeps the thread count torchrun gave it
         torch.set_num_threads(os.cpu_count() or 1)
+    sequence = d.method == "sequence"
 
-    tokenizer = load_tokenizer(teacher_dir)
+    # ---- pre-flight: everything that can fail fails here, before the first step ----
+    t_pre = time.perf_counter()
+    teacher_tok = load_tokenizer(teacher_dir)
     teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
-    check_vocab(tokenizer, teacher.cfg.vocab_size, "the teacher")
-    student, picks = build_student(teacher, recipe.student.layers)
+    check_vocab(teacher_tok, teacher.cfg.vocab_size, "the teacher")
+    student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe)
+    student_tok = load_tokenizer(student_tok_dir)
+    check_vocab(student_tok, student.cfg.vocab_size, "the student")
+    try:
+        tokenizers = check_tokenizers(teacher_tok, student_tok, teacher.cfg.vocab_size, student.cfg.vocab_size)
+    except EdgeError:
+        if not sequence:  # logit KD needs one vocabulary; sequence-level KD is the way around it
+            raise
+        tokenizers = None
+    ce_only = sequence or (d.alpha == 0 and d.feature_weight == 0)  # then the teacher is not run while training
+    local_batch = d.batch_size // (ddp.world * d.grad_accum)
+    if local_batch < 1 or d.batch_size % (ddp.world * d.grad_accum):
+        raise EdgeError(f"[distill] batch_size {d.batch_size} does not split into {ddp.world} processes x "
+                        f"{d.grad_accum} micro-batches", f"use a multiple of {ddp.world * d.grad_accum}")
+    sizes = estimate(student, None if ce_only else teacher, local_batch, data.seq_len)
+    log(f"pre-flight: student {sizes['parameters'] / 1e6:.2f}M params ({sizes['fp32_mb']} MB fp32, "
+        f"{sizes['int8_mb']} MB int8); training needs about {sizes['train_ram_mb']:.0f} MB of RAM")
+    exported = trial_export(student, recipe.export.max_len, log) if d.preflight_export else None
+    feature = None
+    if d.feature_weight > 0 and not sequence:
+        layer_map = d.feature_layers or even_feature_map(student.cfg.num_hidden_layers,
+                                                         teacher.cfg.num_hidden_layers)
+        bad = [i for i in layer_map if not 1 <= i <= teacher.cfg.num_hidden_layers]
+        if len(layer_map) != student.cfg.num_hidden_layers or bad:
+            raise EdgeError(f"[distill] feature_layers {layer_map} must give one teacher hidden-state index in 1.."
+                            f"{teacher.cfg.num_hidden_layers} per student layer ({student.cfg.num_hidden_layers})",
+                            "fix feature_layers, or set it to [] for evenly spaced layers")
+        feature = FeatureKD(student.cfg.hidden_size, teacher.cfg.hidden_size, layer_map, d.feature_loss)
+    preflight_s = time.perf_counter() - t_pre
 
+    # ---- data ----
     train_text, heldout_text = split_heldout(corpus.text, data.heldout_fraction)
-    train_ids, heldout_ids = tokenize(tokenizer, train_text), tokenize(tokenizer, heldout_text)
-    need_tokens(train_ids, data.seq_len + 1, "training", corpus.name)
+    generation = None
+    if sequence:
+        prompts = read_prompts(recipe.sequence.prompts, tokenize(teacher_tok, train_text), teacher_tok,
+                               recipe.sequence)
+        seq_dir = out_dir.parent / f"{out_dir.name}-sequence"
+        if ddp.main:  # one rank writes the teacher's texts; the others wait and read them
+            teacher.to(device)
+            teacher_texts(teacher, teacher_dir, teacher_tok, prompts, recipe.sequence, seq_dir, device, log)
+        distributed.barrier(ddp)
+        texts, generation = teacher_texts(teacher, teacher_dir, teacher_tok, prompts, recipe.sequence, seq_dir,
+                                          device, lambda *_: None)
+        train_text = "\n".join(texts)
+    train_ids, heldout_ids = tokenize(student_tok, train_text), tokenize(student_tok, heldout_text)
+    need_tokens(train_ids, data.seq_len + 1, "training", "the teacher's texts" if sequence else corpus.name)
     need_tokens(heldout_ids, data.seq_len + 1, "held-out", corpus.name)
+    flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
+               "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else ""))
     n_teacher = sum(p.numel() for p in teacher.parameters())
-    n_student = sum(p.numel() for p in student.parameters())
-    log(f"distill: teacher {n_teacher / 1e6:.1f}M params, {teacher.cfg.num_hidden_layers} layers -> student "
-        f"{n_student / 1e6:.1f}M params, layers {picks}; corpus '{corpus.name}' {len(train_ids):,} train / "
-        f"{len(heldout_ids):,} held-out tokens; device {device}{' bf16' if amp_dtype else ''}")
+    log(f"distill: {flavour}; teacher {n_teacher / 1e6:.1f}M params -> student "
+        f"{sizes['parameters'] / 1e6:.1f}M params, layers {design.get('teacher_layers', design['source'])}; "
+        f"{len(train_ids):,} train / {len(heldout_ids):,} held-out tokens; device {device}"
+        f"{' bf16' if amp_dtype else ''}{f', {ddp.world} processes' if ddp.active else ''}")
 
+    # ---- training ----
     teacher.to(device)
-    student.to(device).train()
-    opt = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(d.seed)
-    autocast = torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None)
+    net = Trainee(student, feature).to(device).train()
+    model = net
+    if ddp.active:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ddp.local_rank] if device != "cpu"
+                                                          else None)
+    opt = torch.optim.AdamW(net.parameters(), lr=d.lr, weight_decay=d.weight_decay, betas=(0.9, 0.95))
+    sampler = torch.Generator().manual_seed(d.seed)
+    autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None)
+    key = run_key(teacher_dir, corpus, recipe)
+    ckpt_dir = out_dir.parent / f"{out_dir.name}-checkpoints"
+    start, curve, tokens_seen, seconds_before = 0, [], 0, 0.0
+    resumed_from = None
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            log(f"distill: --resume found no checkpoint in {ckpt_dir}; starting from step 0")
+        else:
+            state = load_checkpoint(path, net, opt, sampler, key)
+            start, curve = state["step"], state["curve"]
+            tokens_seen, seconds_before = state["tokens"], state["seconds"]
+            resumed_from = str(path)
+            log(f"distill: resuming from {path} at step {start}/{d.steps}")
+
+    def step_loss(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs, labels = x[:, :-1], x[:, 1:]
+        with autocast:
+            t_logits = t_hidden = None
+            if not ce_only:
+                with torch.no_grad():
+                    t_out = teacher(inputs, output_hidden_states=feature is not None)
+                t_logits, t_hidden = t_out if feature is not None else (t_out, None)
+            s_logits, f_loss = model(inputs, t_hidden)
+        if ce_only:
+            loss, parts = ce_loss(s_logits, labels)
+        else:
+            loss, parts = kd_loss(s_logits, t_logits, labels, d.alpha, d.temperature, d.loss, d.beta)
+        if f_loss is not None:
+            loss = loss + d.feature_weight * f_loss
+            parts.update(feature=f_loss.item(), loss=loss.item())
+        return loss, parts
+
+    # a live bar on a terminal; in logs (CI, pipes) a plain line every tenth of the run instead
+    bar = tqdm(range(start, d.steps), initial=start, total=d.steps, desc="distill", unit="step", dynamic_ncols=True,
+               mininterval=1.0, disable=not (sys.stderr.isatty() and ddp.main))
+    every = max(1, d.steps // 10)
+    t0 = time.perf_counter()
+    for step in bar:
+        lr = lr_at(step, d.steps, d.warmup_steps, d.lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # every rank draws the same global batch from the same generator, then takes its rows: the data order
+        # does not depend on the number of processes
+        x = distributed.local_rows(sample_blocks(train_ids, d.batch_size, data.seq_len + 1, sampler), ddp)
+        opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        micro = x.to(device).chunk(d.grad_accum)
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1 or not ddp.active  # DDP all-reduces gradients on the last micro-batch
+            with contextlib.nullcontext() if sync else model.no_sync():
+                loss, parts = step_loss(mb)
+                (loss / d.grad_accum).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v / d.grad_accum
+        parts = distributed.mean_over_ranks(sums, ddp)
+        if not math.isfinite(parts["loss"]):
+            raise EdgeError(f"the distillation loss became {parts['loss']} at step {step}",
+                            "lower [distill] lr or raise warmup_steps in the recipe")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), d.grad_clip))
+        opt.step()
+        tokens_seen += d.batch_size * data.seq_len
+        elapsed = seconds_before + time.perf_counter() - t0
+        curve.append({"step": step, "lr": lr, **parts, "grad_norm": grad_norm, "tokens": tokens_seen,
+                      "seconds": round(elapsed, 3)})
+        tok_s = (step + 1 - start) * d.batch_size * data.seq_len / (time.perf_counter() - t0)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"} | {"loss": f"{parts['loss']:.3f}",
+                                                                                    "tok/s": f"{tok_s:.0f}"})
+        if bar.disable and ((step + 1) % every == 0 or step + 1 == d.steps):
+            eta = (time.perf_counter() - t0) / (step + 1 - start) * (d.steps - step - 1)
+            shown = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+            log(f"distill: step {step + 1}/{d.steps} {shown} {tok_s:.0f} tok/s, ETA {eta:.0f} s")
+        if d.checkpoint_every and (step + 1) % d.checkpoint_every == 0 and step + 1 < d.steps:
+            if ddp.main:
+                save_checkpoint(ckpt_dir, step + 1, net, opt, sampler,
+                                {"key": key, "curve": curve, "tokens": tokens_seen, "seconds": elapsed})
+            distributed.barrier(ddp)
+    bar.close()
+    train_seconds = seconds_before + time.perf_counter() - t0
+    tokens_per_s = (d.steps - start) * d.batch_size * data.seq_len / max(time.perf_counter() - t0, 1e-9)
+
+    if not ddp.main:  # rank 0 evaluates and writes; the others are done
+        distributed.barrier(ddp)
+        distributed.teardown(ddp)
+        return {"stage": "distill", "rank": ddp.rank, "quality": None}
 
     with atomic_dir(out_dir) as tmp:
-        curve = []
-        # a live bar on a terminal; in logs (CI, pipes) a plain line every tenth of the run instead
-        bar = tqdm(range(d.steps), desc="distill", unit="step", dynamic_ncols=True, mininterval=1.0,
-                   disable=not sys.stderr.isatty())
-        every = max(1, d.steps // 10)
-        t0 = time.perf_counter()
-        tokens_seen = 0
-        for step in bar:
-            lr = lr_at(step, d.steps, d.warmup_steps, d.lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x = sample_blocks(train_ids, d.batch_size, data.seq_len + 1, gen).to(device)
-            inputs, labels = x[:, :-1], x[:, 1:]
-            with autocast:
-                with torch.no_grad():
-                    t_logits = teacher(inputs)
-                s_logits = student(inputs)
-            loss, parts = kd_loss(s_logits, t_logits, labels, d.alpha, d.temperature)
-            if not math.isfinite(parts["loss"]):
-                raise EdgeError(f"the distillation loss became {parts['loss']} at step {step}",
-                                "lower [distill] lr or raise warmup_steps in the recipe")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), d.grad_clip))
-            opt.step()
-            tokens_seen += inputs.numel()
-            elapsed = time.perf_counter() - t0
-            row = {"step": step, "lr": lr, **parts, "grad_norm": grad_norm, "tokens": tokens_seen,
-                   "seconds": round(elapsed, 3)}
-            curve.append(row)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", kl=f"{parts['kl']:.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
-            if bar.disable and ((step + 1) % every == 0 or step + 1 == d.steps):
-                eta = elapsed / (step + 1) * (d.steps - step - 1)
-                log(f"distill: step {step + 1}/{d.steps} loss {parts['loss']:.3f} kl {parts['kl']:.3f} "
-                    f"{tokens_seen / elapsed:.0f} tok/s, ETA {eta:.0f} s")
-        bar.close()
-        train_seconds = time.perf_counter() - t0
         (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
-
         student.eval()
         windows = eval_windows(heldout_ids, data.seq_len, d.eval_tokens)
         with autocast:
-            quality = compare_on_heldout(student, teacher, windows, device=device)
+            if tokenizers is None:
+                quality = student_only_quality(student, windows, "the student's tokenizer is not the teacher's, "
+                                               "so per-token teacher figures would count other tokens",
+                                               device=device)
+            else:
+                quality = compare_on_heldout(student, teacher, windows, device=device)
         write_json(tmp / "eval.json", quality)
-        log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} vs teacher "
-            f"{quality['teacher_perplexity']:.2f}, top-1 agreement {quality['top1_agreement_with_teacher']:.3f}")
+        if quality["teacher_perplexity"] is not None:
+            log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} vs teacher "
+                f"{quality['teacher_perplexity']:.2f}, top-1 agreement {quality['top1_agreement_with_teacher']:.3f}")
+        else:
+            log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} (own tokenizer)")
 
-        save_hf_folder(student.to("cpu").float(), tmp / "student", tokenizer_from=teacher_dir)
-        heldout_path = tmp / "heldout.txt"
-        heldout_path.write_text(heldout_text, encoding="utf-8")
+        save_hf_folder(student.to("cpu").float(), tmp / "student", tokenizer_from=student_tok_dir)
+        (tmp / "heldout.txt").write_text(heldout_text, encoding="utf-8")
         record = {
             "stage": "distill",
+            "method": "sequence" if sequence else "response",
+            "flavour": flavour,
             "teacher": str(teacher_dir),
             "corpus": {"name": corpus.name, "source": corpus.source, "license": corpus.license,
                        "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(heldout_ids))},
-            "student": {"layers": recipe.student.layers, "init": recipe.student.init, "teacher_layers": picks,
-                        "parameters": n_student},
+            "student": {**design, "parameters": sizes["parameters"]},
             "teacher_parameters": n_teacher,
+            "preflight": {"seconds": round(preflight_s, 2), "tokenizers": tokenizers, "estimate": sizes,
+                          "trial_export": exported if exported else
+                          {"skipped": "[distill] preflight_export = false"}},
+            "feature_kd": {"teacher_hidden_states": feature.teacher_index, "loss": d.feature_loss,
+                           "projection": feature.proj is not None} if feature else None,
+            "sequence_kd": generation,
             "config": recipe.section("distill"),
             "device": device + (" bf16 autocast" if amp_dtype else " fp32"),
+            "processes": ddp.world,
+            "resumed_from": resumed_from,
             "train_seconds": round(train_seconds, 2),
-            "train_tokens_per_s": round(tokens_seen / train_seconds, 1),
+            "train_tokens_per_s": round(tokens_per_s, 1),
+            "peak_rss_mb": peak_rss_mb(),
             "final_loss": curve[-1]["loss"],
             "quality": quality,
         }
         write_json(tmp / "record.json", record)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete: nothing left to resume
+    distributed.barrier(ddp)
+    distributed.teardown(ddp)
     return record

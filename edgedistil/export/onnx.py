@@ -1,8 +1,10 @@
 """The export stage: HF model folder -> model.onnx (prefill and decode in one graph) + verify.json + record.json.
 
 One graph serves both prefill (T = P) and decode (T = 1): T is the only dynamic axis, and the weights are stored
-once, which matters for a browser download. The cache is the static `[layers, 1, kv_heads, max_len, head_dim]`
-convention; the whole cache goes in and out of each step (issue #4 replaces that with in-place updates).
+once, which matters for a browser download. The cache layout is a recipe option
+(`[export] cache`): "full" traces EdgeLM.step, with the static `[layers, 1, kv_heads, max_len, head_dim]` cache going
+in and out whole every step (portable: the web bundle's); "gqa" builds the graph op by op around ONNX Runtime's
+GroupQueryAttention with per-layer caches updated in place (export/gqa.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 import torch
 
 from edgedistil.errors import EdgeError, atomic_dir, write_json
-from edgedistil.fidelity import measure_fidelity
+from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
+from edgedistil.quantize.precision import precision_report
 from edgedistil.records import folder_fingerprint, sha256_file, versions
 from edgedistil.runtimes.ort import OrtLM
 from edgedistil.runtimes.torch_step import TorchLM
@@ -38,31 +41,38 @@ class _Step(torch.nn.Module):
         return self.model.step(input_ids, position, k_cache, v_cache)
 
 
-def cache_layout(model: EdgeLM, max_len: int) -> dict:
+def cache_layout(model: EdgeLM, max_len: int, cache: str = "full") -> dict:
     c = model.cfg
-    return {"layers": c.num_hidden_layers, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
-            "max_len": max_len, "shape": [c.num_hidden_layers, 1, c.num_key_value_heads, max_len, c.head_dim],
-            "dtype": "float32", "physical": "whole cache in (k_cache, v_cache) and out (k_cache_out, v_cache_out)"}
+    common = {"layout": cache, "layers": c.num_hidden_layers, "kv_heads": c.num_key_value_heads,
+              "head_dim": c.head_dim, "max_len": max_len, "dtype": "float32"}
+    if cache == "gqa":
+        return {**common, "shape": [1, c.num_key_value_heads, max_len, c.head_dim],
+                "physical": "one tensor per layer: past_key_values.{i}.key|value in, present.{i}.key|value out; bind "
+                            "each pair to one buffer (I/O binding) and GroupQueryAttention updates it in place"}
+    return {**common, "shape": [c.num_hidden_layers, 1, c.num_key_value_heads, max_len, c.head_dim],
+            "physical": "whole cache in (k_cache, v_cache) and out (k_cache_out, v_cache_out)"}
 
 
 def graph_io(path: Path, prefill_len: int) -> list[dict]:
-    """The prefill and decode views of the exported graph, with concrete shapes, for the manifest."""
-    import onnx
+    """The prefill and decode views of the exported graph for the manifest, with every shape and dtype read back
+    from one ONNX Runtime call at that token count (the graph's own output dims are mostly symbolic)."""
+    import onnxruntime as ort
 
-    m = onnx.load(str(path), load_external_data=False)
-    elem = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
-            onnx.TensorProto.FLOAT16: "float16"}
-
-    def describe(values, t: int):
-        out = []
-        for v in values:
-            dims = [d.dim_value if d.HasField("dim_value") else t for d in v.type.tensor_type.shape.dim]
-            out.append({"name": v.name, "shape": dims, "dtype": elem.get(v.type.tensor_type.elem_type, "other")})
-        return out
-
-    return [{"name": name, "file": path.name, "tokens_per_call": t,
-             "inputs": describe(m.graph.input, t), "outputs": describe(m.graph.output, t)}
-            for name, t in (("prefill", prefill_len), ("decode", 1))]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dtypes = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+              "tensor(float16)": np.float16}
+    views = []
+    for name, t in (("prefill", prefill_len), ("decode", 1)):
+        feed = {i.name: np.zeros([d if isinstance(d, int) else t for d in i.shape], dtypes[i.type])
+                for i in session.get_inputs()}
+        outs = session.run(None, feed)
+        views.append({
+            "name": name, "file": path.name, "tokens_per_call": t,
+            "inputs": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feed.items()],
+            "outputs": [{"name": o.name, "shape": list(v.shape), "dtype": str(v.dtype)}
+                        for o, v in zip(session.get_outputs(), outs)],
+        })
+    return views
 
 
 def op_histogram(path: Path) -> dict[str, int]:
@@ -72,29 +82,41 @@ def op_histogram(path: Path) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in m.graph.node).most_common())
 
 
-def run_export(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, max_len: int, prefill_len: int,
-               role: str, log=print) -> dict:
-    """Export `model_dir` (student or teacher) to ONNX, check it with onnx.checker and ONNX Runtime, and measure
-    its fidelity against the PyTorch model on held-out tokens."""
-    import onnx
-
-    model = load_hf_folder(model_dir, max_len=max_len).eval()
+def trace_full(model: EdgeLM, path: Path, max_len: int, prefill_len: int) -> None:
+    """The "full" layout: EdgeLM.step traced by torch.onnx.export."""
     k, v = model.empty_cache(max_len)
     example = (torch.zeros(1, prefill_len, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), k, v)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            _Step(model), example, str(path), dynamo=False, opset_version=OPSET,
+            input_names=INPUTS, output_names=OUTPUTS,
+            dynamic_axes={"input_ids": {1: "T"}, "logits": {1: "T"}},
+        )
+
+
+def run_export(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, max_len: int, prefill_len: int,
+               role: str, log=print, cache: str = "full") -> dict:
+    """Export `model_dir` (student or teacher) to ONNX in the `cache` layout ("full" or "gqa"), check it with
+    onnx.checker and ONNX Runtime, and measure its fidelity against the PyTorch model on held-out tokens."""
+    import onnx
+
+    from edgedistil.export.gqa import build_gqa_graph
+
+    if cache not in ("full", "gqa"):
+        raise EdgeError(f"unknown cache layout '{cache}'", "use [export] cache = \"full\" or \"gqa\"")
+    model = load_hf_folder(model_dir, max_len=max_len).eval()
     with atomic_dir(out_dir) as tmp:
         path = tmp / "model.onnx"
         t0 = time.perf_counter()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                _Step(model), example, str(path), dynamo=False, opset_version=OPSET,
-                input_names=INPUTS, output_names=OUTPUTS,
-                dynamic_axes={"input_ids": {1: "T"}, "logits": {1: "T"}},
-            )
+        if cache == "gqa":
+            onnx.save(build_gqa_graph(model, max_len), str(path))
+        else:
+            trace_full(model, path, max_len, prefill_len)
         export_s = time.perf_counter() - t0
         proto = onnx.load(str(path))
         source = {"model_dir": str(model_dir), "fingerprint": folder_fingerprint(Path(model_dir))}
-        meta = {"edgedistil.role": role, "edgedistil.cache_layout": str(cache_layout(model, max_len)),
+        meta = {"edgedistil.role": role, "edgedistil.cache_layout": str(cache_layout(model, max_len, cache)),
                 "edgedistil.source_fingerprint": source["fingerprint"], "edgedistil.prefill_len": str(prefill_len)}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
@@ -108,12 +130,15 @@ def run_export(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, max_len:
 
         log(f"export[{role}]: {path.stat().st_size / 1e6:.1f} MB ONNX in {export_s:.1f}s; checking against PyTorch")
         fidelity = measure_fidelity(TorchLM(model, max_len), OrtLM(path), heldout_ids, prefill_len)
+        floors = floor_verdict(fidelity, "fp32")
+        fidelity["meets_floors"] = floors["passed"]
         write_json(tmp / "verify.json", fidelity)
         record = {
             "stage": "export", "role": role, "source": source, "file": "model.onnx",
-            "bytes": path.stat().st_size, "sha256": sha256_file(path), "opset": OPSET, "export_seconds":
-            round(export_s, 2), "ops": op_histogram(path), "graphs": graph_io(path, prefill_len),
-            "kv_cache": cache_layout(model, max_len), "fidelity": fidelity,
+            "bytes": path.stat().st_size, "sha256": sha256_file(path), "opset": OPSET, "cache": cache,
+            "export_seconds": round(export_s, 2), "ops": op_histogram(path), "graphs": graph_io(path, prefill_len),
+            "kv_cache": cache_layout(model, max_len, cache), "fidelity": fidelity, "floors": floors,
+            "precision": precision_report(path, "fp32", []),
             "checked_with": ["onnx.checker full_check", "onnxruntime CPU, graph optimization level ALL"],
             "versions": versions(),
         }

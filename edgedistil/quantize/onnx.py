@@ -1,8 +1,21 @@
-"""The quantize stage: model.onnx -> int8 model.onnx + verify.json against the fp32 PyTorch source.
+"""The quantize stage: model.onnx -> quantized model.onnx + verify.json against the fp32 PyTorch source.
 
-int8 here is onnxruntime's dynamic quantization: weights int8 per output channel, activations quantized on the
-fly. The embedding table (Gather) is quantized too, because with a large vocabulary it is most of a small
-student's bytes. Measured on these machines as the safe default: ~4x smaller, faster decode, few greedy flips.
+Methods (all onnxruntime.quantization):
+- `int8`: dynamic quantization, weights int8 per output channel, activations quantized on the fly (MatMulInteger).
+  The embedding table (Gather) is int8 too: with a large vocabulary it is most of a small student's bytes.
+- `int8_static`: QDQ, weights per channel and activations with ranges calibrated on real decoding traces of
+  held-out text (chunked prefill from position 0, then decode with the cache fed back): random positions or
+  zero caches give ranges the model never sees.
+- `int8_wo`: weight-only int8 MatMulNBits (bits 8, symmetric blocks of `block_size`, accuracy_level 4: activations
+  quantized per block, not per tensor), and the embedding Gather int8 per channel as in `int8`. Per-tensor dynamic
+  activations are what costs `int8` its accuracy on SmolLM2's outlier activations.
+- `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
+  cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
+- `int4`: weight-only MatMulNBits, symmetric blocks of `block_size` (default 32) along the input axis; the
+  embedding stays fp32 (onnxruntime-web runs no GatherBlockQuantized).
+
+Layers named in `keep_float` (substrings of node or weight names, e.g. "lm_head") stay fp32 on purpose; every
+other weight-bearing layer that ends in float is a warning in the record (`precision`).
 """
 
 from __future__ import annotations
@@ -15,21 +28,153 @@ import numpy as np
 
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.export.onnx import op_histogram
-from edgedistil.fidelity import measure_fidelity
+from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import load_hf_folder
+from edgedistil.quantize.precision import layer_precisions, precision_report
 from edgedistil.records import sha256_file, versions
 from edgedistil.runtimes.ort import OrtLM
 from edgedistil.runtimes.torch_step import TorchLM
 
-METHODS = ("int8",)
+METHODS = ("int8", "int8_wo", "int8_static", "int4", "fp16")
+PRECISION = {"int8": "int8", "int8_wo": "int8", "int8_static": "int8", "int4": "int4", "fp16": "fp16"}
+# Chosen per method from the per-layer sensitivity measured on the embedded default (docs/design.md, Quantization).
+DEFAULT_KEEP_FLOAT: dict[str, list[str]] = {"int8": [], "int8_wo": [], "int8_static": [], "int4": ["embed_tokens"],
+                                             "fp16": []}
+SCHEME = {
+    "int8": "onnxruntime quantize_dynamic: MatMul and Gather weights int8 per channel, dynamic activations",
+    "int8_static": "onnxruntime quantize_static QDQ: weight MatMuls int8 per channel, activations int8 calibrated "
+                   "(MinMax) on held-out decoding traces from position 0",
+    "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4; "
+               "embedding Gather int8 per channel (quantize_dynamic)",
+    "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
+    "int4": "onnxruntime MatMulNBits: weight-only int4, symmetric, block {block_size} along K, accuracy_level 4",
+}
+
+
+def _nodes_matching(src: Path, patterns: list[str]) -> list[str]:
+    return sorted({layer["node"] for layer in layer_precisions(src)
+                   if any(p in layer["node"] or p in layer["weight"] for p in patterns)})
+
+
+class _QuietQuantizer:
+    """onnxruntime.quantization logs advice (pre-process, QDQ tips) at WARNING on the root logger; keep it out."""
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level, root.level = root.level, logging.ERROR
+
+    def __exit__(self, *exc):
+        logging.getLogger().setLevel(self.level)
+
+
+def calibration_feeds(src: Path, heldout_ids: np.ndarray, prefill_len: int, windows: int = 8,
+                      decode_steps: int = 16) -> list[dict]:
+    """Inputs of real decoding traces through the fp32 graph: a prefill chunk from position 0 on a held-out window,
+    then decode steps with the cache it produced. Windows sit between the ones fidelity scores (half a stride off)."""
+    lm = OrtLM(src)
+    steps = min(decode_steps, lm.max_len - prefill_len)
+    need = prefill_len + steps
+    stride = max(need, (len(heldout_ids) - need) // windows)
+    names = [o.name for o in lm.session.get_outputs()]
+    # each cache input and the output that feeds it next step, in either layout ("full" or "gqa")
+    cache_pairs = {i.name: i.name.replace("past_key_values.", "present.") if lm.layout == "gqa" else i.name + "_out"
+                   for i in lm.session.get_inputs() if i.name not in ("input_ids", "position")}
+    feeds = []
+    for w in range(windows):
+        start = w * stride + stride // 2
+        seg = heldout_ids[start:start + need].tolist()
+        if len(seg) < need:
+            break
+        caches = {i.name: np.zeros(i.shape, np.float32) for i in lm.session.get_inputs()
+                  if i.name not in ("input_ids", "position")}
+        for pos, ids in [(0, seg[:prefill_len])] + [(prefill_len + i, [t]) for i, t in enumerate(seg[prefill_len:])]:
+            feed = {"input_ids": np.asarray([ids], np.int32), "position": np.asarray([pos], np.int32), **caches}
+            feeds.append(feed)
+            outputs = dict(zip(names, lm.session.run(names, feed)))
+            caches = {name: outputs[out] for name, out in cache_pairs.items()}
+    if not feeds:
+        raise EdgeError(f"{len(heldout_ids)} held-out tokens are too few to calibrate int8_static",
+                        "use a larger corpus or heldout_fraction, or another quantization method")
+    return feeds
+
+
+def fp16_weights(src: Path, dst: Path, excluded: list[str]) -> None:
+    """Store every layer weight (not in `excluded` nodes) as fp16, read through a Cast to fp32."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = {layer["weight"] for layer in layer_precisions(src) if layer["node"] not in excluded}
+    m = onnx.load(str(src))
+    casts = []
+    for init in m.graph.initializer:
+        if init.name in weights and init.data_type == onnx.TensorProto.FLOAT:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+            casts.append(helper.make_node("Cast", [half.name], [init.name], name=f"{init.name}_cast",
+                                          to=onnx.TensorProto.FLOAT))
+            init.CopyFrom(half)
+    nodes = casts + list(m.graph.node)  # Casts first, before their consumers: the graph stays sorted
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, str(dst))
+
+
+def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], block_size: int,
+                  heldout_ids: np.ndarray, prefill_len: int) -> None:
+    """Write the `method` quantization of `src` to `dst`."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    excluded = _nodes_matching(src, keep_float)
+    with _QuietQuantizer():
+        if method == "int8":
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+        elif method == "int8_static":
+            feeds = calibration_feeds(src, heldout_ids, prefill_len)
+            # a column Gather (the gqa layout's shared embedding) has no per-axis QDQ in ORT: it stays float,
+            # and the precision accounting reports it
+            excluded += [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
+                         if n.op_type == "Gather" and any(a.name == "axis" and a.i != 0 for a in n.attribute)]
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(feeds)
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            # MatMulConstBOnly: the attention matmuls (scores, weighted values) stay float; quantizing them per
+            # tensor costs accuracy for no size gain.
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                            extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False})
+        elif method == "fp16":
+            fp16_weights(src, dst, excluded)
+        elif method in ("int4", "int8_wo"):
+            bits = 4 if method == "int4" else 8
+            config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                                  bits=bits, op_types_to_quantize=("MatMul",))
+            q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=4, nodes_to_exclude=excluded, algo_config=config,
+                                     op_types_to_quantize=("MatMul",))
+            q.process()
+            q.model.save_model_to_file(str(dst), False)
+            if method == "int8_wo":  # MatMulNBits has no 8-bit Gather: the embedding goes through quantize_dynamic
+                quantize_dynamic(str(dst), str(dst), op_types_to_quantize=["Gather"], per_channel=True,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
 
 
 def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, prefill_len: int,
-                 method: str = "int8", log=print) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+                 method: str = "int8", log=print, block_size: int = 32, keep_float: list[str] | None = None) -> dict:
     if method not in METHODS:
         raise EdgeError(f"unknown quantization '{method}'", f"use one of: {', '.join(METHODS)}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise EdgeError(f"int4 block_size {block_size} is not a power of two >= 16",
+                        "use 16, 32 (the default), 64 or 128")
+    keep_float = DEFAULT_KEEP_FLOAT[method] if keep_float is None else list(keep_float)
     src_onnx = Path(src_onnx)
     if not src_onnx.is_file():
         raise EdgeError(f"ONNX model {src_onnx} does not exist", "run `edgedistil export` first")
@@ -37,28 +182,28 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
     with atomic_dir(out_dir) as tmp:
         path = tmp / "model.onnx"
         t0 = time.perf_counter()
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # its advice to pre-process is for static QDQ, not this
-        try:
-            quantize_dynamic(str(src_onnx), str(path), op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
-                             weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
+        quantize_file(src_onnx, path, method, keep_float, block_size, heldout_ids, prefill_len)
         seconds = time.perf_counter() - t0
+        precision = precision_report(path, PRECISION[method], keep_float)
         model = load_hf_folder(source_model_dir, max_len=reference.max_len).eval()
         fidelity = measure_fidelity(TorchLM(model, reference.max_len), OrtLM(path), heldout_ids, prefill_len)
+        floors = floor_verdict(fidelity, PRECISION[method])
+        fidelity["meets_floors"] = floors["passed"]
         write_json(tmp / "verify.json", fidelity)
         record = {
-            "stage": "quantize", "method": method,
-            "scheme": "onnxruntime quantize_dynamic: MatMul and Gather weights int8 per channel, dynamic activations",
+            "stage": "quantize", "method": method, "scheme": SCHEME[method].format(block_size=block_size),
+            "block_size": block_size if method == "int4" else None,
             "source": {"file": str(src_onnx), "sha256": sha256_file(src_onnx)},
             "file": "model.onnx", "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "source_bytes": src_onnx.stat().st_size, "quantize_seconds": round(seconds, 2),
             "ops": op_histogram(path), "fidelity": fidelity, "fidelity_reference": "fp32 PyTorch model",
-            "versions": versions(),
+            "floors": floors, "precision": precision, "warnings": precision["warnings"], "versions": versions(),
         }
         write_json(tmp / "record.json", record)
+    for w in precision["warnings"] + floors["failures"]:
+        log(f"quantize[{method}]: warning: {w}")
     log(f"quantize[{method}]: {record['source_bytes'] / 1e6:.1f} -> {record['bytes'] / 1e6:.1f} MB; vs fp32 "
-        f"PyTorch: top-1 {fidelity['top1_agreement']:.3f}, KL {fidelity['kl_mean']:.4f}, greedy "
+        f"PyTorch: top-1 {fidelity['top1_agreement']:.3f}, KL {fidelity['kl_mean']:.4f}, perplexity "
+        f"{fidelity['perplexity_change']:+.2%}, greedy "
         f"{fidelity['greedy_tokens_matching']}/{fidelity['greedy_tokens']}")
     return record

@@ -36,18 +36,49 @@ class OrtLM:
             raise EdgeError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}",
                             "the file is corrupt or not an edgedistil export; rerun `edgedistil export`")
         inputs = {i.name: i for i in self.session.get_inputs()}
-        missing = {"input_ids", "position", "k_cache", "v_cache"} - set(inputs)
+        # two cache layouts: "full" (k_cache/v_cache [L,1,KV,S,D] in and out) and "gqa" (per-layer caches that
+        # GroupQueryAttention updates in place, export/gqa.py)
+        self.layout = "gqa" if "past_key_values.0.key" in inputs else "full"
+        need = {"input_ids", "position"} | ({"k_cache", "v_cache"} if self.layout == "full" else set())
+        missing = need - set(inputs)
         if missing:
             raise EdgeError(f"{path} lacks the inputs {sorted(missing)} of the edgedistil cache convention",
                             "export the model with `edgedistil export`")
-        self.cache_shape = tuple(inputs["k_cache"].shape)
-        self.max_len = int(self.cache_shape[3])
+        if self.layout == "full":
+            self.cache_shape = tuple(inputs["k_cache"].shape)
+            self.max_len = int(self.cache_shape[3])
+        else:
+            self.layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
+            self.cache_shape = tuple(inputs["past_key_values.0.key"].shape)  # [1, KV, S, D] per layer
+            self.max_len = int(self.cache_shape[2])
         self.path = path
 
     def empty_cache(self):
+        if self.layout == "gqa":
+            import onnxruntime as ort
+
+            return [ort.OrtValue.ortvalue_from_numpy(np.zeros(self.cache_shape, np.float32))
+                    for _ in range(2 * self.layers)]
         return np.zeros(self.cache_shape, np.float32), np.zeros(self.cache_shape, np.float32)
 
+    def step_gqa(self, ids: list[int], position: int, cache):
+        """Each past cache and its present output are bound to one OrtValue, so GroupQueryAttention writes the new
+        rows in place and nothing else moves. The returned cache is the same (mutated) list."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int32))
+        binding.bind_cpu_input("position", np.asarray([position], dtype=np.int32))
+        binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
+        for i in range(self.layers):
+            for j, kind in enumerate(("key", "value")):
+                buf = cache[2 * i + j]
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()[0], cache
+
     def step(self, ids: list[int], position: int, cache):
+        if self.layout == "gqa":
+            return self.step_gqa(ids, position, cache)
         k, v = cache
         logits, k, v = self.session.run(["logits", "k_cache_out", "v_cache_out"], {
             "input_ids": np.asarray([ids], dtype=np.int32),

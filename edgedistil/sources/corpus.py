@@ -115,7 +115,29 @@ def text_file_corpus(path: Path | str) -> Corpus:
     if "\x00" in text:
         raise EdgeError(f"corpus file {path} contains NUL bytes; it looks like a binary file",
                         "pass a plain UTF-8 .txt file")
+    if path.suffix == ".jsonl":
+        text = _jsonl_text(path, text)
     return Corpus(path.stem, text, "as provided by the user", str(path.resolve()))
+
+
+def _jsonl_text(path: Path, text: str) -> str:
+    """The `text` fields of a JSONL file (one JSON object a line), one document after another."""
+    docs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            doc = row["text"]
+            if not isinstance(doc, str):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise EdgeError(f"corpus file {path} line {n} is not a JSON object with a \"text\" string",
+                            "write one object per line, e.g. {\"text\": \"...\"}") from None
+        docs.append(doc.strip("\n"))
+    if not any(d.strip() for d in docs):
+        raise EdgeError(f"corpus file {path} has no text in its \"text\" fields", "pass a file with text in it")
+    return "\n".join(docs)
 
 
 def load_corpus(spec: str, log: Callable[[str], object] = print) -> Corpus:

@@ -62,14 +62,22 @@ def pickle_only_teacher(tmp: Path, fx: dict) -> list:
     return distill(tmp, "--teacher", t)
 
 
-def vocab_mismatch_teacher(tmp: Path, fx: dict) -> list:
+def config_weights_mismatch(tmp: Path, fx: dict) -> list:
     import json
 
     t = teacher_copy(tmp, fx)
     cfg = json.loads((t / "config.json").read_text())
-    cfg["vocab_size"] = 100  # fewer embeddings than the tokenizer has tokens
+    cfg["vocab_size"] = 100  # the weights say 512
     (t / "config.json").write_text(json.dumps(cfg))
     return distill(tmp, "--teacher", t)
+
+
+def kd_tokenizer_mismatch(tmp: Path, fx: dict) -> list:
+    from edgedistil.sources import load_corpus, tiny_teacher
+
+    other = tiny_teacher(tmp / "student-src", load_corpus("tiny").text, vocab_size=300)  # another tokenizer
+    text = (REPO / "models/tiny.toml").read_text().replace("[student]\n", f"[student]\nsource = \"{other}\"\n")
+    return ["distill", "--config", recipe(tmp, text), "--out", tmp / "run"]
 
 
 def gpt2_teacher(tmp: Path, fx: dict) -> list:
@@ -152,8 +160,10 @@ CASES = [
     Case("data-not-utf8", "paths", "a text file that is not UTF-8",
          lambda t, fx: distill(t, "--data", text_file(t, "caf\u00e9 cr\u00e8me\n".encode("latin-1") * 50)),
          "UTF-8", "run/distill"),
-    Case("teacher-vocab-mismatch", "models", "a tokenizer larger than the model's vocabulary",
-         vocab_mismatch_teacher, "tokens but its model has only", "run/distill"),
+    Case("teacher-config-mismatch", "models", "a config.json that does not match its weights",
+         config_weights_mismatch, "has shape", "run/distill"),
+    Case("kd-tokenizer-mismatch", "models", "a student whose tokenizer differs from the teacher's (response KD)",
+         kd_tokenizer_mismatch, "sequence", "run/distill"),
     Case("teacher-unsupported", "models", "an unsupported architecture", gpt2_teacher, "gpt2", "run/distill"),
     Case("teacher-truncated", "models", "a truncated safetensors file", truncated_teacher, "model.safetensors",
          "run/distill"),

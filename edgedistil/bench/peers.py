@@ -1,0 +1,153 @@
+"""The runtimes users would otherwise use, timed the way scripts/bench_runtime.py times ours.
+
+Standalone on purpose (standard library + numpy + the peer's own package): onnxruntime-genai and Optimum pin other
+transformers versions, so this file runs under their own venvs' Python, by path:
+
+    PYTHON edgedistil/bench/peers.py {torch|genai-fp32|genai-int4|optimum} HF_DIR WORK_DIR PROMPT_TOKENS NEW REPEATS
+
+and prints one JSON line. Greedy decoding, batch 1, one thread. Decode tok/s is (N2 - N1) / (t(N2) - t(N1)) over
+two generate calls, so prompt processing and setup cancel out; TTFT is a generate of one new token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
+               if f.endswith((".onnx", ".onnx.data", ".data", ".safetensors")))
+
+
+def measure(generate, prompt: list[int], new: int, repeats: int) -> dict:
+    """`generate(prompt, n)` runs greedy generation of n new tokens."""
+    n1, n2 = 1, 1 + new
+    generate(prompt, n2)  # warm-up
+    ttft, wall, cpu = [], [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        generate(prompt, n1)
+        w1, c1 = time.perf_counter(), time.process_time()
+        generate(prompt, n2)
+        w2, c2 = time.perf_counter(), time.process_time()
+        ttft.append((w1 - w) * 1e3)
+        wall.append((w2 - w1) - (w1 - w))
+        cpu.append((c2 - c1) - (c1 - c))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"ttft_ms": med(ttft), "decode_tokens_per_s": new / med(wall),
+            "decode_tokens_per_s_spread": [new / max(wall), new / min(wall)],
+            "cpu_ms_per_token": 1e3 * med(cpu) / new, "repeats": repeats}
+
+
+def run_torch(hf_dir, work, prompt, new, repeats):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    load = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def generate(p, n):
+        ids = torch.tensor([p])
+        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
+
+    out = measure(generate, prompt, new, repeats)
+    out.update({"runtime": f"PyTorch {torch.__version__} eager, transformers generate (greedy)", "load_seconds": load,
+                "bytes": folder_bytes(hf_dir), "tokens": generate(prompt, 16)})
+    return out
+
+
+def run_genai(hf_dir, work, prompt, new, repeats, precision):
+    import onnxruntime_genai as og
+
+    model_dir = os.path.join(work, f"genai-{precision}")
+    if not os.path.isfile(os.path.join(model_dir, "genai_config.json")):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", model_dir,
+                        "-p", precision, "-e", "cpu", "-c", os.path.join(work, "genai-cache")], check=True,
+                       capture_output=True)
+        build_s = time.perf_counter() - t0
+    else:
+        build_s = None
+    config = og.Config(model_dir)
+    config.clear_providers()
+    t0 = time.perf_counter()
+    model = og.Model(config)
+    load = time.perf_counter() - t0
+
+    def generate(p, n):
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(p) + n, min_length=len(p) + n, batch_size=1)
+        gen = og.Generator(model, params)
+        gen.append_tokens([p])
+        out = []
+        while not gen.is_done() and len(out) < n:
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+        return out
+
+    out = measure(generate, prompt, new, repeats)
+    out.update({"runtime": f"onnxruntime-genai {og.__version__} {precision} (model builder)", "load_seconds": load,
+                "build_seconds": build_s, "bytes": folder_bytes(model_dir), "tokens": generate(prompt, 16)})
+    return out
+
+
+def run_optimum(hf_dir, work, prompt, new, repeats):
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model_dir = os.path.join(work, "optimum")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not os.path.isdir(model_dir):
+        ORTModelForCausalLM.from_pretrained(hf_dir, export=True).save_pretrained(model_dir)
+    t0 = time.perf_counter()
+    model = ORTModelForCausalLM.from_pretrained(model_dir, session_options=so, use_cache=True)
+    load = time.perf_counter() - t0
+
+    def generate(p, n):
+        ids = torch.tensor([p])
+        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
+
+    out = measure(generate, prompt, new, repeats)
+    out.update({"runtime": f"Optimum ORTModelForCausalLM (onnxruntime {ort.__version__}), fp32", "load_seconds": load,
+                "bytes": folder_bytes(model_dir), "tokens": generate(prompt, 16)})
+    return out
+
+
+def main(argv):
+    mode, hf_dir, work, prompt_tokens, new, repeats = argv[0], argv[1], argv[2], *map(int, argv[3:6])
+    os.makedirs(work, exist_ok=True)
+    prompt = [(7 * i + 3) % 97 + 100 for i in range(prompt_tokens)]
+    if mode == "torch":
+        out = run_torch(hf_dir, work, prompt, new, repeats)
+    elif mode.startswith("genai-"):
+        out = run_genai(hf_dir, work, prompt, new, repeats, mode.split("-", 1)[1])
+    elif mode == "optimum":
+        out = run_optimum(hf_dir, work, prompt, new, repeats)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    out["peak_memory_mb"] = status_mb("VmHWM")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,587 @@
+"""The convert stage for `ios`: the distilled student -> Core ML .mlpackage variants, checked on Linux -> dist/ios/.
+
+- iOS 18+ (the default): one ML Program package with two functions, `prefill` (T = P tokens) and `decode` (T = 1),
+  sharing their weights (`ct.utils.save_multifunction`) and one stateful fp16 KV cache (`ct.StateType`), so an app
+  never copies the cache in and out.
+- iOS 17 (`min_ios = 17`): no Core ML states, so one function `main` takes and returns the cache; `input_ids` has
+  the enumerated shapes [1, P] and [1, 1].
+
+Every variant (fp16, int8 per channel, int4 block-wise, optional 4-bit palettization; the RoPE tables always stay
+fp16) is read back from disk: its spec (functions, I/O, states, op histogram, deployment target), the precision of
+each weight as stored, and its numbers, run with the MIL reference (edgedistil.runtimes.coreml_mil_reference)
+against the fp32 PyTorch student on held-out text. Core ML itself, and so speed, needs a Mac (`bench --target ios`).
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgedistil import __version__
+from edgedistil.errors import EdgeError, atomic_dir, write_json
+from edgedistil.fidelity import measure_fidelity
+from edgedistil.model import EdgeLM, load_hf_folder
+from edgedistil.records import file_entry, folder_fingerprint, versions
+from edgedistil.runtimes.coreml_mil_reference import quiet_coremltools
+from edgedistil.runtimes.coreml_model import StatefulStep, StatelessStep
+from edgedistil.runtimes.torch_step import TorchLM
+
+SCHEMA_VERSION = 1
+PACKAGE = "model.mlpackage"
+VARIANTS = ("fp16", "int8", "int4", "pal4")
+DEFAULT_VARIANTS = ("fp16", "int8", "int4")  # pal4 (k-means) is slow on big tables: ask for it
+SUPPORTED_MIN_IOS = (17, 18)
+INT4_BLOCKS = (16, 8, 4)  # block 32 would not divide every width; checked per weight, never skipped silently
+NOT_ON_LINUX = "Core ML execution needs macOS"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+SPEC_DTYPES = {65552: "float16", 65568: "float32", 131104: "int32", 65600: "float64"}
+# MLModel specificationVersion -> the deployment target it needs
+SPEC_TARGETS = {7: "iOS16", 8: "iOS17", 9: "iOS18"}
+
+
+@dataclass(frozen=True)
+class IosOptions:
+    min_ios: int = 18
+    bundle_variant: str = "int8"  # the variant dist/ios ships; the others are kept under coreml/ with their figures
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    prefill_len: int = 64
+    max_len: int = 256
+    fidelity_segments: int = 4  # held-out segments teacher-forced through each variant (fewer: faster tests)
+    greedy_tokens: int = 64
+
+    def check(self) -> "IosOptions":
+        if self.min_ios not in SUPPORTED_MIN_IOS:
+            raise EdgeError(f"min_ios {self.min_ios} is not supported (supported: 17, 18)",
+                            "use --min-ios 18 (stateful KV cache) or 17 (cache as inputs and outputs)")
+        for v in (*self.variants, self.bundle_variant):
+            if v not in VARIANTS:
+                raise EdgeError(f"unknown Core ML variant '{v}'", f"use one of: {', '.join(VARIANTS)}")
+        if self.min_ios < 18 and self.bundle_variant == "int4":
+            raise EdgeError("int4 block-wise weights need iOS 18", "use min_ios 18 or the int8 variant")
+        return self
+
+    def built_variants(self) -> list[str]:
+        """The variants the coreml stage builds: the asked ones and the bundle's, less int4 before iOS 18."""
+        wanted = dict.fromkeys((*self.variants, self.bundle_variant))
+        return [v for v in wanted if not (v == "int4" and self.min_ios < 18)]
+
+    def stage_config(self) -> dict:
+        """What the variants depend on: the bundle's choice among built variants is not part of it."""
+        return {"min_ios": self.min_ios, "variants": self.built_variants(), "prefill_len": self.prefill_len,
+                "max_len": self.max_len, "fidelity_segments": self.fidelity_segments,
+                "greedy_tokens": self.greedy_tokens}
+
+
+# ---- conversion ------------------------------------------------------------------------------------------------
+
+
+def _convert(module: torch.nn.Module, example: tuple, inputs: list, outputs: list, states: list, target):
+    quiet_coremltools()
+    import coremltools as ct
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings, and coremltools' "torch 2.13 is untested" notice
+        traced = torch.jit.trace(module, example, check_trace=False)
+        return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None, convert_to="mlprogram",
+                          minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16)
+
+
+def convert_stateful(model: EdgeLM, max_len: int, tokens: int):
+    """One iOS 18 function for `tokens` tokens per call, the cache in states `k_cache`/`v_cache` (fp16)."""
+    import coremltools as ct
+
+    step = StatefulStep(model, max_len).eval()
+    example = (torch.zeros(1, tokens, dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+    shape = tuple(step.k_cache.shape)
+    ml = _convert(step, example,
+                  [ct.TensorType("input_ids", shape=(1, tokens), dtype=np.int32),
+                   ct.TensorType("position", shape=(1,), dtype=np.int32)],
+                  [ct.TensorType("logits", dtype=np.float16)],
+                  [ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=np.float16), name="k_cache"),
+                   ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=np.float16), name="v_cache")],
+                  ct.target.iOS18)
+    step.reset()  # tracing ran the module once and wrote its buffers
+    return ml
+
+
+def convert_stateless(model: EdgeLM, max_len: int, prefill_len: int):
+    """One iOS 17 function `main`: input_ids [1, P] or [1, 1], the cache in and out as fp16 tensors."""
+    import coremltools as ct
+
+    c = model.cfg
+    shape = (c.num_hidden_layers, 1, c.num_key_value_heads, max_len, c.head_dim)
+    example = (torch.zeros(1, prefill_len, dtype=torch.int32), torch.zeros(1, dtype=torch.int32),
+               torch.zeros(shape), torch.zeros(shape))
+    return _convert(StatelessStep(model).eval(), example,
+                    [ct.TensorType("input_ids", shape=ct.EnumeratedShapes([(1, prefill_len), (1, 1)],
+                                                                          default=(1, 1)), dtype=np.int32),
+                     ct.TensorType("position", shape=(1,), dtype=np.int32),
+                     ct.TensorType("k_cache", shape=shape, dtype=np.float16),
+                     ct.TensorType("v_cache", shape=shape, dtype=np.float16)],
+                    [ct.TensorType("logits", dtype=np.float16), ct.TensorType("k_cache_out", dtype=np.float16),
+                     ct.TensorType("v_cache_out", dtype=np.float16)],
+                    [], ct.target.iOS17)
+
+
+def weight_names(mlmodel) -> list[str]:
+    """The consts to compress: every matrix (linear and embedding weights), never the RoPE tables or 1-D weights."""
+    fn = mlmodel._mil_program.functions["main"]
+    return [op.name for op in fn.operations if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
+            and op.outputs[0].val.ndim == 2 and op.outputs[0].val.dtype.kind == "f" and "rope" not in op.name]
+
+
+def int4_block(mlmodel) -> int:
+    """The block for int4: 16, or the largest of INT4_BLOCKS that divides every weight's input width."""
+    fn = mlmodel._mil_program.functions["main"]
+    widths = {op.name: op.outputs[0].val.shape[-1] for op in fn.operations if op.name in set(weight_names(mlmodel))}
+    for block in INT4_BLOCKS:
+        if all(w % block == 0 for w in widths.values()):
+            return block
+    odd = next(n for n, w in widths.items() if w % INT4_BLOCKS[-1])
+    raise EdgeError(f"int4 block-wise: weight {odd} has width {widths[odd]}, not a multiple of any block in "
+                    f"{INT4_BLOCKS}", "use the int8 variant for this model")
+
+
+def compress(mlmodel, variant: str):
+    """`variant` of a converted fp16 model (fp16: the model itself). Raises if a weight was left uncompressed."""
+    import coremltools.optimize.coreml as cto
+
+    if variant == "fp16":
+        return mlmodel
+    names = weight_names(mlmodel)
+    if variant == "int8":
+        cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                          weight_threshold=1)
+        fn = cto.linear_quantize_weights
+    elif variant == "int4":
+        cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                          block_size=int4_block(mlmodel), weight_threshold=1)
+        fn = cto.linear_quantize_weights
+    else:
+        cfg = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor", weight_threshold=1)
+        fn = cto.palettize_weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = fn(mlmodel, config=cto.OptimizationConfig(op_name_configs={n: cfg for n in names}))
+    left = [op.name for op in out._mil_program.functions["main"].operations
+            if op.op_type == "const" and op.name in set(names)]
+    if left:
+        raise EdgeError(f"{variant}: coremltools left {len(left)} weight(s) uncompressed, e.g. {left[0]}",
+                        "use the int8 variant, or report this model's config.json")
+    return out
+
+
+def save_package(models: dict, path: Path, default: str) -> None:
+    """Save one function (`main`) or several sharing weights (iOS 18 multifunction) as `path`."""
+    import coremltools as ct
+
+    if list(models) == ["main"]:
+        models["main"].save(str(path))
+        return
+    parts = path.parent / f".{path.name}.parts"
+    parts.mkdir()
+    try:
+        desc = ct.utils.MultiFunctionDescriptor()
+        for name, ml in models.items():
+            ml.save(str(parts / f"{name}.mlpackage"))
+            desc.add_function(str(parts / f"{name}.mlpackage"), src_function_name="main", target_function_name=name)
+        desc.default_function_name = default
+        ct.utils.save_multifunction(desc, str(path))
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+
+
+# ---- reading a saved package back --------------------------------------------------------------------------------
+
+
+def _feature(f) -> dict:
+    kind = f.type.WhichOneof("Type")
+    if kind == "stateType":
+        a = f.type.stateType.arrayType
+        return {"name": f.name, "shape": list(a.shape), "dtype": SPEC_DTYPES.get(a.dataType, str(a.dataType))}
+    a = f.type.multiArrayType
+    entry = {"name": f.name, "shape": list(a.shape), "dtype": SPEC_DTYPES.get(a.dataType, str(a.dataType))}
+    if a.WhichOneof("ShapeFlexibility") == "enumeratedShapes":
+        entry["enumerated_shapes"] = [list(s.shape) for s in a.enumeratedShapes.shapes]
+    return entry
+
+
+def _histogram(block, counter) -> None:
+    for op in block.operations:
+        counter[op.type] += 1
+        for b in op.blocks:
+            _histogram(b, counter)
+
+
+def inspect_package(path: Path) -> dict:
+    """What the saved package says about itself, read with skip_model_load=True (no Core ML runtime needed)."""
+    quiet_coremltools()
+    import coremltools as ct
+
+    ml = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = ml.get_spec()
+    d = spec.description
+    described = list(d.functions) or [d]
+    names = [f.name for f in d.functions] or ["main"]
+    functions = []
+    for name, desc in zip(names, described):
+        ops = collections.Counter()
+        for block in spec.mlProgram.functions[name].block_specializations.values():
+            _histogram(block, ops)
+        functions.append({"name": name, "inputs": [_feature(f) for f in desc.input],
+                          "outputs": [_feature(f) for f in desc.output],
+                          "states": [_feature(f) for f in desc.state],
+                          "opset": list(spec.mlProgram.functions[name].block_specializations)[0],
+                          "ops": dict(ops.most_common())})
+    return {"specification_version": spec.specificationVersion,
+            "deployment_target": SPEC_TARGETS.get(spec.specificationVersion, f"spec {spec.specificationVersion}"),
+            "default_function": d.defaultFunctionName or "main", "functions": functions}
+
+
+def check_spec(info: dict, model: EdgeLM, options: IosOptions) -> None:
+    """The package's functions, I/O, states, shapes and dtypes are the ones this converter promises."""
+    c = model.cfg
+    cache = [c.num_hidden_layers, 1, c.num_key_value_heads, options.max_len, c.head_dim]
+    fns = {f["name"]: f for f in info["functions"]}
+
+    def expect(what, got, want):
+        if got != want:
+            raise EdgeError(f"the saved Core ML package has {what} {got}, expected {want}",
+                            "rebuild with `edgedistil build --target ios --force convert`; report it if it persists")
+
+    if options.min_ios >= 18:
+        expect("functions", sorted(fns), ["decode", "prefill"])
+        expect("deployment target", info["deployment_target"], "iOS18")
+        for name, t in (("prefill", options.prefill_len), ("decode", 1)):
+            f = fns[name]
+            expect(f"{name} inputs", [(i["name"], i["shape"], i["dtype"]) for i in f["inputs"]],
+                   [("input_ids", [1, t], "int32"), ("position", [1], "int32")])
+            expect(f"{name} states", [(s["name"], s["shape"], s["dtype"]) for s in f["states"]],
+                   [("k_cache", cache, "float16"), ("v_cache", cache, "float16")])
+            expect(f"{name} outputs", [(o["name"], o["dtype"]) for o in f["outputs"]], [("logits", "float16")])
+    else:
+        expect("functions", sorted(fns), ["main"])
+        f = fns["main"]
+        expect("inputs", [(i["name"], i["dtype"]) for i in f["inputs"]],
+               [("input_ids", "int32"), ("position", "int32"), ("k_cache", "float16"), ("v_cache", "float16")])
+        expect("input_ids shapes", sorted(f["inputs"][0].get("enumerated_shapes", [])),
+               [[1, 1], [1, options.prefill_len]])
+        expect("cache shape", f["inputs"][2]["shape"], cache)
+        expect("outputs", [o["name"] for o in f["outputs"]], ["logits", "k_cache_out", "v_cache_out"])
+
+
+def weight_precisions(path: Path) -> list[dict]:
+    """Each weight (const or compressed constexpr with a matrix or table) as stored in the saved package."""
+    from coremltools.converters.mil.mil import types
+
+    from edgedistil.runtimes.coreml_mil_reference import load_program
+
+    _, _, program = load_program(path)
+    fn = next(iter(program.functions.values()))  # multifunction packages share one weight file
+    parts = {v.name for op in fn.operations if op.op_type.startswith("constexpr_") for v in op.inputs.values()}
+    out = []
+    for op in fn.operations:
+        if op.op_type == "const" and op.outputs[0].name not in parts:  # not a compressed weight's data or scale
+            val = op.outputs[0].val
+            if isinstance(val, np.ndarray) and val.ndim >= 2 and val.dtype.kind == "f":
+                out.append({"name": op.name, "shape": list(val.shape), "stored": str(val.dtype), "op": "const"})
+        elif op.op_type.startswith("constexpr_"):
+            stored = {"constexpr_blockwise_shift_scale": "data", "constexpr_lut_to_dense": "indices"}.get(op.op_type)
+            var = getattr(op, stored) if stored else op.inputs[next(iter(op.inputs))]
+            out.append({"name": op.name, "shape": list(op.outputs[0].shape), "op": op.op_type,
+                        "stored": types.builtin_to_string(var.dtype)})
+    return out
+
+
+def package_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# ---- the stage -----------------------------------------------------------------------------------------------------
+
+
+def run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options: IosOptions, log=print) -> dict:
+    """Convert the student, build each variant under out_dir/<variant>/model.mlpackage, check each one read back
+    from disk, and write out_dir/record.json. The stage folder is replaced atomically."""
+    from edgedistil.runtimes.coreml_mil_reference import MilReferenceLM
+
+    options.check()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the fp32 reference: on a busy 2-core machine more threads measured ~3x slower
+    try:
+        return _run_coreml(student_dir, out_dir, heldout_ids, options, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options: IosOptions, log) -> dict:
+    from edgedistil.runtimes.coreml_mil_reference import MilReferenceLM
+
+    model = load_hf_folder(student_dir, max_len=options.max_len).eval()
+    reference = TorchLM(model, options.max_len)
+    variants = options.built_variants()
+    if options.min_ios < 18 and "int4" in (*options.variants, options.bundle_variant):
+        log("convert[ios]: int4 block-wise needs iOS 18; not built for min_ios 17 (recorded)")
+    t0 = time.perf_counter()
+    if options.min_ios >= 18:
+        base = {"prefill": convert_stateful(model, options.max_len, options.prefill_len),
+                "decode": convert_stateful(model, options.max_len, 1)}
+    else:
+        base = {"main": convert_stateless(model, options.max_len, options.prefill_len)}
+    convert_s = time.perf_counter() - t0
+    log(f"convert[ios]: traced and converted to Core ML (iOS {options.min_ios}) in {convert_s:.1f}s")
+
+    results = {}
+    with atomic_dir(out_dir) as tmp:
+        for variant in variants:
+            t1 = time.perf_counter()
+            folder = tmp / variant
+            folder.mkdir()
+            path = folder / PACKAGE
+            save_package({n: compress(m, variant) for n, m in base.items()}, path, "decode")
+            build_s = time.perf_counter() - t1
+            info = inspect_package(path)
+            check_spec(info, model, options)
+            t2 = time.perf_counter()
+            fidelity = measure_fidelity(reference, MilReferenceLM(path), heldout_ids, options.prefill_len,
+                                        segments=options.fidelity_segments, greedy_tokens=options.greedy_tokens)
+            fidelity_s = time.perf_counter() - t2
+            precisions = weight_precisions(path)
+            results[variant] = {
+                "path": f"{variant}/{PACKAGE}", "bytes": package_bytes(path), "build_seconds": round(build_s, 1),
+                "spec": info, "weights": precisions, "weights_stored": dict(collections.Counter(
+                    f"{w['stored']} ({w['op']})" for w in precisions)),
+                "fidelity": {**fidelity, "reference": "fp32 PyTorch student",
+                             "runtime": "MIL reference (coremltools op implementations on Linux; not Core ML)",
+                             "seconds": round(fidelity_s, 1)},
+            }
+            log(f"convert[ios]: {variant}: {results[variant]['bytes'] / 1e6:.1f} MB, top-1 "
+                f"{fidelity['top1_agreement']:.4f}, KL {fidelity['kl_mean']:.2e}, greedy "
+                f"{fidelity['greedy_tokens_matching']}/{fidelity['greedy_tokens']} ({fidelity_s:.0f}s MIL reference)")
+        record = {
+            "stage": "convert[coreml]", "source": {"model_dir": str(student_dir),
+                                                "fingerprint": folder_fingerprint(Path(student_dir))},
+            "min_ios": options.min_ios, "stateful": options.min_ios >= 18, "convert_seconds": round(convert_s, 1),
+            "prefill_len": options.prefill_len, "max_len": options.max_len,
+            "variants": results,
+            "not_built": {"int4": "int4 block-wise weights need iOS 18"} if options.min_ios < 18 else {},
+            "versions": {**versions(), "coremltools": _coremltools_version()},
+        }
+        write_json(tmp / "record.json", record)
+    return record
+
+
+def _coremltools_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("coremltools")
+
+
+def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records: dict, variant: str,
+                    log=print) -> dict:
+    """Assemble dist/ios atomically from the coreml stage's `variant`, the tokenizer and the records."""
+    coreml, distill = records["coreml"], records["distill"]
+    if variant not in coreml["variants"]:
+        raise EdgeError(f"the Core ML variant '{variant}' was not built (built: {', '.join(coreml['variants'])})",
+                        "rebuild with `edgedistil convert --target ios`")
+    chosen = coreml["variants"][variant]
+    info = chosen["spec"]
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(Path(coreml_dir) / chosen["path"], tmp / PACKAGE)
+        for name in TOKENIZER_FILES:
+            if (Path(student_dir) / name).is_file():
+                shutil.copy2(Path(student_dir) / name, tmp / name)
+        graphs = [{"name": f["name"], "file": PACKAGE, "function": f["name"],
+                   "tokens_per_call": _tokens_per_call(f, coreml["prefill_len"]),
+                   "inputs": f["inputs"], "outputs": f["outputs"], "states": f["states"]} for f in info["functions"]]
+        c = graphs[0]
+        cache_shape = (c["states"] or [i for i in c["inputs"] if i["name"] == "k_cache"])[0]["shape"]
+        (tmp / "USAGE.md").write_text(usage(coreml, variant, cache_shape, records.get("recipe_name", "student")))
+        files = [file_entry(p, tmp) for p in sorted(tmp.rglob("*")) if p.is_file()]
+        q = distill["quality"]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "target": "ios",
+            "name": f"{records.get('recipe_name', 'student')}-student",
+            "created_by": f"edgedistil {__version__}",
+            "runtime": {"name": "Core ML", "format": "mlprogram", "min_ios": coreml["min_ios"],
+                        "deployment_target": info["deployment_target"], "stateful": coreml["stateful"],
+                        "default_function": info["default_function"], "prefill_len": coreml["prefill_len"]},
+            "min_ios": coreml["min_ios"],
+            "files": files,
+            "graphs": graphs,
+            "kv_cache": {"layers": cache_shape[0], "kv_heads": cache_shape[2], "head_dim": cache_shape[4],
+                         "max_len": cache_shape[3], "shape": cache_shape, "dtype": "float16",
+                         "physical": "Core ML states k_cache/v_cache (MLState), written in place by each call"
+                         if coreml["stateful"] else "whole cache in (k_cache, v_cache) and out (k_cache_out, ...)"},
+            "tokenizer": "tokenizer.json",
+            "quantization": {"method": variant, "weights_stored": chosen["weights_stored"],
+                             "rope_tables": "float16, never compressed",
+                             "variants": {v: {"bytes": r["bytes"], "top1_agreement": r["fidelity"]["top1_agreement"],
+                                              "kl_mean": r["fidelity"]["kl_mean"],
+                                              "greedy_tokens_matching": r["fidelity"]["greedy_tokens_matching"],
+                                              "perplexity_change": r["fidelity"]["perplexity_change"]}
+                                          for v, r in coreml["variants"].items()},
+                             "not_built": coreml.get("not_built", {})},
+            "ops": {f["name"]: f["ops"] for f in info["functions"]},
+            "fidelity": {**{k: chosen["fidelity"][k] for k in (
+                "max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching", "greedy_tokens",
+                "positions_compared", "perplexity", "perplexity_reference", "perplexity_change")},
+                "reference": "fp32 PyTorch student", "runtime": chosen["fidelity"]["runtime"]},
+            "bench": {"value": None, "reason": f"{NOT_ON_LINUX}: run `edgedistil bench --target ios --bundle "
+                                               f"dist/ios` on a Mac (macOS 15+)"},
+            "teacher_bench": {"value": None, "reason": NOT_ON_LINUX},
+            "speedup_vs_teacher": None,
+            "quality": {"student_perplexity": q["student_perplexity"], "teacher_perplexity": q["teacher_perplexity"],
+                        "top1_agreement_with_teacher": q["top1_agreement_with_teacher"],
+                        "kl_teacher_student_mean": q["kl_teacher_student_mean"],
+                        "quality_retained": q["quality_retained"], "heldout_tokens": q["tokens"],
+                        "corpus": distill["corpus"]["name"]},
+            "student": {"parameters": distill["student"]["parameters"], "layers": distill["student"]["layers"],
+                        "teacher_layers": distill["student"]["teacher_layers"],
+                        "teacher_parameters": distill["teacher_parameters"]},
+        }
+        write_json(tmp / "manifest.json", manifest)
+    log(f"convert[ios]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files, {variant})")
+    return manifest
+
+
+def verify_package(bundle: Path, manifest: dict) -> list[dict]:
+    """The bundle's package says what its manifest says (functions, I/O, states), and one decode step of it, run
+    by the MIL reference, gives finite logits. Returns one entry per package for `edgedistil verify`."""
+    from edgedistil.runtimes.coreml_mil_reference import MilReferenceLM
+
+    runs = []
+    for file in sorted({g["file"] for g in manifest["graphs"]}):
+        path = Path(bundle) / file
+        info = {f["name"]: f for f in inspect_package(path)["functions"]}
+        for g in manifest["graphs"]:
+            f = info.get(g["function"])
+            if f is None or any(f[k] != g[k] for k in ("inputs", "outputs", "states")):
+                raise EdgeError(f"{path}: function {g['function']} does not match the manifest's graph {g['name']}",
+                                "copy the whole bundle again, or rebuild it")
+        lm = MilReferenceLM(path)
+        logits, _ = lm.step([0], 0, lm.empty_cache())
+        if not np.isfinite(logits).all():
+            raise EdgeError(f"{path} produced non-finite logits in the MIL reference", "rebuild the bundle")
+        runs.append({"file": file, "runtime": "MIL reference (coremltools op implementations; not Core ML)",
+                     "functions": sorted(info), "decode_step": "ok", "core_ml": f"not run: {NOT_ON_LINUX}"})
+    return runs
+
+
+def _tokens_per_call(function: dict, prefill_len: int) -> int | list[int]:
+    ids = function["inputs"][0]
+    if "enumerated_shapes" in ids:
+        return [s[1] for s in ids["enumerated_shapes"]]
+    return ids["shape"][1] if function["name"] != "main" else prefill_len
+
+
+USAGE = """\
+# {name}: iOS bundle (Core ML)
+
+Files: `model.mlpackage` ({size_mb:.1f} MB, {variant} weights, deployment target {target}), `tokenizer.json`,
+`manifest.json` (functions, I/O, state, sha256 of every file, fidelity measured on Linux with the MIL reference).
+Drag `model.mlpackage` into Xcode; it compiles it into the app.
+
+{body}
+Prompts run in chunks of {prefill} tokens: pad the last chunk with any token and read the logits of its last real
+token; the padded rows write cache slots that the next real token overwrites before anything reads them. The cache
+holds {max_len} positions. Tokenize with any library that reads `tokenizer.json` (for example swift-transformers).
+Speed was not measured on the build machine ({not_on_linux}): run `edgedistil bench --target ios --bundle .` on a Mac.
+"""
+
+STATEFUL_SWIFT = """\
+Two functions share the weights and one KV-cache state: `prefill` takes `input_ids` Int32 [1, {prefill}], `decode`
+takes [1, 1]; both take `position` Int32 [1] (the position of `input_ids[0]`) and return `logits` Float16
+[1, T, {vocab}]. The state (`k_cache`, `v_cache`, Float16 {cache_shape}) lives in an `MLState`.
+
+```swift
+import CoreML
+
+let url = Bundle.main.url(forResource: "model", withExtension: "mlmodelc")!
+func load(_ function: String) throws -> MLModel {{
+    let config = MLModelConfiguration()
+    config.computeUnits = .all
+    config.functionName = function          // iOS 18: pick a function of a multifunction package
+    return try MLModel(contentsOf: url, configuration: config)
+}}
+let prefill = try load("prefill"), decode = try load("decode")
+let state = prefill.makeState()             // one cache, shared by both functions
+
+func ints(_ values: [Int]) throws -> MLMultiArray {{
+    let a = try MLMultiArray(shape: [1, NSNumber(value: values.count)], dataType: .int32)
+    for (i, v) in values.enumerated() {{ a[i] = NSNumber(value: v) }}
+    return a
+}}
+func step(_ model: MLModel, _ ids: [Int], _ position: Int) throws -> MLMultiArray {{
+    let pos = try MLMultiArray(shape: [1], dataType: .int32)
+    pos[0] = NSNumber(value: position)
+    let input = try MLDictionaryFeatureProvider(dictionary: ["input_ids": try ints(ids), "position": pos])
+    return try model.prediction(from: input, using: state).featureValue(for: "logits")!.multiArrayValue!
+}}
+func argmax(_ logits: MLMultiArray, row: Int) -> Int {{
+    let vocab = logits.shape[2].intValue
+    var best = 0
+    for v in 0..<vocab where logits[[0, row, v] as [NSNumber]].floatValue >
+                             logits[[0, row, best] as [NSNumber]].floatValue {{ best = v }}
+    return best
+}}
+
+// greedy: prefill the prompt in chunks of {prefill}, then decode one token at a time
+var tokens = promptIds                      // from the tokenizer
+var next = 0
+for start in stride(from: 0, to: tokens.count, by: {prefill}) {{
+    let chunk = Array(tokens[start..<min(start + {prefill}, tokens.count)])
+    let logits = try step(prefill, chunk + Array(repeating: 0, count: {prefill} - chunk.count), start)
+    next = argmax(logits, row: chunk.count - 1)
+}}
+for _ in 0..<32 where tokens.count < {max_len} {{
+    tokens.append(next)
+    next = argmax(try step(decode, [next], tokens.count - 1), row: 0)
+}}
+```
+"""
+
+STATELESS_SWIFT = """\
+One function `main` takes `input_ids` Int32 [1, {prefill}] (prefill) or [1, 1] (decode), `position` Int32 [1] and the
+cache `k_cache`, `v_cache` (Float16 {cache_shape}), and returns `logits` Float16 [1, T, {vocab}] with `k_cache_out`
+and `v_cache_out`, which the next call takes as its cache (iOS 17 has no MLState).
+
+```swift
+import CoreML
+
+let model = try MLModel(contentsOf: Bundle.main.url(forResource: "model", withExtension: "mlmodelc")!)
+var k = try MLMultiArray(shape: {cache_shape}, dataType: .float16)   // zero-filled
+var v = try MLMultiArray(shape: {cache_shape}, dataType: .float16)
+func step(_ ids: [Int], _ position: Int) throws -> MLMultiArray {{
+    let idArray = try MLMultiArray(shape: [1, NSNumber(value: ids.count)], dataType: .int32)
+    for (i, t) in ids.enumerated() {{ idArray[i] = NSNumber(value: t) }}
+    let pos = try MLMultiArray(shape: [1], dataType: .int32)
+    pos[0] = NSNumber(value: position)
+    let out = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: [
+        "input_ids": idArray, "position": pos, "k_cache": k, "v_cache": v]))
+    k = out.featureValue(for: "k_cache_out")!.multiArrayValue!
+    v = out.featureValue(for: "v_cache_out")!.multiArrayValue!
+    return out.featureValue(for: "logits")!.multiArrayValue!
+}}
+// greedy: prefill in chunks of {prefill} (pad the last), then step([next], position) one token at a time,
+// taking the argmax of the last real row of logits each time.
+```
+"""
+
+
+def usage(coreml: dict, variant: str, cache_shape: list, name: str) -> str:
+    chosen = coreml["variants"][variant]
+    logits = chosen["spec"]["functions"][0]["outputs"][0]
+    vocab = logits["shape"][-1] if logits["shape"] else "V"
+    fmt = dict(prefill=coreml["prefill_len"], max_len=coreml["max_len"], cache_shape=cache_shape, vocab=vocab)
+    body = (STATEFUL_SWIFT if coreml["stateful"] else STATELESS_SWIFT).format(**fmt)
+    return USAGE.format(name=f"{name}-student", size_mb=chosen["bytes"] / 1e6, variant=variant,
+                        target=chosen["spec"]["deployment_target"], body=body, not_on_linux=NOT_ON_LINUX, **fmt)

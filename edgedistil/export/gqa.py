@@ -1,0 +1,122 @@
+"""The in-place cache layout for ONNX Runtime: an ONNX graph built op by op around GroupQueryAttention.
+
+The traced graph (`export/onnx.py`, layout "full") takes the whole cache in and gives it back every step, so each
+token copies every layer's cache twice. Here each layer has its own cache tensor, `past_key_values.{i}.key|value`
+`[1, kv_heads, max_len, head_dim]`, and ORT's `GroupQueryAttention` (com.microsoft) writes the new positions into
+`present.{i}.key|value`. Bound to the same buffer (I/O binding, as onnxruntime-genai does with
+past_present_share_buffer), the cache is updated in place: nothing but the new rows moves. RoPE runs inside the op
+(do_rotary, non-interleaved as Llama's rotate_half), so positions follow from `position` alone.
+
+Inputs stay those of the edgedistil convention: `input_ids` int32 [1, T] (T = P for prefill, 1 for decode) and
+`position` int32 [1]. The tied embedding is stored once, as the LM head's [hidden, vocab] matrix; the embedding
+lookup gathers its columns (Gather axis 1, then a small transpose of the [hidden, 1, T] result).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedistil.model import EdgeLM
+
+GQA_OPSET = 17
+
+
+def cache_names(layers: int) -> list[tuple[str, str, str, str]]:
+    """(past key, past value, present key, present value) names per layer."""
+    return [(f"past_key_values.{i}.key", f"past_key_values.{i}.value", f"present.{i}.key", f"present.{i}.value")
+            for i in range(layers)]
+
+
+def build_gqa_graph(model: EdgeLM, max_len: int):
+    """An onnx.ModelProto of `model`'s step with per-layer caches updated by GroupQueryAttention."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = model.cfg
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    nodes, inits = [], []
+
+    def init(name, array):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(op, inputs, name, domain="", n_out=1, **attrs):
+        outs = [f"{name}/out{i}" for i in range(n_out)]
+        nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def linear(x, prefix, name):
+        y = node("MatMul", [x, init(f"{prefix}.weight.T", sd[f"{prefix}.weight"].T)], f"/{name}/MatMul")
+        if f"{prefix}.bias" in sd:
+            y = node("Add", [y, init(f"{prefix}.bias", sd[f"{prefix}.bias"])], f"/{name}/Add")
+        return y
+
+    def rmsnorm(x, prefix, name):
+        # standard ops in the pattern ORT fuses into SimplifiedLayerNormalization (and onnx.checker accepts)
+        ms = node("ReduceMean", [node("Pow", [x, "/two"], f"{name}/Pow")], f"{name}/ReduceMean", axes=[-1])
+        rms = node("Sqrt", [node("Add", [ms, "/eps"], f"{name}/Add")], f"{name}/Sqrt")
+        return node("Mul", [node("Div", [x, rms], f"{name}/Div"), init(f"{prefix}.weight", sd[f"{prefix}.weight"])],
+                    f"{name}/Mul")
+
+    init("/two", np.array(2.0, np.float32))
+    init("/eps", np.array(c.rms_norm_eps, np.float32))
+
+    # ---- positions: GQA wants seqlens_k = total - 1 [1] and total_sequence_length (scalar), total = position + T
+    t_len = node("Cast", [node("Gather", ["/shape_ids", init("/one_i64", np.array(1, np.int64))], "/T")], "/T_i32",
+                 to=TensorProto.INT32)
+    nodes.insert(0, helper.make_node("Shape", ["input_ids"], ["/shape_ids"], name="/Shape"))
+    total = node("Add", ["position", t_len], "/total")  # [1]
+    seqlens_k = node("Sub", [total, init("/one_i32", np.array([1], np.int32))], "/seqlens_k")
+    total_scalar = node("Squeeze", [total, init("/axis0", np.array([0], np.int64))], "/total_scalar")
+
+    inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.int64).astype(np.float32) / c.head_dim))
+    freqs = np.arange(max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # [max_len, D/2]
+    cos, sin = init("/rope_cos", np.cos(freqs)), init("/rope_sin", np.sin(freqs))
+
+    head = sd["lm_head.weight"].T  # [hidden, vocab], shared with the embedding when tied
+    head_name = init("lm_head.weight.T", head)
+    if c.tie_word_embeddings:
+        cols = node("Gather", [head_name, "input_ids"], "/embed_tokens/Gather", axis=1)  # [hidden, 1, T]
+        x = node("Transpose", [cols], "/embed_tokens/Transpose", perm=[1, 2, 0])
+    else:
+        x = node("Gather", [init("model.embed_tokens.weight", sd["model.embed_tokens.weight"]), "input_ids"],
+                 "/embed_tokens/Gather")
+
+    typed = []
+    for i, (pk, pv, nk, nv) in enumerate(cache_names(c.num_hidden_layers)):
+        p = f"model.layers.{i}"
+        h = rmsnorm(x, f"{p}.input_layernorm", f"/layers.{i}/input_layernorm")
+        q = linear(h, f"{p}.self_attn.q_proj", f"layers.{i}/q_proj")
+        k = linear(h, f"{p}.self_attn.k_proj", f"layers.{i}/k_proj")
+        v = linear(h, f"{p}.self_attn.v_proj", f"layers.{i}/v_proj")
+        y, _, _ = node("GroupQueryAttention", [q, k, v, pk, pv, seqlens_k, total_scalar, cos, sin],
+                       f"/layers.{i}/GroupQueryAttention", domain="com.microsoft", n_out=3,
+                       num_heads=c.num_attention_heads, kv_num_heads=c.num_key_value_heads,
+                       scale=float(c.head_dim ** -0.5), do_rotary=1, rotary_interleaved=0)
+        nodes[-1].output[1], nodes[-1].output[2] = nk, nv
+        # declared, since shape inference cannot see through a contrib op (the quantizers need the types)
+        typed.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, "T", c.num_attention_heads * c.head_dim]))
+        x = node("Add", [x, linear(y, f"{p}.self_attn.o_proj", f"layers.{i}/o_proj")], f"/layers.{i}/attn_residual")
+        h = rmsnorm(x, f"{p}.post_attention_layernorm", f"/layers.{i}/post_attention_layernorm")
+        gate = linear(h, f"{p}.mlp.gate_proj", f"layers.{i}/mlp/gate_proj")
+        up = linear(h, f"{p}.mlp.up_proj", f"layers.{i}/mlp/up_proj")
+        act = node("Mul", [gate, node("Sigmoid", [gate], f"/layers.{i}/mlp/Sigmoid")], f"/layers.{i}/mlp/silu")
+        down = linear(node("Mul", [act, up], f"/layers.{i}/mlp/Mul"), f"{p}.mlp.down_proj", f"layers.{i}/mlp/down_proj")
+        x = node("Add", [x, down], f"/layers.{i}/mlp_residual")
+    x = rmsnorm(x, "model.norm", "/norm")
+    nodes.append(helper.make_node("MatMul", [x, head_name], ["logits"], name="/lm_head/MatMul"))
+
+    f32, i32 = TensorProto.FLOAT, TensorProto.INT32
+    cache_shape = [1, c.num_key_value_heads, max_len, c.head_dim]
+    inputs = [helper.make_tensor_value_info("input_ids", i32, [1, "T"]),
+              helper.make_tensor_value_info("position", i32, [1])]
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, "T", c.vocab_size])]
+    for names in cache_names(c.num_hidden_layers):
+        inputs += [helper.make_tensor_value_info(n, f32, cache_shape) for n in names[:2]]
+        outputs += [helper.make_tensor_value_info(n, f32, cache_shape) for n in names[2:]]
+    graph = helper.make_graph(nodes, "edgedistil_gqa", inputs, outputs, inits, value_info=typed)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", GQA_OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="edgedistil")
+    proto.ir_version = 8
+    return proto

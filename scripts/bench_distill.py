@@ -1,0 +1,87 @@
+"""KD against CE-only: the same student init, data, steps and seed, trained once with the teacher's soft labels and
+once on the real next token alone; held-out perplexity of both, and training tokens/s of each step kind.
+
+    python scripts/bench_distill.py                          # the embedded default (SmolLM2-135M -> 6 layers)
+    python scripts/bench_distill.py --config models/tiny.toml --steps 30
+    python scripts/bench_distill.py --steps 300 --json /tmp/kd.json
+
+Both runs go through the distill stage itself (edgedistil.distill.train.run_distill); the CE-only run is the
+same recipe with alpha = 0 (the stage then skips the teacher's forward, so its tokens/s is a plain CE step).
+Writes docs/results/distill_<recipe>.json (or --json PATH). The goal of issue 3 is KD >= 10% lower perplexity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="recipe TOML (default: the built-in default)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps for both runs (default: the recipe's)")
+    ap.add_argument("--json", default=None, help="output path")
+    args = ap.parse_args()
+
+    from edgedistil.build import Run, recipe_with
+    from edgedistil.config import load_recipe
+    from edgedistil.distill.train import run_distill
+
+    recipe = load_recipe(args.config)
+    if args.steps:
+        recipe = recipe_with(recipe, distill={"steps": args.steps})
+    name = Path(args.config).stem if args.config else "default"
+    dest = Path(args.json) if args.json else REPO / "docs" / "results" / f"distill_{name}.json"
+    load_before = os.getloadavg()
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="edgedistil-bench-distill-") as tmp:
+        run = Run(out=Path(tmp), recipe=recipe, log=lambda m: print(m, file=sys.stderr))
+        teacher, corpus = run.teacher_dir(), run.corpus()
+        for label, alpha in (("kd", recipe.distill.alpha), ("ce_only", 0.0)):
+            r = recipe_with(recipe, distill={"alpha": alpha, "preflight_export": False})
+            t0 = time.perf_counter()
+            record = run_distill(teacher, corpus, r, Path(tmp) / label, log=run.log)
+            runs[label] = {"alpha": alpha, "wall_seconds": round(time.perf_counter() - t0, 1),
+                           "train_seconds": record["train_seconds"],
+                           "train_tokens_per_s": record["train_tokens_per_s"],
+                           "final_loss": record["final_loss"], "quality": record["quality"]}
+    kd, ce = runs["kd"]["quality"], runs["ce_only"]["quality"]
+    gain = 1 - kd["student_perplexity"] / ce["student_perplexity"]
+    result = {
+        "recipe": name,
+        "command": "python scripts/bench_distill.py" + "".join(
+            f" {k} {v}" for k, v in (("--config", args.config), ("--steps", args.steps)) if v),
+        "teacher": str(teacher),
+        "corpus": corpus.name,
+        "student_layers": recipe.student.layers,
+        "steps": recipe.distill.steps, "batch_size": recipe.distill.batch_size, "seq_len": recipe.data.seq_len,
+        "temperature": recipe.distill.temperature, "loss": recipe.distill.loss,
+        "runs": runs,
+        "teacher_perplexity": kd["teacher_perplexity"],
+        "kd_perplexity_reduction_vs_ce": round(gain, 4),
+        "goal": "KD perplexity at least 10% below CE-only",
+        "goal_met": gain >= 0.10,
+        "kd_step_slowdown_vs_ce": round(runs["ce_only"]["train_tokens_per_s"] / runs["kd"]["train_tokens_per_s"], 2),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "note": "CPU shared with other jobs: tokens/s are noisy; perplexities are deterministic for a seed",
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("kd_perplexity_reduction_vs_ce", "goal_met",
+                                             "kd_step_slowdown_vs_ce")}, indent=2))
+    print(f"KD ppl {kd['student_perplexity']:.2f} vs CE-only {ce['student_perplexity']:.2f} "
+          f"(teacher {kd['teacher_perplexity']:.2f}); written to {dest}")
+
+
+if __name__ == "__main__":
+    main()

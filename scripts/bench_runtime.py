@@ -1,0 +1,222 @@
+"""Host runtime benchmark, llama-bench style: our ONNX graphs beside the runtimes users would otherwise use, on the
+same weights, in one run.
+
+    python scripts/bench_runtime.py --run RUN_DIR [--repeats 3] [--new-tokens 32] [--peers-venv-genai DIR]
+                                    [--peers-venv-optimum DIR] [--skip-teacher-gqa]
+
+RUN_DIR is a finished `edgedistil build` run folder (distill/student, export/{student,teacher}, quantize/int8).
+Measured, each model in its own process, 1 thread, spinning off: pp64/pp256 prefill, decode at depths 0/128/512
+(null where the cache is too short), TTFT, load time, peak RSS, file size, CPU-ms per token; for
+- ours: student fp32 (full cache), int8 (the web bundle's), int4 (MatMulNBits, block 32), and the in-place "gqa"
+  layout in fp32 and int4; the teacher fp32 (full and gqa);
+- PyTorch eager (transformers generate, greedy), onnxruntime-genai (its model builder, fp32 and int4, own venv) and
+  Optimum's ORTModelForCausalLM (own venv), through edgedistil/bench/peers.py; a missing venv is recorded as such.
+The peers' venvs (their pins clash with ours; torch comes from the local wheel cache):
+    python3.11 -m venv /tmp/genai-venv && /tmp/genai-venv/bin/pip install onnxruntime-genai==0.18.0 onnx_ir \
+        torch==2.13.0 transformers==5.23.0      # 0.18.0's builder imports classes that transformers 4.x lacks
+    python3.11 -m venv /tmp/optimum-venv && /tmp/optimum-venv/bin/pip install optimum-onnx==0.1.0 optimum==2.1.0 \
+        "transformers==4.57.*" torch==2.13.0 onnxruntime==1.32.0
+Also measures memory bandwidth (numpy copy) for the int8 decode's bandwidth floor. Writes
+docs/results/runtime_default.json and the "Host runtime (ONNX)" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgedistil.bench.ort import bench_model
+from edgedistil.errors import atomic_file, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS = REPO / "edgedistil" / "bench" / "peers.py"
+
+
+def memory_bandwidth() -> dict:
+    """numpy copy of a 256 MB buffer (read + write), best of 5: the same kind of traffic as streaming weights."""
+    a = np.ones(32 * 1024 * 1024)
+    b = np.empty_like(a)
+    copy = min(_time(lambda: np.copyto(b, a)) for _ in range(5))
+    read = min(_time(lambda: a.sum()) for _ in range(5))
+    return {"copy_gb_per_s": round(2 * a.nbytes / copy / 1e9, 2), "read_gb_per_s": round(a.nbytes / read / 1e9, 2),
+            "method": "numpy copyto / sum over 256 MB float64, best of 5"}
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]:
+    """The graphs to bench; int4 and gqa variants are made here from the run's exports when absent."""
+    from edgedistil.export.gqa import build_gqa_graph
+    from edgedistil.model import load_hf_folder
+    from edgedistil.quantize.onnx import quantize_file
+    import onnx
+
+    models = {"ours fp32 (full cache)": run / "export/student/model.onnx",
+              "ours int8 (full cache, web bundle)": run / "quantize/int8/model.onnx"}
+    int4 = work / "student-int4.onnx"
+    if not int4.is_file():
+        quantize_file(run / "export/student/model.onnx", int4, "int4", ["embed_tokens"], 32, np.zeros(0), 64)
+    models["ours int4 (full cache)"] = int4
+    max_len = onnx.load(str(run / "export/student/model.onnx"), load_external_data=False).graph.input[2] \
+        .type.tensor_type.shape.dim[3].dim_value
+    for role, hf in (("student", run / "distill/student"), ("teacher", Path(json.loads(
+            (run / "export/teacher/record.json").read_text())["source"]["model_dir"]))):
+        if role == "teacher" and not with_teacher_gqa:
+            continue
+        path = work / f"{role}-gqa.onnx"
+        if not path.is_file():
+            onnx.save(build_gqa_graph(load_hf_folder(hf, max_len=max_len).eval(), max_len), str(path))
+        models[f"{'ours' if role == 'student' else 'teacher'} fp32 (gqa, in place)"] = path
+    gqa4 = work / "student-gqa-int4.onnx"
+    if not gqa4.is_file():
+        quantize_file(work / "student-gqa.onnx", gqa4, "int4", ["embed_tokens"], 32, np.zeros(0), 64)
+    models["ours int4 (gqa, in place)"] = gqa4
+    models["teacher fp32 (full cache)"] = run / "export/teacher/model.onnx"
+    return models
+
+
+def peer(python: str, mode: str, hf: Path, work: Path, prompt: int, new: int, repeats: int) -> dict:
+    if not Path(python).is_file():
+        return {"value": None, "reason": f"no venv for {mode} at {python}; see the script's docstring"}
+    proc = subprocess.run([python, str(PEERS), mode, str(hf), str(work), str(prompt), str(new), str(repeats)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        return {"value": None, "reason": f"{mode} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--peers-venv-genai", default="/tmp/genai-venv")
+    ap.add_argument("--peers-venv-optimum", default="/tmp/optimum-venv")
+    ap.add_argument("--skip-teacher-gqa", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "docs/results/runtime_default.json")
+    ap.add_argument("--render", action="store_true", help="only recompute ratios and the table from --out")
+    args = ap.parse_args()
+    if args.render:
+        record = json.loads(args.out.read_text())
+        record["ratios"] = ratios(record)
+        write_json(args.out, record)
+        print(render(record))
+        write_section(REPO / "docs/benchmarks.md", render(record), record)
+        return
+    t_start = time.perf_counter()
+    work = Path(os.environ.get("EDGEDISTIL_CACHE", Path.home() / ".cache/edgedistil")) / "bench-runtime"
+    work.mkdir(parents=True, exist_ok=True)
+    record = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+              f"{platform.processor() or 'cpu'}", "loadavg_start": os.getloadavg(), "threads": 1,
+              "memory_bandwidth": memory_bandwidth(), "models": {}}
+    prompt = [(7 * i + 3) % 97 + 100 for i in range(64)]
+    for name, path in our_models(args.run, work, not args.skip_teacher_gqa).items():
+        print(f"bench: {name} ({path.stat().st_size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
+        record["models"][name] = bench_model(path, prompt, 64, args.new_tokens, args.repeats, 1, (64, 256),
+                                             (0, 128, 512))
+    hf = args.run / "distill/student"
+    for name, python, mode in (("PyTorch eager (HF generate)", sys.executable, "torch"),
+                               ("onnxruntime-genai fp32", f"{args.peers_venv_genai}/bin/python", "genai-fp32"),
+                               ("onnxruntime-genai int4", f"{args.peers_venv_genai}/bin/python", "genai-int4"),
+                               ("Optimum ORTModelForCausalLM fp32", f"{args.peers_venv_optimum}/bin/python",
+                                "optimum")):
+        print(f"bench: {name}", file=sys.stderr, flush=True)
+        record["models"][name] = peer(python, mode, hf, work / "peers", 64, args.new_tokens, args.repeats)
+    record["loadavg_end"] = os.getloadavg()
+    record["seconds"] = round(time.perf_counter() - t_start, 1)
+    record["ratios"] = ratios(record)
+    write_json(args.out, record)
+    table = render(record)
+    print(table)
+    write_section(REPO / "docs/benchmarks.md", table, record)
+
+
+def decode(m: dict) -> float | None:
+    """Decode tok/s after a 64-token prompt, the same schedule for ours and the peers."""
+    return m.get("decode_tokens_per_s")
+
+
+def cpu_ms(m: dict) -> float | None:
+    """CPU-ms per decoded token: ours at depth 0 (llama_bench), peers after their 64-token prompt."""
+    return (m.get("llama_bench", {}).get("tg32@d0") or {}).get("cpu_ms_per_token") or m.get("cpu_ms_per_token")
+
+
+def ratios(record: dict) -> dict:
+    ms = record["models"]
+    get = lambda name: decode(ms.get(name) or {})  # noqa: E731
+    int8, teacher = get("ours int8 (full cache, web bundle)"), get("teacher fp32 (full cache)")
+    pairs = {"int8 student / fp32 teacher (goal >= 4)": (int8, teacher),
+             "ours fp32 gqa / genai fp32 (goal >= 1)": (get("ours fp32 (gqa, in place)"),
+                                                        get("onnxruntime-genai fp32")),
+             "ours int4 gqa / genai int4 (goal >= 1)": (get("ours int4 (gqa, in place)"),
+                                                        get("onnxruntime-genai int4")),
+             "ours fp32 gqa / Optimum fp32 (goal >= 1.5)": (get("ours fp32 (gqa, in place)"),
+                                                            get("Optimum ORTModelForCausalLM fp32")),
+             "ours int8 / PyTorch eager (goal >= 3)": (int8, get("PyTorch eager (HF generate)"))}
+    out = {k: (round(a / b, 2) if a and b else None) for k, (a, b) in pairs.items()}
+    # the same ratios in CPU time per token (peer / ours): steadier than wall tok/s when other jobs share the CPU
+    for k, (a, b) in pairs.items():
+        names = [n for n, m in ms.items() if decode(m or {}) in (a, b) and a and b]
+        if len(names) == 2:
+            ours, other = (ms[n] for n in names)
+            ca, cb = cpu_ms(ours), cpu_ms(other)
+            out[k.replace(" (goal", " in CPU-ms/token (goal")] = round(cb / ca, 2) if ca and cb else None
+    m8 = ms.get("ours int8 (full cache, web bundle)") or {}
+    if int8 and m8.get("bytes"):
+        floor_ms = m8["bytes"] / (record["memory_bandwidth"]["read_gb_per_s"] * 1e9) * 1e3
+        out["int8 decode ms / bandwidth floor ms (goal <= 1.5)"] = round((1e3 / int8) / floor_ms, 2)
+        out["int8 bandwidth floor ms/token (file bytes / read bandwidth)"] = round(floor_ms, 2)
+    return out
+
+
+def render(record: dict) -> str:
+    cols = ["pp64", "pp256", "tg32@d0", "tg32@d128", "tg32@d512"]
+    lines = ["| model | size MB | load s | TTFT ms | decode tok/s (after 64) | "
+             + " | ".join(f"{c} tok/s" for c in cols) + " | CPU-ms/token | peak RSS MB |",
+             "|" + "---|" * (len(cols) + 7)]
+    for name, m in record["models"].items():
+        if m.get("value", 0) is None:
+            lines.append(f"| {name} | not measured: {m['reason']} |" + " |" * (len(cols) + 5))
+            continue
+        lb = m.get("llama_bench", {})
+        cells = [f"{lb[c]['tokens_per_s']:.1f}" if lb.get(c, {}).get("tokens_per_s") else
+                 ("n/a (cache)" if c in lb else "-") for c in cols]
+        cpu = lb.get("tg32@d0", {}).get("cpu_ms_per_token", m.get("cpu_ms_per_token"))
+        lines.append(f"| {name} | {m.get('bytes', 0) / 1e6:.0f} | {m.get('load_seconds', 0):.2f} | "
+                     f"{m.get('ttft_ms', 0):.0f} | {m['decode_tokens_per_s']:.1f} | " + " | ".join(cells)
+                     + f" | {cpu:.1f} | {m.get('peak_memory_mb', 0):.0f} |")
+    lines.append("")
+    lines += [f"- {k}: {v}" for k, v in record["ratios"].items()]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, table: str, record: dict) -> None:
+    header = "## Host runtime (ONNX)"
+    bw = record["memory_bandwidth"]
+    body = (f"{header}\n\nMachine: {record['machine']}; load average {record['loadavg_start'][0]:.1f} at start, "
+            f"{record['loadavg_end'][0]:.1f} at end (other jobs share the CPU: CPU-ms per token is the steadier "
+            f"figure). One thread, spinning off. Memory bandwidth: {bw['copy_gb_per_s']} GB/s copy, "
+            f"{bw['read_gb_per_s']} GB/s read. Command: `{record['command']}` ({record['seconds']:.0f} s). "
+            f"Figures: `docs/results/runtime_default.json`.\n\n{table}\n")
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    text = re.sub(rf"{re.escape(header)}\n.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip() + "\n\n" + body
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The distill stage on tiny models, in process: each KD flavour, the pre-flight, JSONL data, sequence-level KD."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgedistil.build import recipe_with
+from edgedistil.config import load_recipe
+from edgedistil.distill.train import run_distill
+from edgedistil.errors import EdgeError
+from edgedistil.model import EdgeLM, load_hf_folder
+from edgedistil.sources import load_corpus, tiny_teacher
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus("tiny")
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, corpus):
+    return tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", corpus.text, seed=0)
+
+
+@pytest.fixture(scope="module")
+def narrow_dir(tmp_path_factory, corpus):
+    """Another model on the same tokenizer (same corpus, same vocab size) but half the width: a ready student."""
+    return tiny_teacher(tmp_path_factory.mktemp("narrow") / "s", corpus.text, seed=1, hidden_size=32, layers=2)
+
+
+@pytest.fixture(scope="module")
+def other_vocab_dir(tmp_path_factory, corpus):
+    """A model with its own, smaller tokenizer: logit KD cannot pair its tokens with the teacher's."""
+    return tiny_teacher(tmp_path_factory.mktemp("other") / "s", corpus.text, seed=2, vocab_size=400, layers=2)
+
+
+def recipe(**sections):
+    base = recipe_with(load_recipe(TINY), distill={"steps": 4, "eval_tokens": 256, "preflight_export": False})
+    for name, values in sections.items():
+        base = recipe_with(base, **{name: {**base.section(name), **values}})
+    return base
+
+
+def curve(out):
+    return [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", ["reverse_kl", "jsd"])
+def test_reverse_kl_and_jsd_train_a_student(tmp_path, teacher_dir, corpus, loss):
+    out = tmp_path / "distill"
+    record = run_distill(teacher_dir, corpus, recipe(distill={"loss": loss, "beta": 0.3}), out, log=lambda m: None)
+    assert record["config"]["loss"] == loss and loss in record["flavour"]
+    rows = curve(out)
+    assert len(rows) == 4 and all(r["kl"] > 0 for r in rows)
+    student = load_hf_folder(out / "student")
+    teacher = load_hf_folder(teacher_dir)
+    assert not torch.equal(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight)
+
+
+def test_hidden_state_kd_learns_a_projection_to_a_wider_teacher(tmp_path, teacher_dir, narrow_dir, corpus):
+    out = tmp_path / "distill"
+    r = recipe(student={"source": str(narrow_dir)},
+               distill={"feature_weight": 1.0, "feature_loss": "cosine", "feature_layers": [2, 4]})
+    record = run_distill(teacher_dir, corpus, r, out, log=lambda m: None)
+    assert record["feature_kd"] == {"teacher_hidden_states": [2, 4], "loss": "cosine", "projection": True}
+    rows = curve(out)
+    assert all(0 < row["feature"] <= 2 for row in rows)
+    assert rows[0]["loss"] == pytest.approx(0.9 * 4 * rows[0]["kl"] + 0.1 * rows[0]["ce"] + rows[0]["feature"],
+                                            rel=1e-4)
+    assert load_hf_folder(out / "student").cfg.hidden_size == 32  # projections train the student, are not shipped
+
+
+def test_default_feature_map_on_a_built_student(tmp_path, teacher_dir, corpus):
+    record = run_distill(teacher_dir, corpus, recipe(distill={"feature_weight": 0.5}), tmp_path / "d",
+                         log=lambda m: None)
+    assert record["feature_kd"]["teacher_hidden_states"] == [2, 4] and record["feature_kd"]["projection"] is False
+
+
+def test_preflight_refuses_another_vocabulary_and_names_sequence_kd(tmp_path, teacher_dir, other_vocab_dir, corpus):
+    out = tmp_path / "distill"
+    with pytest.raises(EdgeError, match='method = "sequence"') as e:
+        run_distill(teacher_dir, corpus, recipe(student={"source": str(other_vocab_dir)}), out, log=lambda m: None)
+    assert "400" in e.value.problem and "512" in e.value.problem
+    assert not out.exists()
+
+
+def test_preflight_records_estimates_and_trial_export(tmp_path, teacher_dir, corpus):
+    r = recipe(distill={"preflight_export": True, "steps": 1}, student={"intermediate_size": 96, "heads": 2})
+    record = run_distill(teacher_dir, corpus, r, tmp_path / "d", log=lambda m: None)
+    pre = record["preflight"]
+    n = sum(p.numel() for p in load_hf_folder(tmp_path / "d" / "student").parameters())
+    assert pre["estimate"]["parameters"] == n == record["student"]["parameters"]
+    assert pre["estimate"]["fp32_mb"] == round(4 * n / 1e6, 1) and pre["estimate"]["train_ram_mb"] > 0
+    assert pre["trial_export"]["onnx_bytes"] > 4 * n * 0.9 and pre["trial_export"]["max_abs_diff"] < 1e-4
+    assert record["student"]["heads"] == 2 and "model.layers.*.mlp.up_proj.weight" in record["student"]["sliced"]
+    assert record["peak_rss_mb"] > 0
+
+
+def test_preflight_catches_a_student_that_cannot_export(tmp_path, teacher_dir, corpus, monkeypatch):
+    # a student whose decode step uses an op the ONNX exporter has no symbolic for (an FFT): training would run,
+    # shipping would not; the pre-flight must stop it before the first step
+    plain_step = EdgeLM.step
+
+    def unexportable_step(self, input_ids, position, k_cache, v_cache):
+        logits, k, v = plain_step(self, input_ids, position, k_cache, v_cache)
+        return torch.fft.rfft(logits).real[..., : logits.shape[-1]], k, v
+
+    monkeypatch.setattr(EdgeLM, "step", unexportable_step)
+    out = tmp_path / "distill"
+    with pytest.raises(EdgeError, match="does not export to ONNX") as e:
+        run_distill(teacher_dir, corpus, recipe(distill={"preflight_export": True}), out, log=lambda m: None)
+    assert "preflight_export = false" in e.value.fix
+    assert not out.exists()
+
+
+def test_jsonl_corpus_trains(tmp_path, teacher_dir, corpus):
+    from edgedistil.sources.corpus import load_corpus as load
+
+    path = tmp_path / "docs.jsonl"
+    lines = corpus.text.splitlines()
+    path.write_text("".join(json.dumps({"text": line, "id": i}) + "\n" for i, line in enumerate(lines)))
+    jsonl = load(str(path))
+    assert jsonl.text == "\n".join(line.strip("\n") for line in lines)
+    run_distill(teacher_dir, jsonl, recipe(distill={"steps": 1}), tmp_path / "d", log=lambda m: None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(EdgeError, match="line 2"):
+        load(str(bad))
+
+
+def test_grad_accumulation_equals_one_big_batch(tmp_path, teacher_dir, corpus):
+    one = run_distill(teacher_dir, corpus, recipe(distill={"steps": 2}), tmp_path / "a", log=lambda m: None)
+    four = run_distill(teacher_dir, corpus, recipe(distill={"steps": 2, "grad_accum": 4}), tmp_path / "b",
+                       log=lambda m: None)
+    a = load_file(str(tmp_path / "a" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "student" / "model.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # summation order only
+    assert one["final_loss"] == pytest.approx(four["final_loss"], rel=1e-4)
+
+
+def test_sequence_kd_with_another_tokenizer(tmp_path, teacher_dir, other_vocab_dir, corpus):
+    r = recipe(distill={"method": "sequence"}, student={"source": str(other_vocab_dir)},
+               sequence={"num_prompts": 6, "prompt_tokens": 8, "new_tokens": 12, "batch_size": 4})
+    out = tmp_path / "distill"
+    record = run_distill(teacher_dir, corpus, r, out, log=lambda m: None)
+    rows = [json.loads(x) for x in (tmp_path / "distill-sequence" / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(row["text"] == row["prompt"] + row["completion"] for row in rows)
+    assert sorted(row["index"] for row in rows) == list(range(6))
+    assert record["sequence_kd"]["completions"] == 6 and "sequence-level" in record["flavour"]
+    q = record["quality"]
+    assert q["student_perplexity"] > 1 and q["teacher_perplexity"] is None and "tokenizer" in q["null_reason"]
+    student = load_hf_folder(out / "student")
+    assert student.cfg.vocab_size == 400  # the student kept its own vocabulary
+    assert json.loads((out / "student" / "tokenizer.json").read_text())["model"]["vocab"] == json.loads(
+        (other_vocab_dir / "tokenizer.json").read_text())["model"]["vocab"]
+
+
+def test_teacher_generation_resumes_to_the_same_texts(tmp_path, teacher_dir, corpus):
+    from edgedistil.distill.data import load_tokenizer, tokenize
+    from edgedistil.distill.sequence import read_prompts, teacher_texts
+
+    cfg = recipe(sequence={"num_prompts": 6, "prompt_tokens": 8, "new_tokens": 10, "batch_size": 2}).sequence
+    tok, teacher = load_tokenizer(teacher_dir), load_hf_folder(teacher_dir)
+    prompts = read_prompts("", tokenize(tok, corpus.text), tok, cfg)
+    full, _ = teacher_texts(teacher, teacher_dir, tok, prompts, cfg, tmp_path / "a", log=lambda m: None)
+    part = tmp_path / "b"
+    teacher_texts(teacher, teacher_dir, tok, prompts, cfg, part, log=lambda m: None)
+    lines = (part / "completions.jsonl").read_text().splitlines()
+    # as if killed while writing the third batch: two whole batches and half a line
+    (part / "completions.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
+    resumed, rec = teacher_texts(teacher, teacher_dir, tok, prompts, cfg, part, log=lambda m: None)
+    assert rec["resumed_after"] == 4 and resumed == full
+    greedy = recipe(sequence={**vars(cfg), "temperature": 0.0}).sequence
+    g1, _ = teacher_texts(teacher, teacher_dir, tok, prompts, greedy, tmp_path / "g", log=lambda m: None)
+    assert g1 != full  # the sampling settings reach the generator

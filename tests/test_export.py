@@ -1,0 +1,117 @@
+"""The ONNX export through ONNX Runtime: chunked prefill equals a full forward, and fidelity catches a planted
+wrong layer. Models are tiny random Llamas built in-process."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from edgedistil.decoding import decode, prefill
+from edgedistil.errors import read_json
+from edgedistil.export.onnx import run_export
+from edgedistil.fidelity import floor_verdict, measure_fidelity
+from edgedistil.model import load_hf_folder
+from edgedistil.quantize.precision import layer_precisions
+from edgedistil.runtimes.ort import OrtLM
+from edgedistil.runtimes.torch_step import TorchLM
+
+MAX_LEN, CHUNK, VOCAB = 96, 8, 97
+
+
+def make_llama(folder, seed=0):
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LEN,
+                      tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # weights that matter: HF's init makes every position look alike
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name else
+                    0.15 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def export_layout(root, cache):
+    hf = make_llama(root / "hf")
+    heldout = np.random.default_rng(0).integers(0, VOCAB, 600)
+    record = run_export(hf, root / cache, heldout, MAX_LEN, CHUNK, "student", log=lambda m: None, cache=cache)
+    return hf, root / cache / "model.onnx", heldout, record
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_layout(tmp_path_factory.mktemp("export"), "full")
+
+
+@pytest.fixture(scope="module")
+def exported_gqa(tmp_path_factory):
+    return export_layout(tmp_path_factory.mktemp("export-gqa"), "gqa")
+
+
+@pytest.mark.parametrize("layout", ["exported", "exported_gqa"])
+def test_chunked_prefill_through_onnx_equals_full_forward(layout, request):
+    hf, path, _, _ = request.getfixturevalue(layout)
+    model = load_hf_folder(hf, max_len=MAX_LEN).eval()
+    ids = np.random.default_rng(1).integers(0, VOCAB, 37).tolist()  # 4 full chunks and a padded one
+    with torch.no_grad():
+        full = model(torch.tensor([ids])).numpy()[0]
+    lm = OrtLM(path)
+    logits, cache = prefill(lm.step, lm.empty_cache(), ids[:30], CHUNK, MAX_LEN)
+    tail, _ = decode(lm.step, cache, ids[30:], 30)  # then decode with the cache fed back
+    got = np.concatenate([logits, tail])
+    assert got.shape == full.shape
+    assert np.abs(got - full).max() < 1e-4
+    assert (got.argmax(-1) == full.argmax(-1)).all()
+
+
+def test_export_record_has_fidelity_floors_and_layers(exported):
+    _, path, _, record = exported
+    fid = record["fidelity"]
+    assert fid["greedy_tokens"] == 64 and fid["greedy_tokens_matching"] == 64
+    assert abs(fid["perplexity_change"]) < 1e-4 and fid["perplexity"] > 1
+    assert record["floors"]["passed"] and fid["meets_floors"]
+    layers = record["precision"]["layers"]
+    # 2 layers x 7 projections + the embedding Gather + the LM head
+    assert len(layers) == 16 and {layer["precision"] for layer in layers} == {"fp32"}
+    assert read_json(path.parent / "verify.json") == fid
+
+
+def test_fidelity_catches_a_planted_wrong_layer(exported, tmp_path):
+    hf, path, heldout, record = exported
+    proto = onnx.load(str(path))
+    down = next(layer for layer in layer_precisions(path) if "down_proj_1" in layer["node"])
+    init = next(i for i in proto.graph.initializer if i.name == down["weight"])
+    w = numpy_helper.to_array(init).copy()
+    w[:, : w.shape[1] // 8] *= -1  # one layer's weights wrong in a few output channels: a plausible export bug
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+
+    reference = TorchLM(load_hf_folder(hf, max_len=MAX_LEN).eval(), MAX_LEN)
+    fid = measure_fidelity(reference, OrtLM(bad), heldout, CHUNK)
+    verdict = floor_verdict(fid, "fp32")
+    assert not verdict["passed"], fid
+    assert fid["max_abs_diff"] > 1e-2 and fid["kl_mean"] > 100 * max(record["fidelity"]["kl_mean"], 1e-7)
+    assert record["floors"]["passed"]  # the clean export of the same weights passes the same floors
+
+
+def test_gqa_layout_updates_per_layer_caches_in_place(exported, exported_gqa):
+    _, path, _, record = exported_gqa
+    assert record["cache"] == "gqa" and record["kv_cache"]["layout"] == "gqa"
+    assert record["ops"]["GroupQueryAttention"] == 2 and record["floors"]["passed"]
+    assert record["fidelity"]["greedy_tokens_matching"] == 64
+    names = {i["name"] for i in record["graphs"][1]["inputs"]}
+    assert names == {"input_ids", "position", "past_key_values.0.key", "past_key_values.0.value",
+                     "past_key_values.1.key", "past_key_values.1.value"}
+    lm = OrtLM(path)
+    cache = lm.empty_cache()
+    before = [c.data_ptr() for c in cache]
+    _, after = lm.step([5, 6, 7], 0, cache)
+    assert [c.data_ptr() for c in after] == before  # the same buffers: written in place, not copied out
+    assert np.abs(after[0].numpy()[0, :, :3]).sum() > 0 and not after[0].numpy()[0, :, 3:].any()
+    # the tied embedding is stored once (the full trace stores the Gather table and the head's transpose)
+    assert record["bytes"] < exported[3]["bytes"] - 0.9 * VOCAB * 64 * 4

@@ -1,0 +1,90 @@
+"""Quantization methods on a tiny exported Llama: every layer accounted for, float leftovers flagged, fidelity
+measured against the fp32 PyTorch source."""
+
+import numpy as np
+import pytest
+
+from edgedistil.errors import EdgeError
+from edgedistil.export.onnx import run_export
+from edgedistil.quantize.onnx import run_quantize
+from edgedistil.quantize.precision import precision_report
+from tests.test_export import CHUNK, MAX_LEN, VOCAB, make_llama
+
+QUIET = dict(log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant")
+    hf = make_llama(root / "hf", seed=3)
+    heldout = np.random.default_rng(2).integers(0, VOCAB, 800)
+    run_export(hf, root / "onnx", heldout, MAX_LEN, CHUNK, "student", **QUIET)
+    return hf, root / "onnx" / "model.onnx", heldout, root
+
+
+def by_node(record, part):
+    return [layer for layer in record["precision"]["layers"] if part in layer["node"]]
+
+
+def test_int8_accounts_for_every_layer_and_flags_float_leftovers(source):
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "int8", heldout, CHUNK, "int8", keep_float=["lm_head"], **QUIET)
+    layers = rec["precision"]["layers"]
+    assert len(layers) == 16  # 14 projections + embedding + head, as in the fp32 export
+    head = by_node(rec, "lm_head")
+    assert len(head) == 1 and head[0]["precision"] == "fp32" and head[0]["intended"] == "fp32"
+    assert rec["precision"]["counts"] == {"int8": 15, "fp32": 1}
+    assert rec["precision"]["unintended_float_layers"] == 0 and rec["warnings"] == []
+    # the same file judged against a plan that wanted the head quantized: exactly that layer is flagged
+    strict = precision_report(root / "int8" / "model.onnx", "int8", [])
+    assert strict["unintended_float_layers"] == 1 and "lm_head" in strict["warnings"][0]
+    fid = rec["fidelity"]
+    assert fid["greedy_tokens"] == 64 and 0 < fid["top1_agreement"] <= 1 and fid["kl_mean"] >= 0
+    assert rec["floors"]["precision"] == "int8" and fid["meets_floors"] == rec["floors"]["passed"]
+
+
+def test_int4_is_matmulnbits_with_configurable_blocks(source):
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "int4", heldout, CHUNK, "int4", block_size=16, **QUIET)
+    assert rec["ops"].get("MatMulNBits") == 15 and "block 16" in rec["scheme"] and rec["block_size"] == 16
+    assert rec["precision"]["counts"] == {"int4": 15, "fp32": 1}  # the embedding Gather is kept fp32 on purpose
+    assert rec["warnings"] == []
+    assert rec["bytes"] < rec["source_bytes"]
+    with pytest.raises(EdgeError, match="block_size"):
+        run_quantize(src, hf, root / "int4-bad", heldout, CHUNK, "int4", block_size=24, **QUIET)
+    assert not (root / "int4-bad").exists()
+
+
+def test_int8_static_calibrates_on_decoding_traces(source):
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "static", heldout, CHUNK, "int8_static", **QUIET)
+    assert rec["ops"].get("QuantizeLinear", 0) > 0 and rec["ops"].get("DequantizeLinear", 0) > 0
+    assert rec["precision"]["counts"].get("int8") == 16 and rec["warnings"] == []
+    assert rec["fidelity"]["positions_compared"] > 0
+
+
+def test_fp16_halves_the_file_and_keeps_the_io(source):
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "fp16", heldout, CHUNK, "fp16", **QUIET)
+    assert rec["precision"]["counts"] == {"fp16": 16} and rec["warnings"] == []
+    assert rec["bytes"] < 0.6 * rec["source_bytes"]  # layer weights halve; RoPE tables and constants stay fp32
+    assert rec["floors"]["passed"], rec["floors"]  # fp16 floors: top-1 >= 99.5%, KL <= 1e-3
+
+
+def test_int8_weight_only_is_matmulnbits_8bit_with_int8_embedding(source):
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "int8wo", heldout, CHUNK, "int8_wo", **QUIET)
+    assert rec["ops"].get("MatMulNBits") == 15
+    assert rec["precision"]["counts"] == {"int8": 16} and rec["warnings"] == []
+
+
+@pytest.mark.parametrize("text, key", [('[export]\ncache = "paged"\n', "cache"),
+                                       ("[quantize]\nblock_size = 24\n", "block_size"),
+                                       ("[quantize]\nkeep_float = [1]\n", "keep_float")])
+def test_recipe_rejects_bad_cache_layout_and_quantize_options(tmp_path, text, key):
+    from edgedistil.config import load_recipe
+
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(EdgeError, match=key):
+        load_recipe(path)
