@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up a fresh Linux machine for edgedistil, from the package registries only:
+# Debian's Chromium and npm (the web target runs its bundle in a real browser), a Python 3.11 venv in .venv with
+# edgedistil and its test tools, and the web bundle's pinned JS runtime (npm ci into edgedistil's cache).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v npm >/dev/null || need+=(nodejs npm)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update && $sudo apt-get install -y "${need[@]}"
+fi
+python3.11 -m venv .venv
+.venv/bin/pip install --disable-pip-version-check -q -e ".[test]"
+.venv/bin/python -m edgedistil.convert.web >/dev/null
+echo "edgedistil is set up in .venv"
