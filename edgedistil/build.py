@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,9 @@ def build_lock(out: Path):
     f.truncate()
     f.write(f"pid {os.getpid()}\n")
     f.flush()
+    # we hold the lock, so temp folders left here are from a run that was killed (SIGKILL skips their cleanup)
+    for stale in sorted(out.rglob(".*.tmp"), reverse=True):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     try:
         yield
     finally:

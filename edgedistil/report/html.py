@@ -176,6 +176,18 @@ def summary_markdown(data: dict) -> str:
             sv, tv = b["student"][key], b["teacher"][key]
             lines.append(f"| {label} | {sv:.1f} | {tv:.1f} | {sv / tv:.2f}x |")
         lines.append("")
+    for target, m in data["bundles"].items():
+        b, t = (m or {}).get("bench") or {}, (m or {}).get("teacher_bench") or {}
+        if b.get("decode_tokens_per_s") and t.get("decode_tokens_per_s"):
+            lines += [f"dist/{target} on its target runtime: {b.get('runtime')}.", "",
+                      "| | student | teacher | ratio |", "|---|---|---|---|"]
+            for key, label in (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
+                               ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB")):
+                if b.get(key) and t.get(key):
+                    lines.append(f"| {label} | {b[key]:.1f} | {t[key]:.1f} | {b[key] / t[key]:.2f}x |")
+            lines.append("")
+        elif m and isinstance(m.get("bench"), dict) and m["bench"].get("reason"):
+            lines += [f"dist/{target}: speed not measured here ({m['bench']['reason']}).", ""]
     rows = variants(data)
     if rows:
         lines += ["| artifact | MB | top-1 vs source | KL vs source |", "|---|---|---|---|"]

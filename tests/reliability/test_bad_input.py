@@ -113,6 +113,16 @@ def extra_file_bundle(tmp: Path, fx: dict) -> list:
     return ["verify", b]
 
 
+def manifest_io_mismatch(tmp: Path, fx: dict) -> list:
+    import json
+
+    b = bundle_copy(tmp, fx)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["graphs"][-1]["inputs"][0]["dtype"] = "int64"  # the model takes int32 ids
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    return ["verify", b]
+
+
 def corrupt_onnx(tmp: Path, fx: dict) -> list:
     bad = tmp / "model.onnx"
     bad.write_bytes(b"this is not a protobuf" * 10)
@@ -175,6 +185,8 @@ CASES = [
     Case("bundle-truncated", "models", "a bundle file cut short", truncated_bundle, "does not match its sha256"),
     Case("bundle-extra-file", "models", "a file slipped into a bundle", extra_file_bundle,
          "files the manifest does not list"),
+    Case("bundle-io-mismatch", "models", "a manifest whose I/O differs from the model's", manifest_io_mismatch,
+         "the manifest says"),
     Case("bundle-missing", "models", "verify on a folder that does not exist",
          lambda t, fx: ["verify", t / "nothing"], "does not exist"),
     Case("target-unknown", "targets and budgets", "an unknown target, with the nearest one suggested",

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, TINY_BUDGETS, WEB_RUNTIME_ENV
 from edgedistil.errors import atomic_dir, atomic_file
 
 
@@ -65,3 +65,32 @@ def test_disk_full_through_the_cli_is_one_line(tmp_path):
     assert lines[-1].startswith("edgedistil: error: ") and "File too large" in lines[-1], lines[-1]
     assert "Traceback" not in proc.stderr
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_sigkill_during_the_bundle_stages_then_rerun_finishes_from_the_cache(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    for done in ("stages/bench-web.json", "stages/convert-web.json"):  # as if the build had stopped before them
+        (out / done).unlink()
+    shutil.rmtree(out / "dist")
+    args = [sys.executable, "-m", "edgedistil.cli", "build", "--target", "web", "--config", TINY, "--budgets",
+            TINY_BUDGETS, "--out", out]
+    env = {**os.environ, **WEB_RUNTIME_ENV}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if "[bench[web]] running" in line:  # the bundle is being assembled and run in a temp folder
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for stage in ("distill", "export[student]", "export[teacher]", "quantize[int8]", "bench"):
+        assert f"[{stage}] cached" in rerun.stderr
+    assert "[bench[web]] running" in rerun.stderr and "[convert[web]] running" in rerun.stderr
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "a killed run's temp folders were kept"
+    verify = subprocess.run([sys.executable, "-m", "edgedistil.cli", "verify", out / "dist" / "web"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr[-1000:]
