@@ -163,20 +163,13 @@ def resolve_teacher(source: str, run: Run) -> Path:
 
 
 def do_distill(run: Run, force: bool = False, resume: bool = False) -> dict:
-    from edgedistil.distill.train import run_distill
+    from edgedistil.distill.train import run_distill, run_key
 
     r = run.recipe
     teacher, corpus = run.teacher_dir(), run.corpus()
-    key = stage_key("distill", r.section("data"), r.section("student"), r.section("distill"), r.section("sequence"),
-                    folder_fingerprint(teacher), corpus.name, len(corpus.text), hash_text(corpus.text))
+    key = run_key(teacher, corpus, r)  # the same identity a checkpoint is resumed against
     return run.stage("distill", run.out / "distill", key,
                      lambda: run_distill(teacher, corpus, r, run.out / "distill", log=run.log, resume=resume), force)
-
-
-def hash_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def do_export(run: Run, role: str, model_dir: Path | None = None, force: bool = False) -> dict:

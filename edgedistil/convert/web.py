@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgedistil import __version__
 from edgedistil.errors import EdgeError, atomic_dir, write_json
-from edgedistil.records import file_entry
+from edgedistil.records import file_entry, sha256_file
 
 SCHEMA_VERSION = 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -238,7 +238,7 @@ def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, reco
     """Assemble `out_dir` (dist/web) atomically; see assemble_web_bundle for `records`."""
     node_modules = web_runtime(log)
     web = records.get("bench_web")
-    if web and web["student"]["sha256"] != _sha(quantized_onnx):
+    if web and web["student"]["sha256"] != sha256_file(quantized_onnx):
         raise EdgeError("the browser bench record is for another model file than the one being bundled",
                         "rerun `edgedistil build --target web` so the browser bench runs on this model")
     with atomic_dir(out_dir) as tmp:
@@ -246,12 +246,6 @@ def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, reco
     files = manifest["files"]
     log(f"convert[web]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files)")
     return manifest
-
-
-def _sha(path: Path) -> str:
-    from edgedistil.records import sha256_file
-
-    return sha256_file(path)
 
 
 def _fidelity(quant: dict, web: dict | None) -> dict:
