@@ -11,6 +11,10 @@ Run folder layout:
     quantize/int8/      model.onnx, verify.json, record.json
     bench/              record.json
     bench-web/          record.json (web: the bundle in headless Chromium)
+    coreml/<variant>/   model.mlpackage (ios), record.json
+    litert/student/     <variant>/model.tflite (android), record.json
+    litert/teacher/     the teacher in the bundle's variant, for the side-by-side bench
+    bench-android/      record.json (android: host LiteRT at 1, 2, 4 threads)
     dist/<target>/      the bundle
     stages/             one JSON per finished stage: input hash, seconds, record
     check.json
@@ -30,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgedistil.config import BUILT_TARGETS, Recipe, load_budget_file, load_target
+from edgedistil.config import Recipe, load_budget_file, load_target
 from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
 from edgedistil.records import folder_fingerprint, sha256_file, stage_key
 
@@ -256,10 +260,11 @@ def do_bench_web(run: Run, threads: int, force: bool = False) -> dict:
 def do_convert(run: Run, target: str, force: bool = False) -> dict:
     from edgedistil.convert.web import run_convert_web
 
-    if target not in BUILT_TARGETS:
-        raise not_built(target)
+    load_target(target)  # an unknown target fails here
     if target == "ios":
         return do_convert_ios(run, force)
+    if target == "android":
+        return do_convert_android(run, force)
     records = convert_records(run)
     folder = run.out / "dist" / target
     key = stage_key("convert", target, [run.key_of(n) for n in ("distill", "export[student]", "quantize[int8]",
@@ -289,9 +294,77 @@ def do_convert_ios(run: Run, force: bool = False) -> dict:
         coreml_dir, student, folder, records, options.bundle_variant, log=run.log), force)
 
 
-def not_built(target: str) -> EdgeError:
-    return EdgeError(f"target '{target}' has a profile (targets/{target}.toml) but no converter in this version",
-                     f"build --target {' or '.join(BUILT_TARGETS)} for now")
+def android_options(run: Run, **changes):
+    from edgedistil.convert.android import AndroidOptions
+
+    e = run.recipe.export
+    return AndroidOptions(bundle_variant=load_target("android").quantization, prefill_len=e.prefill_len,
+                          max_len=e.max_len, **changes).check()
+
+
+def do_litert(run: Run, role: str, force: bool = False) -> dict:
+    """LiteRT variants of the student (all of them, each checked), or of the teacher (the bundle's variant only,
+    for the side-by-side bench)."""
+    from edgedistil.convert.android import run_litert
+
+    if role == "student":
+        options, model_dir, upstream = android_options(run), run.out / "distill" / "student", run.key_of("distill")
+        if not (model_dir / "config.json").is_file():
+            raise EdgeError(f"{model_dir} has no config.json", f"run `edgedistil distill --out {run.out}` first")
+    else:
+        options = android_options(run, fidelity_segments=2, greedy_tokens=32)
+        options = dataclasses.replace(options, variants=(options.bundle_variant,))
+        model_dir = run.teacher_dir()
+        upstream = folder_fingerprint(model_dir)
+    folder = run.out / "litert" / role
+    key = stage_key("litert", role, options.stage_config(), upstream)
+    return run.stage(f"convert[litert-{role}]", folder, key, lambda: run_litert(
+        model_dir, folder, run.heldout_ids(), options, role=role, log=run.log), force)
+
+
+def do_bench_android(run: Run, force: bool = False) -> dict:
+    """Host LiteRT at 1, 2 and 4 threads: the student's bundle variant beside the teacher in the same variant."""
+    from edgedistil.bench.litert import run_bench_android
+
+    profile, b = load_target("android"), run.recipe.bench
+    variant = profile.quantization
+    models = {"student": run.out / "litert" / "student" / variant / "model.tflite",
+              "teacher": run.out / "litert" / "teacher" / variant / "model.tflite"}
+    for path in models.values():
+        if not path.is_file():
+            raise EdgeError(f"{path} does not exist", f"run `edgedistil build --target android --out {run.out}`")
+    folder = run.out / "bench-android"
+    key = stage_key("bench-android", {k: sha256_file(v) for k, v in models.items()}, run.recipe.section("bench"),
+                    profile.threads)
+
+    def bench() -> dict:
+        record = run_bench_android(models, bench_prompt(run), b.new_tokens, b.repeats, profile.threads, log=run.log)
+        with atomic_dir(folder) as tmp:
+            write_json(tmp / "record.json", record)
+        return record
+
+    return run.stage("bench[android]", folder, key, bench, force)
+
+
+def do_convert_android(run: Run, force: bool = False) -> dict:
+    """LiteRT variants of the student (litert/student), the teacher for comparison, the host bench, then
+    dist/android/. Without a bench record (the single `convert` verb on a fresh run) the bundle says so."""
+    from edgedistil.convert.android import run_convert_android
+
+    do_litert(run, "student", force)
+    variant = load_target("android").quantization
+    records = {"litert": read_json(run.out / "litert" / "student" / "record.json", "litert record"),
+               "distill": read_json(run.out / "distill" / "record.json", "distill record"),
+               "recipe_name": run.recipe.name}
+    bench = run.out / "bench-android" / "record.json"
+    if bench.is_file():
+        records["bench_android"] = read_json(bench, "android bench record")
+    folder = run.out / "dist" / "android"
+    key = stage_key("convert", "android", variant, [run.key_of(n) for n in (
+        "distill", "convert[litert-student]", "bench[android]")])
+    return run.stage("convert[android]", folder, key, lambda: run_convert_android(
+        run.out / "litert" / "student", run.out / "distill" / "student", folder, records, variant, log=run.log),
+        force)
 
 
 def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list[dict], dict]:
@@ -299,8 +372,6 @@ def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list
     from edgedistil.check.budgets import evaluate
 
     profile = load_target(target)
-    if target not in BUILT_TARGETS:
-        raise not_built(target)
     budgets = load_budget_file(budgets_file) if budgets_file else profile.budgets
     if run.recipe.export.max_len > profile.max_len:
         raise EdgeError(f"[export] max_len {run.recipe.export.max_len} exceeds the {target} profile's max_len "
@@ -312,6 +383,11 @@ def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list
     do_distill(run)
     if target == "ios":  # Core ML converts the PyTorch student itself: no ONNX export, quantize or ONNX bench
         manifest = do_convert_ios(run)
+    elif target == "android":  # so does LiteRT (litert-torch)
+        do_litert(run, "student")
+        do_litert(run, "teacher")
+        do_bench_android(run)
+        manifest = do_convert_android(run)
     else:
         do_export(run, "student")
         do_export(run, "teacher")

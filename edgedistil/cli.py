@@ -184,22 +184,30 @@ def convert(config, out, target, min_ios):
 @click.option("--teacher-model", type=click.Path(path_type=Path), help="Also benchmark this teacher model file.")
 @click.option("--prompt-tokens", type=int, default=None, help="Prompt length (default: the recipe's prefill_len).")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON on stdout.")
-def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_json):
+@click.option("--device", "device", default=None, metavar="SERIAL", is_flag=False, flag_value="",
+              help="android: run on a phone over adb (the only one attached, or SERIAL).")
+@click.option("--benchmark-tool", type=click.Path(path_type=Path),
+              help="android --device: LiteRT's benchmark_model binary for arm64 (see docs/android.md).")
+def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_json, device, benchmark_tool):
     """Benchmark on the target runtime: prefill and decode tokens/s, TTFT, peak memory (student vs teacher).
 
     With --target web --bundle DIR the bundle's own page runs in headless Chromium (/usr/bin/chromium, or
     $EDGEDISTIL_CHROMIUM) beside native onnxruntime on the same files."""
     from edgedistil.bench.ort import run_bench
-    from edgedistil.build import not_built
     from edgedistil.check.budgets import load_bundle_manifest
-    from edgedistil.config import BUILT_TARGETS, load_target
+    from edgedistil.config import load_target
     from edgedistil.errors import write_json
 
     profile = load_target(target)
-    if target not in BUILT_TARGETS:
-        raise not_built(target)
     if bool(bundle) == bool(model):
         raise EdgeError("bench needs exactly one of --bundle DIR or --model FILE", "pass one of them")
+    if device is not None and target != "android":
+        raise EdgeError(f"--device is for --target android, not {target}", "drop --device")
+    if target == "android":
+        record = bench_android(config, bundle, model, teacher_model, prompt_tokens, device, benchmark_tool, profile)
+        write_json(Path(out) / "bench.json", record)
+        click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
+        return
     if target == "ios":  # Core ML on a Mac; on Linux require_macos says so and the exit code is non-zero
         from edgedistil.bench.coreml import run_bench_coreml
         from edgedistil.runtimes.coreml import require_macos
@@ -237,6 +245,31 @@ def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_j
         log("bench: --model runs a bare model file in native onnxruntime only; pass --bundle DIR to run it in Chromium")
     write_json(Path(out) / "bench.json", record)
     click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
+
+
+def bench_android(config, bundle, model, teacher_model, prompt_tokens, device, benchmark_tool, profile) -> dict:
+    """Host LiteRT (1, 2, 4 threads), or with --device a phone over adb with LiteRT's benchmark_model."""
+    from edgedistil.check.budgets import load_bundle_manifest
+
+    recipe = load_recipe(config)
+    if bundle:
+        manifest = load_bundle_manifest(bundle)
+        model = Path(bundle) / manifest["graphs"][0]["file"]
+        prefill_len, max_len = manifest["runtime"]["prefill_len"], manifest["kv_cache"]["max_len"]
+    else:
+        prefill_len, max_len = recipe.export.prefill_len, recipe.export.max_len
+    if device is not None:
+        from edgedistil.bench.android_device import run_device_bench
+
+        return run_device_bench(Path(model), benchmark_tool, device or None, profile.threads, prefill_len, max_len,
+                                log=log)
+    from edgedistil.bench.litert import run_bench_android
+
+    models = {"student": Path(model)}
+    if teacher_model:
+        models["teacher"] = Path(teacher_model)
+    prompt = [(7 * i + 3) % 97 for i in range(prompt_tokens or prefill_len)]
+    return run_bench_android(models, prompt, recipe.bench.new_tokens, recipe.bench.repeats, profile.threads, log=log)
 
 
 @main.command()
@@ -305,13 +338,10 @@ def build(targets, config, out, teacher, data, budgets, force_from, min_ios):
     from edgedistil.build import build as run_build
     from edgedistil.build import build_lock
     from edgedistil.check.budgets import render
-    from edgedistil.config import BUILT_TARGETS, load_budget_file, load_target
+    from edgedistil.config import load_budget_file, load_target
 
     if "all" in targets:
-        for t in TARGETS:
-            if t not in BUILT_TARGETS:
-                log(f"target {t}: no converter in this version, skipped")
-        targets = BUILT_TARGETS
+        targets = TARGETS
     targets = list(dict.fromkeys(targets))  # repeated names build once
     for t in targets:
         load_target(t)  # an unknown target or a bad profile fails before any work

@@ -20,7 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = REPO_ROOT / "targets"
 MODELS_DIR = REPO_ROOT / "models"
 TARGETS = ("web", "android", "ios")
-BUILT_TARGETS = ("web", "ios")  # android has a profile and an issue, not yet a converter
 
 
 @dataclass

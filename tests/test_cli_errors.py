@@ -37,12 +37,6 @@ def test_unknown_target(tmp_path, target):
     assert not (tmp_path / "dist").exists()
 
 
-def test_target_without_a_converter_says_so(tmp_path):
-    proc = edgedistil("build", "--target", "android", "--config", TINY, "--out", tmp_path)
-    assert_one_line_error(proc, "no converter in this version")
-    assert not (tmp_path / "distill").exists()
-
-
 def test_config_with_unknown_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[distill]\ntemprature = 2.0\n")

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, edgedistil

@@ -16,12 +16,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from edgedistil.bench.worker import run_worker
 from edgedistil.errors import EdgeError
 from edgedistil.runtimes.coreml import COMPUTE_UNITS, require_macos
 
@@ -91,18 +90,8 @@ def bench_compute_units(package: Path, units: str, prompt: list[int], prefill_le
                         repeats: int) -> dict:
     spec = {"package": str(package), "compute_units": units, "prompt": prompt, "prefill_len": prefill_len,
             "new_tokens": new_tokens, "repeats": repeats}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "edgedistil.bench.coreml", f.name], capture_output=True,
-                              text=True)
-    finally:
-        os.unlink(f.name)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgeError(f"Core ML bench of {package} with {units} failed: {last[:300]}",
-                        "run `edgedistil verify` on the bundle, and check macOS is 15 or later")
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = run_worker("edgedistil.bench.coreml", spec, f"Core ML bench of {package} with {units} failed",
+                     "run `edgedistil verify` on the bundle, and check macOS is 15 or later")
     return {"compute_units": units, "repeats": repeats, "load_seconds": round(raw["load_seconds"], 3),
             "peak_memory_mb": round(raw["peak_memory_mb"], 1), **summarize(raw["runs"])}
 

@@ -7,16 +7,13 @@ every step, as the exported graph defines.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from edgedistil.bench.worker import run_worker
 from edgedistil.errors import EdgeError
 from edgedistil.records import sha256_file
 
@@ -35,18 +32,8 @@ def bench_model(path: Path, prompt: list[int], prefill_len: int, new_tokens: int
         raise EdgeError(f"model {path} does not exist", "build the bundle first or check --model")
     spec = {"model": str(path), "threads": threads, "prompt": prompt, "prefill_len": prefill_len,
             "new_tokens": new_tokens, "repeats": repeats, "pp": list(pp), "depths": list(depths)}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        proc = subprocess.run([sys.executable, "-m", "edgedistil.bench.ort_worker", f.name], capture_output=True,
-                              text=True, env=env)
-    finally:
-        os.unlink(f.name)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgeError(f"benchmarking {path} failed: {last[:300]}", "run `edgedistil verify` on the bundle")
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = run_worker("edgedistil.bench.ort_worker", spec, f"benchmarking {path} failed",
+                     "run `edgedistil verify` on the bundle", env={"OMP_NUM_THREADS": str(threads)})
     out = {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),
            "runtime": runtime_label(threads), "repeats": repeats, "load_seconds": round(raw["load_seconds"], 3),
            "peak_memory_mb": round(raw["peak_memory_mb"], 1), "rss_after_load_mb": round(raw["rss_after_load_mb"], 1)}

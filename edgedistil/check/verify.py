@@ -62,6 +62,10 @@ def verify_bundle(bundle: Path) -> dict:
                 raise EdgeError(f"{bundle / file} produced NaN logits", "rebuild the bundle")
             runs.append({"file": file, "runtime": "onnxruntime CPU", "io_matches_manifest": True,
                          "decode_step": "ok"})
+    elif manifest["target"] == "android":  # the signatures against the manifest, one LiteRT decode step
+        from edgedistil.convert.android import verify_tflite
+
+        runs.extend(verify_tflite(bundle, manifest))
     elif manifest["target"] == "ios":  # no Core ML on Linux: the spec against the manifest, one MIL reference step
         from edgedistil.convert.ios import verify_package
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from edgedistil import __version__
+from edgedistil.convert.manifest import quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.fidelity import measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
@@ -310,8 +311,6 @@ def package_bytes(path: Path) -> int:
 def run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options: IosOptions, log=print) -> dict:
     """Convert the student, build each variant under out_dir/<variant>/model.mlpackage, check each one read back
     from disk, and write out_dir/record.json. The stage folder is replaced atomically."""
-    from edgedistil.runtimes.coreml_mil_reference import MilReferenceLM
-
     options.check()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the fp32 reference: on a busy 2-core machine more threads measured ~3x slower
@@ -405,7 +404,6 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
         cache_shape = (c["states"] or [i for i in c["inputs"] if i["name"] == "k_cache"])[0]["shape"]
         (tmp / "USAGE.md").write_text(usage(coreml, variant, cache_shape, records.get("recipe_name", "student")))
         files = [file_entry(p, tmp) for p in sorted(tmp.rglob("*")) if p.is_file()]
-        q = distill["quality"]
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "target": "ios",
@@ -439,14 +437,8 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
                                                f"dist/ios` on a Mac (macOS 15+)"},
             "teacher_bench": {"value": None, "reason": NOT_ON_LINUX},
             "speedup_vs_teacher": None,
-            "quality": {"student_perplexity": q["student_perplexity"], "teacher_perplexity": q["teacher_perplexity"],
-                        "top1_agreement_with_teacher": q["top1_agreement_with_teacher"],
-                        "kl_teacher_student_mean": q["kl_teacher_student_mean"],
-                        "quality_retained": q["quality_retained"], "heldout_tokens": q["tokens"],
-                        "corpus": distill["corpus"]["name"]},
-            "student": {"parameters": distill["student"]["parameters"], "layers": distill["student"]["layers"],
-                        "teacher_layers": distill["student"]["teacher_layers"],
-                        "teacher_parameters": distill["teacher_parameters"]},
+            "quality": quality_entry(distill),
+            "student": student_entry(distill),
         }
         write_json(tmp / "manifest.json", manifest)
     log(f"convert[ios]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files, {variant})")

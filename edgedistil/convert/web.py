@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from edgedistil import __version__
+from edgedistil.convert.manifest import quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.records import file_entry, sha256_file
 
@@ -219,10 +220,8 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         "quantization": {"method": quant["method"], "scheme": quant["scheme"]},
         "fidelity": _fidelity(quant, records.get("bench_web")),
         **_bench_entries(records.get("bench"), records.get("bench_web")),
-        "quality": _quality(distill),
-        "student": {"parameters": distill["student"]["parameters"], "layers": distill["student"]["layers"],
-                    "teacher_layers": distill["student"]["teacher_layers"],
-                    "teacher_parameters": distill["teacher_parameters"]},
+        "quality": quality_entry(distill),
+        "student": student_entry(distill),
     }
     (dest / "USAGE.md").write_text(USAGE.format(
         name=name, size_mb=quant["bytes"] / 1e6, quantization=quant["method"], prefill=graphs[0]["tokens_per_call"],
@@ -316,12 +315,6 @@ def _web_entry(r: dict) -> dict:
             "peak_memory_source": "peak resident set of the Chromium renderer process that ran the page (VmHWM)"}
 
 
-def _quality(distill: dict) -> dict:
-    q = distill["quality"]
-    return {"student_perplexity": q["student_perplexity"], "teacher_perplexity": q["teacher_perplexity"],
-            "top1_agreement_with_teacher": q["top1_agreement_with_teacher"],
-            "kl_teacher_student_mean": q["kl_teacher_student_mean"], "quality_retained": q["quality_retained"],
-            "heldout_tokens": q["tokens"], "corpus": distill["corpus"]["name"]}
 
 
 if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS runtime now (CI does this)

@@ -29,7 +29,6 @@ def cache_names(layers: int) -> list[tuple[str, str, str, str]]:
 
 def build_gqa_graph(model: EdgeLM, max_len: int):
     """An onnx.ModelProto of `model`'s step with per-layer caches updated by GroupQueryAttention."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     c = model.cfg

@@ -1,0 +1,379 @@
+"""The convert stage for `android`: the distilled student -> LiteRT .tflite variants, checked here -> dist/android/.
+
+One .tflite per variant holds two signatures over one copy of the weights (litert-torch, no TensorFlow):
+`prefill` (input_ids int32 [1, P]) and `decode` (input_ids int32 [1, 1]), both with `position` int32 [1] and the
+whole cache `k_cache`/`v_cache` float32 [layers, 1, kv_heads, max_len, head_dim] in, and `logits`, `k_cache_out`,
+`v_cache_out` out. Variants: fp32, fp16 weights, dynamic int8 (int8 weights, int8 activations quantized per call:
+the default) and weight-only int8. Every variant is read back from disk (signatures, names, shapes, dtypes) and
+run with the ai-edge-litert interpreter (XNNPACK) against the fp32 PyTorch student on held-out text.
+
+Static full-int8 is not offered: in the feasibility probes it missed the floors by far (top-1 9/20).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgedistil import __version__
+from edgedistil.convert.manifest import quality_entry, student_entry
+from edgedistil.errors import EdgeError, atomic_dir, write_json
+from edgedistil.fidelity import floor_verdict, measure_fidelity
+from edgedistil.model import EdgeLM, load_hf_folder
+from edgedistil.records import file_entry, folder_fingerprint, versions
+from edgedistil.runtimes.litert import LiteRtLM, check_signatures, read_signatures
+from edgedistil.runtimes.torch_step import TorchLM
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.tflite"
+VARIANTS = ("fp32", "fp16", "dynamic_int8", "weight_only_int8")
+PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic_int8": "int8", "weight_only_int8": "int8"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+RUNTIME_LABEL = "host LiteRT (x86-64 XNNPACK)"
+# The converter's peak resident memory, measured with litert-torch 0.10.0 (scripts/bench_android.py
+# --converter-memory): 2.0 GB for the 49.6M-parameter default student, 3.5 GB for the 134.5M teacher.
+CONVERTER_BASE_BYTES = 1.2e9
+CONVERTER_BYTES_PER_PARAM = 20.0
+
+
+@dataclass(frozen=True)
+class AndroidOptions:
+    bundle_variant: str = "dynamic_int8"  # the variant dist/android ships; the others stay under litert/
+    variants: tuple[str, ...] = VARIANTS
+    prefill_len: int = 64
+    max_len: int = 256
+    fidelity_segments: int = 4
+    greedy_tokens: int = 64
+
+    def check(self) -> "AndroidOptions":
+        for v in (*self.variants, self.bundle_variant):
+            if v not in VARIANTS:
+                raise EdgeError(f"unknown LiteRT variant '{v}'", f"use one of: {', '.join(VARIANTS)}")
+        return self
+
+    def built_variants(self) -> list[str]:
+        return list(dict.fromkeys((*self.variants, self.bundle_variant)))
+
+    def stage_config(self) -> dict:
+        return {"variants": self.built_variants(), "prefill_len": self.prefill_len, "max_len": self.max_len,
+                "fidelity_segments": self.fidelity_segments, "greedy_tokens": self.greedy_tokens}
+
+
+# ---- pre-flight and conversion -------------------------------------------------------------------------------
+
+
+def converter_peak_bytes(parameters: int) -> float:
+    return CONVERTER_BASE_BYTES + CONVERTER_BYTES_PER_PARAM * parameters
+
+
+def preflight_memory(parameters: int, available: int | None = None) -> dict:
+    """Refuse a conversion whose estimated peak would not fit in the memory available now (the converter is
+    killed by the OOM killer otherwise, minutes in, with no message)."""
+    import psutil
+
+    need = converter_peak_bytes(parameters)
+    available = psutil.virtual_memory().available if available is None else available
+    if need > available:
+        raise EdgeError(f"converting {parameters / 1e6:.1f}M parameters to LiteRT needs about {need / 1e9:.1f} GB "
+                        f"of memory, {available / 1e9:.1f} GB is available",
+                        "free memory or convert on a larger machine (the estimate is 1.2 GB + 20 bytes/parameter)")
+    return {"estimated_peak_gb": round(need / 1e9, 2), "available_gb": round(available / 1e9, 2)}
+
+
+class NamedStep(torch.nn.Module):
+    """EdgeLM.step with keyword inputs and a dict output, so the signatures carry real names."""
+
+    def __init__(self, model: EdgeLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position, k_cache, v_cache):
+        logits, k, v = self.model.step(input_ids, position, k_cache, v_cache)
+        return {"logits": logits, "k_cache_out": k, "v_cache_out": v}
+
+
+def quant_config(variant: str):
+    from litert_torch.generative.quantize import quant_recipes
+
+    return {"fp32": lambda: None, "fp16": quant_recipes.full_fp16_recipe,
+            "dynamic_int8": quant_recipes.full_dynamic_recipe,
+            "weight_only_int8": quant_recipes.full_weight_only_recipe}[variant]()
+
+
+def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, max_len: int) -> None:
+    """Write one .tflite with `prefill` and `decode` signatures for `variant`."""
+    import litert_torch
+
+    k, v = model.empty_cache(max_len)
+    position = torch.zeros(1, dtype=torch.int32)
+    prefill = dict(input_ids=torch.zeros(1, prefill_len, dtype=torch.int32), position=position, k_cache=k, v_cache=v)
+    decode = dict(input_ids=torch.zeros(1, 1, dtype=torch.int32), position=position, k_cache=k, v_cache=v)
+    step = NamedStep(model).eval()
+    # litert-torch prints progress bars and export notes to stdout; the stage logs its own summary line
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        edge = (litert_torch.signature("prefill", step, sample_kwargs=prefill)
+                .signature("decode", step, sample_kwargs=decode).convert(quant_config=quant_config(variant)))
+        edge.export(str(path))
+
+
+# ---- the stage -----------------------------------------------------------------------------------------------
+
+
+def run_litert(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options: AndroidOptions, role: str = "student",
+               log=print) -> dict:
+    """Convert `model_dir`, write out_dir/<variant>/model.tflite for each variant, check each one read back from
+    disk against the fp32 PyTorch model, and write out_dir/record.json. The stage folder is replaced atomically."""
+    options.check()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the fp32 reference; more threads measured slower on a busy 2-core machine
+    try:
+        return _run_litert(Path(model_dir), out_dir, heldout_ids, options, role, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_litert(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options: AndroidOptions, role: str,
+                log) -> dict:
+    model = load_hf_folder(model_dir, max_len=options.max_len).eval()
+    parameters = sum(p.numel() for p in model.parameters())  # a tied embedding counts once
+    memory = preflight_memory(parameters)
+    c = model.cfg
+    cache_shape = [c.num_hidden_layers, 1, c.num_key_value_heads, options.max_len, c.head_dim]
+    reference = TorchLM(model, options.max_len)
+    results = {}
+    with atomic_dir(out_dir) as tmp:
+        for variant in options.built_variants():
+            folder = tmp / variant
+            folder.mkdir()
+            path = folder / MODEL_FILE
+            t0 = time.perf_counter()
+            convert_tflite(model, variant, path, options.prefill_len, options.max_len)
+            convert_s = time.perf_counter() - t0
+            signatures = read_signatures(path)
+            check_signatures(path, signatures, options.prefill_len, cache_shape, c.vocab_size)
+            t1 = time.perf_counter()
+            fidelity = measure_fidelity(reference, LiteRtLM(path, threads=1), heldout_ids, options.prefill_len,
+                                        segments=options.fidelity_segments, greedy_tokens=options.greedy_tokens)
+            fidelity_s = time.perf_counter() - t1
+            verdict = floor_verdict(fidelity, PRECISION[variant])
+            results[variant] = {
+                "path": f"{variant}/{MODEL_FILE}", "bytes": path.stat().st_size,
+                "convert_seconds": round(convert_s, 1), "signatures": signatures,
+                "fidelity": {**fidelity, "reference": f"fp32 PyTorch {role}", "runtime": f"{RUNTIME_LABEL}, "
+                             "ai-edge-litert Interpreter, 1 thread", "seconds": round(fidelity_s, 1),
+                             "precision": PRECISION[variant], "meets_floors": verdict["passed"],
+                             "floor_failures": verdict["failures"]},
+            }
+            log(f"convert[litert-{role}]: {variant}: {path.stat().st_size / 1e6:.1f} MB in {convert_s:.0f}s, top-1 "
+                f"{fidelity['top1_agreement']:.4f}, KL {fidelity['kl_mean']:.2e}, greedy "
+                f"{fidelity['greedy_tokens_matching']}/{fidelity['greedy_tokens']}"
+                f"{'' if verdict['passed'] else ' (below the ' + PRECISION[variant] + ' floors)'}")
+        record = {
+            "stage": f"convert[litert-{role}]", "role": role,
+            "source": {"model_dir": str(model_dir), "fingerprint": folder_fingerprint(model_dir)},
+            "parameters": parameters, "converter_memory": memory, "prefill_len": options.prefill_len,
+            "max_len": options.max_len, "cache_shape": cache_shape, "variants": results,
+            "not_offered": {"full_int8": "static full-int8 missed the fidelity floors by far in the feasibility "
+                                         "probes (top-1 9/20); dynamic int8 keeps activations in float between ops"},
+            "versions": {**versions(), **_litert_versions()},
+        }
+        write_json(tmp / "record.json", record)
+    return record
+
+
+def _litert_versions() -> dict:
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in ("litert-torch", "ai-edge-litert")}
+
+
+# ---- the bundle ----------------------------------------------------------------------------------------------
+
+
+def run_convert_android(litert_dir: Path, student_dir: Path, out_dir: Path, records: dict, variant: str,
+                        log=print) -> dict:
+    """Assemble dist/android atomically from the litert stage's `variant`, the tokenizer and the records."""
+    litert, distill = records["litert"], records["distill"]
+    if variant not in litert["variants"]:
+        raise EdgeError(f"the LiteRT variant '{variant}' was not built (built: {', '.join(litert['variants'])})",
+                        "rebuild with `edgedistil build --target android --force convert`")
+    chosen = litert["variants"][variant]
+    with atomic_dir(out_dir) as tmp:
+        shutil.copy2(Path(litert_dir) / chosen["path"], tmp / MODEL_FILE)
+        for name in TOKENIZER_FILES:
+            if (Path(student_dir) / name).is_file():
+                shutil.copy2(Path(student_dir) / name, tmp / name)
+        signatures = read_signatures(tmp / MODEL_FILE)  # the shipped file, not the intention
+        graphs = [{"name": name, "file": MODEL_FILE, "signature": name,
+                   "tokens_per_call": litert["prefill_len"] if name == "prefill" else 1, **signatures[name]}
+                  for name in ("prefill", "decode")]
+        cache_shape = litert["cache_shape"]
+        (tmp / "USAGE.md").write_text(usage(litert, variant, records.get("recipe_name", "student")))
+        files = [file_entry(p, tmp) for p in sorted(tmp.rglob("*")) if p.is_file()]
+        f = chosen["fidelity"]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "target": "android",
+            "name": f"{records.get('recipe_name', 'student')}-student",
+            "created_by": f"edgedistil {__version__}",
+            "runtime": {"name": "LiteRT", "format": "tflite", "min_litert": "2.x (never tflite-runtime 2.14)",
+                        "prefill_len": litert["prefill_len"], "signatures": ["prefill", "decode"],
+                        "bind_by": "name (LiteRT lists signature inputs alphabetically)"},
+            "files": files,
+            "graphs": graphs,
+            "kv_cache": {"layers": cache_shape[0], "kv_heads": cache_shape[2], "head_dim": cache_shape[4],
+                         "max_len": cache_shape[3], "shape": cache_shape, "dtype": "float32",
+                         "physical": "whole cache in (k_cache, v_cache) and out (k_cache_out, v_cache_out); keep two "
+                                     "buffer pairs and swap them each step"},
+            "tokenizer": "tokenizer.json",
+            "quantization": {"method": variant, "precision": PRECISION[variant],
+                             "variants": {v: {"bytes": r["bytes"], "top1_agreement": r["fidelity"]["top1_agreement"],
+                                              "kl_mean": r["fidelity"]["kl_mean"],
+                                              "greedy_tokens_matching": r["fidelity"]["greedy_tokens_matching"],
+                                              "perplexity_change": r["fidelity"]["perplexity_change"],
+                                              "meets_floors": r["fidelity"]["meets_floors"]}
+                                          for v, r in litert["variants"].items()},
+                             "not_offered": litert.get("not_offered", {})},
+            "fidelity": {**{k: f[k] for k in (
+                "max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching", "greedy_tokens",
+                "greedy_first_divergence", "positions_compared", "perplexity", "perplexity_reference",
+                "perplexity_change", "meets_floors", "floor_failures")},
+                "reference": "fp32 PyTorch student", "runtime": f["runtime"]},
+            **_bench_entries(records.get("bench_android")),
+            "quality": quality_entry(distill),
+            "student": student_entry(distill),
+        }
+        write_json(tmp / "manifest.json", manifest)
+    log(f"convert[android]: {out_dir} ({sum(x['bytes'] for x in files) / 1e6:.1f} MB in {len(files)} files, "
+        f"{variant})")
+    return manifest
+
+
+BENCH_KEYS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb")
+
+
+def _bench_entries(bench: dict | None) -> dict:
+    """`bench`/`teacher_bench` at the profile's thread count; every thread count under `bench_threads`."""
+    if not bench:
+        missing = {"value": None, "reason": "the android bench stage did not run"}
+        return {"bench": missing, "teacher_bench": missing, "speedup_vs_teacher": None}
+    out = {}
+    for key, role in (("bench", "student"), ("teacher_bench", "teacher")):
+        r = bench.get(role, {}).get(str(bench["threads"]))
+        out[key] = ({"runtime": r["runtime"], **{k: r[k] for k in BENCH_KEYS}, "threads": bench["threads"],
+                     "repeats": r["repeats"], "model_bytes": r["bytes"], "sha256": r["sha256"],
+                     "load_seconds": r["load_seconds"], "binding": r["binding"],
+                     "spread": {k: r[k + "_spread"] for k in BENCH_KEYS if k + "_spread" in r},
+                     "python_glue": r.get("python_glue")}
+                    if r else {"value": None, "reason": f"{role} was not benchmarked"})
+    out["bench_threads"] = {role: {t: {k: r[k] for k in BENCH_KEYS} for t, r in bench.get(role, {}).items()}
+                            for role in ("student", "teacher")}
+    out["speedup_vs_teacher"] = bench.get("speedup_vs_teacher")
+    return out
+
+
+def verify_tflite(bundle: Path, manifest: dict) -> list[dict]:
+    """The bundle's .tflite declares what its manifest says, and one decode step gives finite logits."""
+    runs = []
+    for file in sorted({g["file"] for g in manifest["graphs"]}):
+        path = Path(bundle) / file
+        signatures = read_signatures(path)
+        for g in manifest["graphs"]:
+            have = signatures.get(g["signature"])
+            if have is None or have["inputs"] != g["inputs"] or have["outputs"] != g["outputs"]:
+                raise EdgeError(f"{path}: signature {g['signature']} does not match the manifest's graph {g['name']}",
+                                "copy the whole bundle again, or rebuild it")
+        lm = LiteRtLM(path)
+        logits, _ = lm.step([0], 0, lm.empty_cache())
+        if not np.isfinite(logits).all():
+            raise EdgeError(f"{path} produced non-finite logits in LiteRT", "rebuild the bundle")
+        runs.append({"file": file, "runtime": RUNTIME_LABEL, "signatures": sorted(signatures),
+                     "io_matches_manifest": True, "decode_step": "ok"})
+    return runs
+
+
+USAGE = """\
+# {name}: Android bundle (LiteRT)
+
+Files: `model.tflite` ({size_mb:.1f} MB, {variant}), `tokenizer.json`, `manifest.json` (signatures with their I/O
+names, shapes and dtypes as read back from the file, sha256 of every file, fidelity and host benchmark figures).
+Put `model.tflite` in `src/main/assets/` and add LiteRT (`com.google.ai.edge.litert:litert`, 2.x; not the 2023
+`tensorflow-lite` 2.14 runtime, which gave all-zero logits on dynamic-int8 files).
+
+Two signatures share the weights: `prefill` takes `input_ids` Int32 [1, {prefill}], `decode` takes [1, 1]; both take
+`position` Int32 [1] (the position of `input_ids[0]`) and the cache `k_cache`, `v_cache` (Float32 {cache_shape}),
+and return `logits` Float32 [1, T, {vocab}], `k_cache_out` and `v_cache_out`. Bind by name: LiteRT lists a
+signature's inputs alphabetically. The cache a call returns is the next call's cache; two buffer pairs, swapped
+each step, keep it allocated.
+
+```kotlin
+import org.tensorflow.lite.Interpreter
+import java.io.FileInputStream
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import java.nio.channels.FileChannel
+
+val fd = context.assets.openFd("model.tflite")
+val weights = FileInputStream(fd.fileDescriptor).channel
+    .map(FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
+val interpreter = Interpreter(weights, Interpreter.Options().setNumThreads(4))
+
+val cacheBytes = {cache_elems} * 4
+fun buffer(bytes: Int) = ByteBuffer.allocateDirect(bytes).order(ByteOrder.nativeOrder())
+var k = buffer(cacheBytes); var v = buffer(cacheBytes)          // zero-filled: an empty cache
+var kNext = buffer(cacheBytes); var vNext = buffer(cacheBytes)
+val prefillLogits = buffer({prefill} * {vocab} * 4)
+val decodeLogits = buffer({vocab} * 4)
+
+fun step(signature: String, ids: IntArray, position: Int, logits: ByteBuffer): ByteBuffer {{
+    logits.rewind(); kNext.rewind(); vNext.rewind(); k.rewind(); v.rewind()
+    val inputs = mapOf<String, Any>("input_ids" to arrayOf(ids), "position" to intArrayOf(position),
+                                    "k_cache" to k, "v_cache" to v)
+    val outputs = mapOf<String, Any>("logits" to logits, "k_cache_out" to kNext, "v_cache_out" to vNext)
+    interpreter.runSignature(inputs, outputs, signature)
+    k = kNext.also {{ kNext = k }}; v = vNext.also {{ vNext = v }}   // the returned cache feeds the next call
+    return logits
+}}
+fun argmax(logits: ByteBuffer, row: Int): Int {{
+    val f = logits.rewind().let {{ (it as ByteBuffer).asFloatBuffer() }}
+    var best = 0
+    for (i in 0 until {vocab}) if (f.get(row * {vocab} + i) > f.get(row * {vocab} + best)) best = i
+    return best
+}}
+
+// greedy: prefill the prompt in chunks of {prefill} (pad the last), then decode one token at a time
+val tokens = promptIds.toMutableList()      // from the tokenizer
+var next = 0
+for (start in tokens.indices step {prefill}) {{
+    val chunk = tokens.subList(start, minOf(start + {prefill}, tokens.size))
+    val ids = IntArray({prefill}) {{ if (it < chunk.size) chunk[it] else 0 }}
+    next = argmax(step("prefill", ids, start, prefillLogits), chunk.size - 1)
+}}
+repeat(32) {{
+    if (tokens.size >= {max_len}) return@repeat
+    tokens.add(next)
+    next = argmax(step("decode", intArrayOf(next), tokens.size - 1, decodeLogits), 0)
+}}
+```
+
+The padded rows of the last prefill chunk write cache slots that the next real token overwrites before anything
+reads them. The cache holds {max_len} positions. Host figures in the manifest are {runtime}, not a phone:
+`edgedistil bench --target android --bundle . --device SERIAL` measures one over adb.
+"""
+
+
+def usage(litert: dict, variant: str, name: str) -> str:
+    cache_shape = litert["cache_shape"]
+    logits = next(o for o in litert["variants"][variant]["signatures"]["decode"]["outputs"] if o["name"] == "logits")
+    return USAGE.format(name=f"{name}-student", size_mb=litert["variants"][variant]["bytes"] / 1e6, variant=variant,
+                        prefill=litert["prefill_len"], max_len=litert["max_len"], cache_shape=cache_shape,
+                        cache_elems=int(np.prod(cache_shape)), vocab=logits["shape"][-1], runtime=RUNTIME_LABEL)

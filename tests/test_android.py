@@ -1,0 +1,232 @@
+"""Android (LiteRT): the tiny recipe's whole android build through the CLI (signatures and names read back from the
+file, fidelity per variant, host bench at 1/2/4 threads, verify, check), the two LiteRT bindings against PyTorch,
+the converter's memory pre-flight, and the adb path against captured benchmark_model output."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, TINY_BUDGETS, edgedistil
+from edgedistil.bench.android_device import (benchmark_command, parse_benchmark_output, parse_devices,
+                                             pick_device)
+from edgedistil.convert.android import (AndroidOptions, converter_peak_bytes, convert_tflite, preflight_memory)
+from edgedistil.decoding import greedy
+from edgedistil.errors import EdgeError
+from edgedistil.model import EdgeConfig, EdgeLM
+from edgedistil.runtimes.litert import LiteRtLM, ResidentLoop, read_signatures
+from edgedistil.runtimes.torch_step import TorchLM
+
+FIXTURES = Path(__file__).parent / "fixtures" / "android"
+
+
+@pytest.fixture(scope="module")
+def android_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("android-run")
+    proc = edgedistil("build", "--target", "android", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return out, proc
+
+
+def test_bundle_has_both_signatures_with_names_read_back_from_the_file(android_run):
+    out, _ = android_run
+    bundle = out / "dist" / "android"
+    assert sorted(p.name for p in bundle.iterdir()) == ["USAGE.md", "manifest.json", "model.tflite", "tokenizer.json",
+                                                         "tokenizer_config.json"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    signatures = read_signatures(bundle / "model.tflite")
+    assert sorted(signatures) == ["decode", "prefill"]
+    graphs = {g["signature"]: g for g in manifest["graphs"]}
+    for name, t in (("prefill", 16), ("decode", 1)):
+        assert graphs[name]["inputs"] == signatures[name]["inputs"]
+        assert graphs[name]["outputs"] == signatures[name]["outputs"]
+        ins = {d["name"]: d for d in signatures[name]["inputs"]}
+        outs = {d["name"]: d for d in signatures[name]["outputs"]}
+        assert set(ins) == {"input_ids", "position", "k_cache", "v_cache"}
+        assert set(outs) == {"logits", "k_cache_out", "v_cache_out"}
+        assert ins["input_ids"]["shape"] == [1, t] and ins["input_ids"]["dtype"] == "int32"
+        assert ins["k_cache"]["shape"] == manifest["kv_cache"]["shape"] == outs["k_cache_out"]["shape"]
+        assert outs["logits"]["shape"][:2] == [1, t]
+    assert manifest["quantization"]["method"] == "dynamic_int8"
+    assert "runSignature" in (bundle / "USAGE.md").read_text()
+
+
+def test_every_variant_is_measured_and_fp32_matches_pytorch(android_run):
+    out, _ = android_run
+    record = json.loads((out / "litert" / "student" / "record.json").read_text())
+    assert set(record["variants"]) == {"fp32", "fp16", "dynamic_int8", "weight_only_int8"}
+    fp32 = record["variants"]["fp32"]["fidelity"]
+    assert fp32["greedy_tokens_matching"] == fp32["greedy_tokens"] == 64
+    assert fp32["top1_agreement"] == 1.0 and fp32["kl_mean"] < 1e-6 and fp32["meets_floors"]
+    sizes = {v: r["bytes"] for v, r in record["variants"].items()}
+    assert sizes["dynamic_int8"] < sizes["fp16"] < sizes["fp32"]
+    for r in record["variants"].values():  # int8 on the tiny random model is looser; measured, never assumed
+        assert r["fidelity"]["top1_agreement"] > 0.8
+        assert isinstance(r["fidelity"]["meets_floors"], bool)
+
+
+def test_bench_figures_for_each_thread_count_in_the_manifest(android_run):
+    out, _ = android_run
+    manifest = json.loads((out / "dist" / "android" / "manifest.json").read_text())
+    for role in ("student", "teacher"):
+        assert sorted(manifest["bench_threads"][role]) == ["1", "2", "4"]
+        for figures in manifest["bench_threads"][role].values():
+            assert figures["decode_tokens_per_s"] > 0 and figures["peak_memory_mb"] > 0
+    bench = manifest["bench"]
+    assert bench["threads"] == 4 and "host LiteRT (x86-64 XNNPACK)" in bench["runtime"]
+    glue = bench["python_glue"]
+    assert glue["invoke_only_decode_tokens_per_s"] > 0 and glue["signature_runner_decode_tokens_per_s"] > 0
+    assert manifest["speedup_vs_teacher"] == pytest.approx(
+        bench["decode_tokens_per_s"] / manifest["teacher_bench"]["decode_tokens_per_s"], rel=1e-2)
+
+
+def test_verify_and_check_pass_then_catch_a_corrupt_model(android_run, tmp_path):
+    out, _ = android_run
+    proc = edgedistil("verify", out / "dist" / "android")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_runs"][0]["io_matches_manifest"]
+    proc = edgedistil("check", out / "dist" / "android", "--budgets", TINY_BUDGETS)
+    assert proc.returncode == 0, proc.stdout
+    copy = tmp_path / "android"
+    shutil.copytree(out / "dist" / "android", copy)
+    (copy / "model.tflite").write_bytes(b"not a flatbuffer" * 100)
+    proc = edgedistil("verify", copy)
+    assert proc.returncode == 2 and "does not match its sha256" in proc.stderr
+
+
+def test_rebuild_is_cached(android_run):
+    out, _ = android_run
+    proc = edgedistil("build", "--target", "android", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("convert[litert-student]", "convert[litert-teacher]", "bench[android]", "convert[android]"):
+        assert f"[{stage}] cached" in proc.stderr
+
+
+def test_host_bench_of_a_bundle_through_the_cli(android_run, tmp_path):
+    out, _ = android_run
+    proc = edgedistil("bench", "--target", "android", "--config", TINY, "--bundle", out / "dist" / "android",
+                      "--out", tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert sorted(record["student"]) == ["1", "2", "4"]
+
+
+def tiny_lm(seed=0) -> EdgeLM:
+    cfg = EdgeConfig.from_hf_dict({"model_type": "llama", "vocab_size": 67, "hidden_size": 32,
+                                   "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                   "num_key_value_heads": 2, "max_position_embeddings": 64})
+    torch.manual_seed(seed)
+    model = EdgeLM(cfg, max_len=32).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if "norm" in name
+                    else 0.4 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def fp32_tflite(tmp_path_factory):
+    model = tiny_lm()
+    path = tmp_path_factory.mktemp("tflite") / "model.tflite"
+    convert_tflite(model, "fp32", path, prefill_len=8, max_len=32)
+    return model, path
+
+
+def test_both_bindings_generate_what_pytorch_generates(fp32_tflite):
+    model, path = fp32_tflite
+    prompt = [3, 17, 5, 44, 9, 12, 60, 2, 31, 8, 19]  # two prefill chunks, the second padded
+    reference = TorchLM(model, 32)
+    want = greedy(reference.step, reference.empty_cache(), prompt, 16, 8, 32)
+    lm = LiteRtLM(path)
+    assert greedy(lm.step, lm.empty_cache(), prompt, 16, 8, 32) == want
+    loop = ResidentLoop(path)
+    assert loop.greedy(prompt, 16) == want
+    assert loop.greedy(prompt, 16) == want  # reset() really empties the resident cache
+    logits, _ = lm.step(prompt[:8], 0, lm.empty_cache())
+    with torch.no_grad():
+        ref, _, _ = model.step(torch.tensor([prompt[:8]]), torch.tensor([0]), *model.empty_cache(32))
+    np.testing.assert_allclose(logits, ref[0].numpy(), atol=1e-4)
+
+
+def test_a_step_of_the_wrong_length_is_refused(fp32_tflite):
+    _, path = fp32_tflite
+    lm = LiteRtLM(path)
+    with pytest.raises(EdgeError, match="1 or 8 tokens per call"):
+        lm.step([1, 2, 3], 0, lm.empty_cache())
+
+
+def test_converter_memory_preflight():
+    assert converter_peak_bytes(50_000_000) == pytest.approx(2.2e9)
+    with pytest.raises(EdgeError, match=r"needs about 2\.2 GB of memory, 1\.0 GB is available"):
+        preflight_memory(50_000_000, available=int(1e9))
+    assert preflight_memory(50_000_000, available=int(8e9))["estimated_peak_gb"] == 2.2
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(EdgeError, match="unknown LiteRT variant 'int4'"):
+        AndroidOptions(bundle_variant="int4").check()
+
+
+def test_corrupt_tflite_is_one_clear_error(tmp_path):
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(EdgeError, match="is not a loadable .tflite"):
+        read_signatures(bad)
+
+
+# ---- the adb path: command construction and parsing of captured output ------------------------------------------
+
+
+def test_parse_captured_benchmark_output():
+    got = parse_benchmark_output((FIXTURES / "benchmark_model_4threads.txt").read_text())
+    assert got["init_us"] == 855 and got["first_inference_us"] == 49060
+    assert got["inference_avg_us"] == 33209.4 and got["warmup_avg_us"] == 34825.1
+    assert got["runs"] == 50 and got["inference_min_us"] == 32641 and got["inference_max_us"] == 34005
+    assert got["peak_memory_mb"] == 12.8672 and got["memory_kind"] == "peak"
+    older = parse_benchmark_output((FIXTURES / "benchmark_model_memory_delta.txt").read_text())
+    assert older["inference_avg_us"] == 1039.66
+    assert older["memory_kind"] == "delta from tool start" and older["peak_memory_mb"] == 12.1055
+
+
+def test_output_without_timings_is_one_clear_error():
+    with pytest.raises(EdgeError, match="printed no timing line .*Failed to mmap"):
+        parse_benchmark_output("STARTING!\nGraph: [/data/local/tmp/x.tflite]\nFailed to mmap model x.tflite\n")
+
+
+def test_device_listing_and_choice():
+    listing = ("List of devices attached\n"
+               "R58M12ABCDE            device usb:1-1 product:a52qnsxx model:SM_A525F device:a52q transport_id:3\n"
+               "emulator-5554          unauthorized transport_id:4\n\n")
+    devices = parse_devices(listing)
+    assert devices == [{"serial": "R58M12ABCDE", "state": "device", "model": "SM_A525F"},
+                       {"serial": "emulator-5554", "state": "unauthorized", "model": None}]
+    assert pick_device(devices, None) == "R58M12ABCDE"
+    with pytest.raises(EdgeError, match="is unauthorized"):
+        pick_device(devices, "emulator-5554")
+    with pytest.raises(EdgeError, match="no device 'XYZ'"):
+        pick_device(devices, "XYZ")
+    with pytest.raises(EdgeError, match="no Android device is attached"):
+        pick_device(parse_devices("List of devices attached\n\n"), None)
+    two = devices[:1] + [{"serial": "B", "state": "device", "model": None}]
+    with pytest.raises(EdgeError, match="2 devices are attached"):
+        pick_device(two, None)
+
+
+def test_benchmark_command():
+    cmd = benchmark_command("adb", "R58", "/data/local/tmp/edgedistil/model.tflite", "decode", 4, 30, 255)
+    assert cmd[:4] == ["adb", "-s", "R58", "shell"]
+    assert "--signature_to_run_for=decode" in cmd and "--num_threads=4" in cmd and "--use_xnnpack=true" in cmd
+    assert "--input_layer_value_range=input_ids,0,100:position,0,255" in cmd
+
+
+def test_device_bench_without_adb_fails_clearly(tmp_path):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"x")
+    proc = edgedistil("bench", "--target", "android", "--model", model, "--device", "--out", tmp_path,
+                      env={"PATH": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("edgedistil: error: adb was not found")
