@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,10 +180,35 @@ def _read_toml(path: Path, what: str) -> dict:
         raise EdgeError(f"{what} {path} is not valid TOML: {e}", "fix the syntax at that line")
 
 
+def _key_line(path: Path, table: str | None, key: str) -> int | None:
+    """The 1-based line where `key = ...` is set in `[table]` (None: the top level) of the TOML file `path`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    current = None
+    for number, line in enumerate(lines, 1):
+        header = re.match(r"\s*\[\s*([^\]]+?)\s*\]", line)
+        if header:
+            current = header[1]
+        elif current == table and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return number
+    return None
+
+
+def _at(where: str, key: str) -> str:
+    """`where` ("file.toml" or "file.toml [table]") with the line that sets `key`: "file.toml:12 [table]"."""
+    m = re.fullmatch(r"(.+?\.toml)(?: \[(\w+)\])?", where)
+    line = m and _key_line(Path(m[1]), m[2], key)
+    if not line:
+        return where
+    return f"{m[1]}:{line}" + (f" [{m[2]}]" if m[2] else "")
+
+
 def _unknown_key(where: str, key: str, valid) -> EdgeError:
     near = difflib.get_close_matches(key, list(valid), n=1)
     hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(sorted(valid))}"
-    return EdgeError(f"{where}: unknown key '{key}'", hint)
+    return EdgeError(f"{_at(where, key)}: unknown key '{key}'", hint)
 
 
 def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
@@ -193,7 +219,7 @@ def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
         return float(value)
     if not ok:
         raise EdgeError(
-            f"{where}: '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}",
+            f"{_at(where, key)}: '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}",
             f"write it like {key} = {default!r}",
         )
     return value
@@ -218,7 +244,7 @@ def _fill(cls, where: str, table: dict):
 
 def _check_range(where: str, key: str, ok: bool, rule: str) -> None:
     if not ok:
-        raise EdgeError(f"{where}: '{key}' {rule}", f"change {key} in that file")
+        raise EdgeError(f"{_at(where, key)}: '{key}' {rule}", f"change {key} in that file")
 
 
 def load_recipe(path: Path | str | None) -> Recipe:
@@ -326,7 +352,7 @@ def load_budgets(raw: Any, where: str) -> dict[str, float]:
         if key not in BUDGETS:
             raise _unknown_key(f"{where} [budgets]", key, BUDGETS)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EdgeError(f"{where} [budgets]: '{key}' must be a number, got {value!r}",
+            raise EdgeError(f"{_at(where + ' [budgets]', key)}: '{key}' must be a number, got {value!r}",
                             f"write it like {key} = 10.0")
         budgets[key] = float(value)
     return budgets

@@ -80,3 +80,21 @@ def test_budget_file_errors(tmp_path, text, expect):
 def test_budget_file_reads_numbers(tmp_path):
     b = load_budget_file(write(tmp_path, "[budgets]\nsize_mb_max = 12\ntop1_agreement_min = 0.9\n", "b.toml"))
     assert b == {"size_mb_max": 12.0, "top1_agreement_min": 0.9}
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("recipe", "name = \"x\"\n\n[distill]\nsteps = 3\ntemprature = 2.0\n", ".toml:5 [distill]: unknown key 'temprature'"),
+    ("recipe", "[export]\n# a comment\n  max_len = \"big\"\n", ".toml:3 [export]: 'max_len' must be int"),
+    ("recipe", "[data]\nseq_len = 2\n", ".toml:2 [data]: 'seq_len' must be >= 8"),
+    ("budgets", "[budgets]\ndecode_tokens_per_s_min = 1\nsize_mb = 3\n", ".toml:3 [budgets]: unknown key 'size_mb'"),
+    ("budgets", "[budgets]\n\nsize_mb_max = \"small\"\n", ".toml:3 [budgets]: 'size_mb_max' must be a number"),
+    ("profile", "target = \"web\"\nformat = \"onnx\"\nquantization = \"int8\"\nruntime = \"x\"\nthreds = 2\n",
+     ".toml:5: unknown key 'threds'"),
+])
+def test_schema_errors_name_the_line(tmp_path, name, text, where):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    load = {"recipe": load_recipe, "budgets": load_budget_file, "profile": load_target}[name]
+    with pytest.raises(EdgeError) as e:
+        load(path)
+    assert str(e.value.problem).startswith(str(path) + where.removeprefix(".toml"))

@@ -38,8 +38,9 @@ VARIANTS = ("fp32", "fp16", "dynamic_int8", "weight_only_int8")
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic_int8": "int8", "weight_only_int8": "int8"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 RUNTIME_LABEL = "host LiteRT (x86-64 XNNPACK)"
-# The converter's peak resident memory, measured with litert-torch 0.10.0 (scripts/bench_android.py
-# --converter-memory): 2.0 GB for the 49.6M-parameter default student, 3.5 GB for the 134.5M teacher.
+# The converter's peak resident memory grows with the parameter count: litert-torch 0.10.0 measured about 2.0 GB for
+# the 49.6M-parameter default student and 3.5 GB for the 134.5M teacher (scripts/bench_android.py remeasures it into
+# docs/results/android_converter_memory.json). The estimate is a line above both points.
 CONVERTER_BASE_BYTES = 1.2e9
 CONVERTER_BYTES_PER_PARAM = 20.0
 

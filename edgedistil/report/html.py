@@ -35,6 +35,8 @@ def collect(run: Path) -> dict:
         "exports": {p.parent.name: _read(p) for p in sorted((run / "export").glob("*/record.json"))},
         "quantized": {p.parent.name: _read(p) for p in sorted((run / "quantize").glob("*/record.json"))},
         "bench": _read(run / "bench" / "record.json"),
+        "litert": _read(run / "litert" / "student" / "record.json"),
+        "bench_android": _read(run / "bench-android" / "record.json"),
         "bundles": {p.parent.name: _read(p) for p in sorted((run / "dist").glob("*/manifest.json"))},
         "check": _read(run / "check.json"),
     }
@@ -57,6 +59,12 @@ def variants(data: dict) -> list[dict]:
             b = bench.get("student") if bench.get("student", {}).get("sha256") == rec["sha256"] else None
             rows.append({"name": f"student {method} (ONNX)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
                          "decode": b["decode_tokens_per_s"] if b else None})
+    litert, android = data.get("litert") or {}, (data.get("bench_android") or {}).get("student", {})
+    for variant, rec in litert.get("variants", {}).items():
+        b = next((r for r in android.values() if r["bytes"] == rec["bytes"]), None)  # the benched variant
+        rows.append({"name": f"student {variant} (LiteRT)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
+                     "decode": b["decode_tokens_per_s"] if b and b["threads"] == data["bench_android"]["threads"]
+                     else None})
     for target, m in data["bundles"].items():
         if m:
             b = m.get("bench") or {}
@@ -186,6 +194,12 @@ def summary_markdown(data: dict) -> str:
                 if b.get(key) and t.get(key):
                     lines.append(f"| {label} | {b[key]:.1f} | {t[key]:.1f} | {b[key] / t[key]:.2f}x |")
             lines.append("")
+            by_threads = m.get("bench_threads") or {}  # android: every thread count measured
+            for role, figures in by_threads.items():
+                lines.append(f"{role} decode tok/s by threads: " + ", ".join(
+                    f"{t}: {r['decode_tokens_per_s']:.1f}" for t, r in sorted(figures.items(), key=lambda x: int(x[0]))))
+            if by_threads:
+                lines.append("")
         elif m and isinstance(m.get("bench"), dict) and m["bench"].get("reason"):
             lines += [f"dist/{target}: speed not measured here ({m['bench']['reason']}).", ""]
     rows = variants(data)
