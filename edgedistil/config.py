@@ -148,6 +148,7 @@ BUDGETS = {
     "kl_mean_max": ("max", "nats"),
     "quality_retained_min": ("min", ""),
     "speedup_vs_teacher_min": ("min", "x"),
+    "unintended_float_layers_max": ("max", "layers"),
 }
 
 

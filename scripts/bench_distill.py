@@ -4,6 +4,10 @@ once on the real next token alone; held-out perplexity of both, and training tok
     python scripts/bench_distill.py                          # the embedded default (SmolLM2-135M -> 6 layers)
     python scripts/bench_distill.py --config models/tiny.toml --steps 30
     python scripts/bench_distill.py --steps 300 --json /tmp/kd.json
+    python scripts/bench_distill.py --kd temperature=1 --kd alpha=0.5,temperature=1   # more KD settings beside
+
+Each `--kd` adds a KD run with those [distill] settings changed, so settings can be compared on the same init,
+data and steps (the first KD run always uses the recipe's own settings).
 
 Both runs go through the distill stage itself (edgedistil.distill.train.run_distill); the CE-only run is the
 same recipe with alpha = 0 (the stage then skips the teacher's forward, so its tokens/s is a plain CE step).
@@ -29,6 +33,8 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="recipe TOML (default: the built-in default)")
     ap.add_argument("--steps", type=int, default=None, help="training steps for both runs (default: the recipe's)")
     ap.add_argument("--json", default=None, help="output path")
+    ap.add_argument("--kd", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="an extra KD run with these [distill] settings (alpha, temperature, loss, lr, ...)")
     args = ap.parse_args()
 
     from edgedistil.build import Run, recipe_with
@@ -45,20 +51,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgedistil-bench-distill-") as tmp:
         run = Run(out=Path(tmp), recipe=recipe, log=lambda m: print(m, file=sys.stderr))
         teacher, corpus = run.teacher_dir(), run.corpus()
-        for label, alpha in (("kd", recipe.distill.alpha), ("ce_only", 0.0)):
-            r = recipe_with(recipe, distill={"alpha": alpha, "preflight_export": False})
+        plans = [("kd", {}), ("ce_only", {"alpha": 0.0})] + [(f"kd[{s}]", parse_settings(s)) for s in args.kd]
+        for label, settings in plans:
+            r = recipe_with(recipe, distill={**settings, "preflight_export": False})
             t0 = time.perf_counter()
             record = run_distill(teacher, corpus, r, Path(tmp) / label, log=run.log)
-            runs[label] = {"alpha": alpha, "wall_seconds": round(time.perf_counter() - t0, 1),
+            runs[label] = {"alpha": r.distill.alpha, "temperature": r.distill.temperature, "loss": r.distill.loss,
+                           "settings": settings, "wall_seconds": round(time.perf_counter() - t0, 1),
                            "train_seconds": record["train_seconds"],
                            "train_tokens_per_s": record["train_tokens_per_s"],
                            "final_loss": record["final_loss"], "quality": record["quality"]}
     kd, ce = runs["kd"]["quality"], runs["ce_only"]["quality"]
     gain = 1 - kd["student_perplexity"] / ce["student_perplexity"]
+    gains = {label: round(1 - r["quality"]["student_perplexity"] / ce["student_perplexity"], 4)
+             for label, r in runs.items() if label != "ce_only"}
     result = {
         "recipe": name,
         "command": "python scripts/bench_distill.py" + "".join(
-            f" {k} {v}" for k, v in (("--config", args.config), ("--steps", args.steps)) if v),
+            f" {k} {v}" for k, v in (("--config", args.config), ("--steps", args.steps)) if v)
+            + "".join(f" --kd {s}" for s in args.kd),
         "teacher": str(teacher),
         "corpus": corpus.name,
         "student_layers": recipe.student.layers,
@@ -67,6 +78,7 @@ def main() -> None:
         "runs": runs,
         "teacher_perplexity": kd["teacher_perplexity"],
         "kd_perplexity_reduction_vs_ce": round(gain, 4),
+        "perplexity_reduction_vs_ce_per_run": gains,
         "goal": "KD perplexity at least 10% below CE-only",
         "goal_met": gain >= 0.10,
         "kd_step_slowdown_vs_ce": round(runs["ce_only"]["train_tokens_per_s"] / runs["kd"]["train_tokens_per_s"], 2),
@@ -81,6 +93,18 @@ def main() -> None:
                                              "kd_step_slowdown_vs_ce")}, indent=2))
     print(f"KD ppl {kd['student_perplexity']:.2f} vs CE-only {ce['student_perplexity']:.2f} "
           f"(teacher {kd['teacher_perplexity']:.2f}); written to {dest}")
+
+
+def parse_settings(text: str) -> dict:
+    """"alpha=0.5,temperature=1" -> {"alpha": 0.5, "temperature": 1.0}; numbers become floats (ints for steps)."""
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = int(value) if key.strip() in ("steps", "batch_size", "warmup_steps") else float(value)
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 if __name__ == "__main__":

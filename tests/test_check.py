@@ -43,6 +43,14 @@ def test_unmeasured_figure_fails():
     assert row["status"] == "fail" and row["note"] == "not measured"
 
 
+def test_layers_left_float_by_mistake_are_gated():
+    m = manifest()
+    m["quantization"] = {"method": "int8", "unintended_float_layers": 2}
+    assert status(evaluate(m, {"unintended_float_layers_max": 0}), "unintended_float_layers_max")["status"] == "fail"
+    m["quantization"]["unintended_float_layers"] = 0
+    assert status(evaluate(m, {"unintended_float_layers_max": 0}), "unintended_float_layers_max")["status"] == "pass"
+
+
 def test_baseline_regression_follows_direction():
     old = manifest(decode=100, size_bytes=50_000_000)
     slower = compare_baseline(manifest(decode=80, size_bytes=50_000_000), old, max_regression_pct=10)

@@ -34,6 +34,7 @@ def bundle_metrics(manifest: dict) -> dict[str, tuple[float | None, list | None]
         "kl_mean": (fid.get("kl_mean"), None),
         "quality_retained": (q.get("quality_retained"), None),
         "speedup_vs_teacher": (manifest.get("speedup_vs_teacher"), None),
+        "unintended_float_layers": ((manifest.get("quantization") or {}).get("unintended_float_layers"), None),
     }
 
 

@@ -29,7 +29,7 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
 from edgedistil.records import file_entry, folder_fingerprint, versions
-from edgedistil.runtimes.litert import LiteRtLM, check_signatures, read_signatures
+from edgedistil.runtimes.litert import LiteRtLM, check_signatures, quiet_stderr, read_signatures
 from edgedistil.runtimes.torch_step import TorchLM
 
 SCHEMA_VERSION = 1
@@ -111,7 +111,8 @@ def quant_config(variant: str):
 
 def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, max_len: int) -> None:
     """Write one .tflite with `prefill` and `decode` signatures for `variant`."""
-    import litert_torch
+    with quiet_stderr():  # its import and export print absl, torchao and flatbuffer notes straight to fd 2
+        import litert_torch
 
     k, v = model.empty_cache(max_len)
     position = torch.zeros(1, dtype=torch.int32)
@@ -119,7 +120,7 @@ def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, ma
     decode = dict(input_ids=torch.zeros(1, 1, dtype=torch.int32), position=position, k_cache=k, v_cache=v)
     step = NamedStep(model).eval()
     # litert-torch prints progress bars and export notes to stdout; the stage logs its own summary line
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_stderr(), torch.no_grad():
         warnings.simplefilter("ignore")
         edge = (litert_torch.signature("prefill", step, sample_kwargs=prefill)
                 .signature("decode", step, sample_kwargs=decode).convert(quant_config=quant_config(variant)))

@@ -217,7 +217,10 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         "graphs": graphs,
         "kv_cache": export["kv_cache"],
         "tokenizer": "tokenizer.json",
-        "quantization": {"method": quant["method"], "scheme": quant["scheme"]},
+        "quantization": {"method": quant["method"], "scheme": quant["scheme"],
+                         # layers left float that the method meant to quantize (check can gate it at 0)
+                         "unintended_float_layers": (quant.get("precision") or {}).get("unintended_float_layers"),
+                         "layer_counts": (quant.get("precision") or {}).get("counts")},
         "fidelity": _fidelity(quant, records.get("bench_web")),
         **_bench_entries(records.get("bench"), records.get("bench_web")),
         "quality": quality_entry(distill),
@@ -251,6 +254,7 @@ def _fidelity(quant: dict, web: dict | None) -> dict:
     f = quant["fidelity"]
     out = {**{k: f[k] for k in ("max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching",
                                 "greedy_tokens")},
+           **{k: f.get(k) for k in ("perplexity", "perplexity_reference", "perplexity_change", "meets_floors")},
            "reference": "fp32 PyTorch student", "runtime": "onnxruntime CPU (host)",
            "positions_compared": f["positions_compared"]}
     if web:
