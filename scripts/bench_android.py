@@ -1,10 +1,15 @@
 """Measure litert-torch's peak memory while converting, the figure behind the android pre-flight's estimate.
 
     python scripts/bench_android.py --run RUN          # the student of RUN (a build's --out) and the embedded teacher
+    python scripts/bench_android.py --run RUN --int8-schemes   # int8 schemes on RUN's fp32 .tflite, by fidelity
 
 Each conversion (fp32 and dynamic int8, prefill + decode signatures) runs in a fresh process; its peak resident set
 (VmHWM) and wall time are written to docs/results/android_converter_memory.json (or --json PATH), beside the
 estimate edgedistil.convert.android.converter_peak_bytes gives for the same parameter count.
+
+--int8-schemes quantizes RUN's litert/student/fp32/model.tflite with ai-edge-quantizer in several int8 schemes and
+measures each like the convert stage does (LiteRT against the fp32 PyTorch student on held-out text), written to
+docs/results/android_int8_schemes.json: the search for a scheme that meets the int8 floors.
 """
 
 from __future__ import annotations
@@ -35,8 +40,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a build's run folder (its distill/student is converted)")
     ap.add_argument("--variants", default="fp32,dynamic_int8")
+    ap.add_argument("--int8-schemes", action="store_true", help="compare int8 schemes instead (see above)")
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "android_converter_memory.json"))
     args = ap.parse_args()
+    if args.int8_schemes:
+        return int8_schemes(Path(args.run), Path(args.json).with_name("android_int8_schemes.json")
+                            if args.json.endswith("android_converter_memory.json") else Path(args.json))
 
     from edgedistil.convert.android import converter_peak_bytes
     from edgedistil.sources import embedded_teacher
@@ -62,6 +71,50 @@ def main() -> None:
            "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+def int8_schemes(run: Path, dest: Path) -> None:
+    import torch
+    from ai_edge_quantizer import quantizer, qtyping
+
+    from edgedistil.build import Run
+    from edgedistil.config import load_recipe
+    from edgedistil.fidelity import measure_fidelity
+    from edgedistil.model import load_hf_folder
+    from edgedistil.runtimes.litert import LiteRtLM, quiet_stderr
+    from edgedistil.runtimes.torch_step import TorchLM
+
+    torch.set_num_threads(1)
+    src = run / "litert" / "student" / "fp32" / "model.tflite"
+    heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
+    reference = TorchLM(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256)
+    ops = qtyping.TFLOperationName.ALL_SUPPORTED
+    not_head = "^(?!.*logits).*$"  # the LM head's output is the signature output `logits`
+    hadamard = Path(quantizer.__file__).parent / "recipes" / "dynamic_wi8_afp32_hadamard_recipe.json"
+    schemes = {
+        "dynamic_int8 (channelwise)": lambda q: q.add_dynamic_config(".*", ops, 8),
+        "dynamic_int8 + Hadamard rotation": lambda q: q.load_quantization_recipe(str(hadamard)),
+        "dynamic_int8, LM head float": lambda q: q.add_dynamic_config(not_head, ops, 8),
+        "weight_only_int8 (channelwise)": lambda q: q.add_weight_only_config(".*", ops, 8),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, configure in schemes.items():
+            q = quantizer.Quantizer(str(src))
+            configure(q)
+            path = Path(tmp) / "q.tflite"
+            with quiet_stderr():
+                q.quantize().export_model(str(path), overwrite=True)
+            f = measure_fidelity(reference, LiteRtLM(path), heldout, 64, segments=4, greedy_tokens=64)
+            row = {"scheme": name, "mb": round(path.stat().st_size / 1e6, 1), "top1_agreement": round(f["top1_agreement"], 4),
+                   "kl_mean": f["kl_mean"], "greedy_tokens_matching": f["greedy_tokens_matching"],
+                   "perplexity_change": round(f["perplexity_change"], 4)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    dest.write_text(json.dumps({"command": "python scripts/bench_android.py --run RUN --int8-schemes",
+                                "floors": {"top1_agreement_min": 0.98, "kl_mean_max": 0.02}, "rows": rows},
+                               indent=2) + "\n")
+    print(f"wrote {dest}")
 
 
 if __name__ == "__main__":

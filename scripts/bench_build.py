@@ -2,6 +2,7 @@
 
     python scripts/bench_build.py                       # the embedded default, web, from a cold cache
     python scripts/bench_build.py --config models/tiny.toml --warm-cache
+    python scripts/bench_build.py --target android --from-run RUN   # collect a finished `build --out RUN`
 
 Writes docs/results/build_<recipe>_<target>.json (or --json PATH): wall time, each stage's time, the machine,
 and the bundle's size, fidelity, bench and quality figures. The README quotes these files.
@@ -29,10 +30,34 @@ def main() -> None:
     ap.add_argument("--warm-cache", action="store_true",
                     help="reuse the user's teacher/corpus cache instead of a fresh one (skips download + conversion)")
     ap.add_argument("--json", default=None, help="output path")
+    ap.add_argument("--from-run", default=None, metavar="RUN",
+                    help="do not build: collect what `edgedistil build --target T --out RUN` recorded (wall time = "
+                         "the sum of the stages it ran)")
     args = ap.parse_args()
 
     recipe = Path(args.config).stem if args.config else "default"
     dest = Path(args.json) if args.json else REPO / "docs" / "results" / f"build_{recipe}_{args.target}.json"
+    if args.from_run:
+        out = Path(args.from_run)
+        stages = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((out / "stages").glob("*.json"))}
+        manifest = json.loads((out / "dist" / args.target / "manifest.json").read_text())
+        check = json.loads((out / "check.json").read_text())
+        log = (out / "build.log").read_text().splitlines()
+        starts = [i for i, line in enumerate(log) if line.startswith("edgedistil ") and " build --target " in line]
+        last = log[starts[-1]:] if starts else log  # build.log appends: the last build's lines
+        ran = [line[1:-len("] running")].replace("[", "-").replace("]", "") for line in last
+               if line.startswith("[") and line.endswith("] running")]
+        stages = {name: stages[name] for name in ran if name in stages}
+        wall, cmd, code = sum(stages.values()), None, 0
+    else:
+        out, wall, cmd, code, stages, manifest, check = build_once(args)
+    command = (" ".join(["edgedistil", *cmd[3:]]).replace(str(out), "RUN") if cmd else
+               f"edgedistil build --target {args.target} --out RUN; python scripts/bench_build.py --target "
+               f"{args.target} --from-run RUN")
+    write_result(args, dest, command, wall, stages, code, manifest, check)
+
+
+def build_once(args):
     with tempfile.TemporaryDirectory(prefix="edgedistil-bench-") as tmp:
         env = dict(os.environ)
         if not args.warm_cache:
@@ -49,18 +74,25 @@ def main() -> None:
         stages = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((out / "stages").glob("*.json"))}
         manifest = json.loads((out / "dist" / args.target / "manifest.json").read_text())
         check = json.loads((out / "check.json").read_text())
+    return out, wall, cmd, proc.returncode, stages, manifest, check
+
+
+def write_result(args, dest, command, wall, stages, code, manifest, check):
     result = {
-        "command": " ".join(["edgedistil", *cmd[3:]]).replace(str(out), "RUN"),
-        "cold_cache": not args.warm_cache,
+        "command": command,
+        "cold_cache": not args.warm_cache and not args.from_run,
         "wall_seconds": round(wall, 1),
         "stage_seconds": stages,
-        "exit_code": proc.returncode,
+        "exit_code": code,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_1m_after": round(os.getloadavg()[0], 2)},
         "bundle_bytes": sum(f["bytes"] for f in manifest["files"]),
         "fidelity": manifest["fidelity"],
         "bench": manifest["bench"],
         "teacher_bench": manifest["teacher_bench"],
+        **({"bench_threads": manifest["bench_threads"]} if "bench_threads" in manifest else {}),
+        **({"quantization_variants": manifest["quantization"]["variants"]}
+           if "variants" in manifest.get("quantization", {}) else {}),
         "speedup_vs_teacher": manifest["speedup_vs_teacher"],
         "quality": manifest["quality"],
         "student": manifest["student"],
