@@ -80,6 +80,7 @@ class DistillConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the global batch of one step
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
+    parallel: str = "ddp"  # under torchrun: "ddp" (each rank holds the models) | "fsdp" (student and teacher sharded)
     preflight_export: bool = True  # trial-export the student's decode graph before training
 
 
@@ -309,6 +310,11 @@ def _validate(r: Recipe, where: str) -> None:
         f"must be [] or {s.layers} teacher hidden-state indices >= 1 (one per student layer), got {d.feature_layers!r}")
     _check_range(f"{where} [distill]", "grad_accum", d.grad_accum >= 1 and d.batch_size % d.grad_accum == 0,
                  f"must be >= 1 and divide batch_size ({d.batch_size}), got {d.grad_accum}")
+    _check_range(f"{where} [distill]", "parallel", d.parallel in ("ddp", "fsdp"),
+                 f"must be \"ddp\" or \"fsdp\", got {d.parallel!r}")
+    _check_range(f"{where} [distill]", "parallel", not (d.parallel == "fsdp" and d.checkpoint_every),
+                 "= \"fsdp\" cannot write resumable checkpoints yet (checkpoint_every > 0); use \"ddp\" or "
+                 "checkpoint_every = 0")
     _check_range(f"{where} [distill]", "checkpoint_every", d.checkpoint_every >= 0,
                  f"must be >= 0 (0 = no checkpoints), got {d.checkpoint_every}")
     q = r.sequence

@@ -98,3 +98,13 @@ def test_schema_errors_name_the_line(tmp_path, name, text, where):
     with pytest.raises(EdgeError) as e:
         load(path)
     assert str(e.value.problem).startswith(str(path) + where.removeprefix(".toml"))
+
+
+def test_fsdp_refuses_checkpoints(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[distill]\nparallel = \"fsdp\"\ncheckpoint_every = 10\n")
+    with pytest.raises(EdgeError, match="cannot write resumable checkpoints yet"):
+        load_recipe(path)
+    path.write_text("[distill]\nparallel = \"zero3\"\n")
+    with pytest.raises(EdgeError, match="must be \"ddp\" or \"fsdp\""):
+        load_recipe(path)

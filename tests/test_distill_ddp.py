@@ -1,5 +1,5 @@
-"""torchrun: `edgedistil distill` under two DDP processes on CPU (gloo) trains the same student as one process with
-the same global batch.
+"""torchrun: `edgedistil distill` under two DDP processes, and under two FSDP processes (student and teacher
+sharded), on CPU (gloo) trains the same student as one process with the same global batch.
 
 Tolerance: every rank draws the same global batch and takes half of its rows; DDP averages the two half-batch
 gradients, which equals the whole-batch gradient up to floating-point summation order. After a few AdamW steps
@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, edgedistil
@@ -19,10 +20,11 @@ from edgedistil.sources import load_corpus, tiny_teacher
 TOLERANCE = 1e-5
 
 
-def test_two_gloo_processes_match_one(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one(tmp_path, parallel):
     recipe = tmp_path / "r.toml"
     recipe.write_text(TINY.read_text().replace("steps = 30", "steps = 4")
-                      .replace("[distill]\n", "[distill]\npreflight_export = false\n")
+                      .replace("[distill]\n", f"[distill]\npreflight_export = false\nparallel = \"{parallel}\"\n")
                       .replace("eval_tokens = 2048", "eval_tokens = 256"))
     teacher = tiny_teacher(tmp_path / "teacher", load_corpus("tiny").text, seed=0)
 
@@ -34,7 +36,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
 
     record = json.loads((tmp_path / "two" / "distill" / "record.json").read_text())
-    assert record["processes"] == 2
+    assert record["processes"] == 2 and record["parallel"].startswith(parallel)
     assert two.stdout.count("student_perplexity") == 1  # only rank 0 reports and writes
     a = load_file(str(tmp_path / "one" / "distill" / "student" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "distill" / "student" / "model.safetensors"))
@@ -44,4 +46,4 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert diff < TOLERANCE < moved / 100, (diff, moved)
     rows = lambda run: [json.loads(x)["loss"] for x in (tmp_path / run / "distill" / "train.jsonl").read_text()  # noqa
                         .splitlines()]
-    assert rows("two") == __import__("pytest").approx(rows("one"), rel=1e-4)  # the logged loss is the global batch's
+    assert rows("two") == pytest.approx(rows("one"), rel=1e-4)  # the logged loss is the global batch's

@@ -1,8 +1,14 @@
-"""torchrun support: the same `edgedistil distill` runs as one process or as several DDP ranks.
+"""torchrun support: the same `edgedistil distill` runs as one process or as several ranks, DDP or FSDP.
 
 Under torchrun (WORLD_SIZE > 1) every rank samples the same global batch with the same seeded generator and
-trains on its own contiguous slice of rows; DDP averages the gradients, so a step equals the single-process step
-on the whole batch up to floating-point summation order. Backend: NCCL on CUDA, gloo on CPU. Only rank 0 writes.
+trains on its own contiguous slice of rows; the gradients are averaged over ranks, so a step equals the
+single-process step on the whole batch up to floating-point summation order. Backend: NCCL on CUDA, gloo on CPU.
+Only rank 0 writes.
+
+- DDP: each rank holds the whole student and teacher.
+- FSDP (`[distill] parallel = "fsdp"`, PyTorch's fully_shard): each decoder layer of the student and of the
+  teacher is sharded over the ranks and gathered only while it runs, so a teacher too big for one device fits
+  across several. At the end the student's full weights are gathered for rank 0 to evaluate and save.
 """
 
 from __future__ import annotations
@@ -51,6 +57,23 @@ def local_rows(batch: torch.Tensor, d: Dist) -> torch.Tensor:
                         f"use a batch_size divisible by {d.world} x grad_accum")
     n = batch.shape[0] // d.world
     return batch[d.rank * n:(d.rank + 1) * n]
+
+
+def shard(model: torch.nn.Module, layers) -> torch.nn.Module:
+    """FSDP: shard each decoder layer, then the rest (embeddings, norm, head, projections) as the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """The unsharded weights of an FSDP module, on the CPU; every rank must call it (it gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def mean_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:

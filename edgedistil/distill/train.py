@@ -183,7 +183,12 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     teacher.to(device)
     net = Trainee(student, feature).to(device).train()
     model = net
-    if ddp.active:
+    fsdp = ddp.active and d.parallel == "fsdp"
+    if fsdp:
+        distributed.shard(net, student.model.layers)
+        if not ce_only:
+            distributed.shard(teacher, teacher.model.layers)
+    elif ddp.active:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ddp.local_rank] if device != "cpu"
                                                           else None)
     opt = torch.optim.AdamW(net.parameters(), lr=d.lr, weight_decay=d.weight_decay, betas=(0.9, 0.95))
@@ -238,8 +243,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         sums: dict[str, float] = {}
         micro = x.to(device).chunk(d.grad_accum)
         for i, mb in enumerate(micro):
-            sync = i == len(micro) - 1 or not ddp.active  # DDP all-reduces gradients on the last micro-batch
-            with contextlib.nullcontext() if sync else model.no_sync():
+            sync = i == len(micro) - 1 or not ddp.active  # gradients are reduced on the last micro-batch only
+            if fsdp:
+                net.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or fsdp else model.no_sync():
                 loss, parts = step_loss(mb)
                 (loss / d.grad_accum).backward()
             for k, v in parts.items():
@@ -248,7 +255,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         if not math.isfinite(parts["loss"]):
             raise EdgeError(f"the distillation loss became {parts['loss']} at step {step}",
                             "lower [distill] lr or raise warmup_steps in the recipe")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), d.grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), d.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP
         opt.step()
         tokens_seen += d.batch_size * data.seq_len
         elapsed = seconds_before + time.perf_counter() - t0
@@ -270,6 +278,13 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     train_seconds = seconds_before + time.perf_counter() - t0
     tokens_per_s = (d.steps - start) * d.batch_size * data.seq_len / max(time.perf_counter() - t0, 1e-9)
 
+    if fsdp:  # gather the sharded student for rank 0; reload the teacher there to evaluate against
+        weights = distributed.full_state_dict(net.student)
+        if ddp.main:
+            student = type(student)(student.cfg, max_len=student.max_len).to(device)
+            student.load_state_dict(weights)
+            teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False).to(device)
+        del weights
     if not ddp.main:  # rank 0 evaluates and writes; the others are done
         distributed.barrier(ddp)
         distributed.teardown(ddp)
@@ -313,6 +328,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "config": recipe.section("distill"),
             "device": device + (" bf16 autocast" if amp_dtype else " fp32"),
             "processes": ddp.world,
+            "parallel": ("fsdp: student and teacher layers sharded" if fsdp else "ddp") if ddp.active else None,
             "resumed_from": resumed_from,
             "train_seconds": round(train_seconds, 2),
             "train_tokens_per_s": round(tokens_per_s, 1),
