@@ -49,6 +49,9 @@ def main() -> None:
                if line.startswith("[") and line.endswith("] running")]
         stages = {name: stages[name] for name in ran if name in stages}
         wall, cmd, code = sum(stages.values()), None, 0
+        host = out / "bench-android" / "record.json"  # every thread count with its Python-glue breakdown
+        if args.target == "android" and host.is_file():
+            manifest = {**manifest, "bench_android_record": json.loads(host.read_text())}
     else:
         out, wall, cmd, code, stages, manifest, check = build_once(args)
     command = (" ".join(["edgedistil", *cmd[3:]]).replace(str(out), "RUN") if cmd else
@@ -91,6 +94,7 @@ def write_result(args, dest, command, wall, stages, code, manifest, check):
         "bench": manifest["bench"],
         "teacher_bench": manifest["teacher_bench"],
         **({"bench_threads": manifest["bench_threads"]} if "bench_threads" in manifest else {}),
+        **({"bench_android_record": manifest["bench_android_record"]} if "bench_android_record" in manifest else {}),
         **({"quantization_variants": manifest["quantization"]["variants"]}
            if "variants" in manifest.get("quantization", {}) else {}),
         "speedup_vs_teacher": manifest["speedup_vs_teacher"],
