@@ -228,12 +228,17 @@ def do_bench(run: Run, models: dict[str, Path], threads: int, force: bool = Fals
     return run.stage("bench", folder, key, bench, force)
 
 
+def web_method() -> str:
+    """The quantize method the web bundle ships: the web profile's `quantization`."""
+    return load_target("web").quantization
+
+
 def convert_records(run: Run) -> dict:
     """The records a bundle's manifest is made from; the benches only when they ran."""
     records = {
         "distill": read_json(run.out / "distill" / "record.json", "distill record"),
         "export": read_json(run.out / "export" / "student" / "record.json", "export record"),
-        "quantize": read_json(run.out / "quantize" / "int8" / "record.json", "quantize record"),
+        "quantize": read_json(run.out / "quantize" / web_method() / "record.json", "quantize record"),
         "recipe_name": run.recipe.name,
     }
     for name, folder in (("bench", "bench"), ("bench_web", "bench-web")):
@@ -248,9 +253,10 @@ def do_bench_web(run: Run, threads: int, force: bool = False) -> dict:
     from edgedistil.bench.web import run_bench_web
 
     b = run.recipe.bench
-    student, teacher = run.out / "quantize" / "int8" / "model.onnx", run.out / "export" / "teacher" / "model.onnx"
+    method = web_method()
+    student, teacher = run.out / "quantize" / method / "model.onnx", run.out / "export" / "teacher" / "model.onnx"
     key = stage_key("bench-web", sha256_file(student), sha256_file(teacher), run.recipe.section("bench"), threads,
-                    [run.key_of(n) for n in ("distill", "export[student]", "quantize[int8]", "bench")])
+                    [run.key_of(n) for n in ("distill", "export[student]", f"quantize[{method}]", "bench")])
     folder = run.out / "bench-web"
     return run.stage("bench[web]", folder, key, lambda: run_bench_web(
         convert_records(run), student, run.out / "distill" / "student", teacher, folder, bench_prompt(run),
@@ -266,11 +272,11 @@ def do_convert(run: Run, target: str, force: bool = False) -> dict:
     if target == "android":
         return do_convert_android(run, force)
     records = convert_records(run)
-    folder = run.out / "dist" / target
-    key = stage_key("convert", target, [run.key_of(n) for n in ("distill", "export[student]", "quantize[int8]",
+    folder, method = run.out / "dist" / target, web_method()
+    key = stage_key("convert", target, [run.key_of(n) for n in ("distill", "export[student]", f"quantize[{method}]",
                                                                   "bench", "bench[web]")])
     return run.stage(f"convert[{target}]", folder, key, lambda: dict(run_convert_web(
-        run.out / "quantize" / "int8" / "model.onnx", run.out / "distill" / "student", folder, records,
+        run.out / "quantize" / method / "model.onnx", run.out / "distill" / "student", folder, records,
         log=run.log)), force)
 
 
