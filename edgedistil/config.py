@@ -80,6 +80,8 @@ class DistillConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the global batch of one step
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
+    teacher_topk: int = 0  # > 0: train from a cache of the teacher's top-k logits per position (built on first use)
+    teacher_cache: str = ""  # the cache folder; "" = beside the stage folder (<out>/distill-teacher-cache)
     parallel: str = "ddp"  # under torchrun: "ddp" (each rank holds the models) | "fsdp" (student and teacher sharded)
     preflight_export: bool = True  # trial-export the student's decode graph before training
 
@@ -310,6 +312,13 @@ def _validate(r: Recipe, where: str) -> None:
         f"must be [] or {s.layers} teacher hidden-state indices >= 1 (one per student layer), got {d.feature_layers!r}")
     _check_range(f"{where} [distill]", "grad_accum", d.grad_accum >= 1 and d.batch_size % d.grad_accum == 0,
                  f"must be >= 1 and divide batch_size ({d.batch_size}), got {d.grad_accum}")
+    _check_range(f"{where} [distill]", "teacher_topk", d.teacher_topk >= 0,
+                 f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
+    if d.teacher_topk:
+        _check_range(f"{where} [distill]", "teacher_topk",
+                     d.method == "response" and d.loss == "forward_kl" and d.feature_weight == 0 and d.alpha > 0,
+                     "needs method = \"response\", loss = \"forward_kl\", feature_weight = 0 and alpha > 0 (the "
+                     "cache holds top-k logits only: no hidden states, and reverse KL/JSD need the whole vocabulary)")
     _check_range(f"{where} [distill]", "parallel", d.parallel in ("ddp", "fsdp"),
                  f"must be \"ddp\" or \"fsdp\", got {d.parallel!r}")
     _check_range(f"{where} [distill]", "parallel", not (d.parallel == "fsdp" and d.checkpoint_every),

@@ -108,3 +108,12 @@ def test_fsdp_refuses_checkpoints(tmp_path):
     path.write_text("[distill]\nparallel = \"zero3\"\n")
     with pytest.raises(EdgeError, match="must be \"ddp\" or \"fsdp\""):
         load_recipe(path)
+
+
+def test_teacher_topk_needs_forward_kl_on_logits(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[distill]\nteacher_topk = 32\nloss = \"reverse_kl\"\n")
+    with pytest.raises(EdgeError, match="teacher_topk' needs method = \"response\", loss = \"forward_kl\""):
+        load_recipe(path)
+    path.write_text("[distill]\nteacher_topk = 32\n")
+    assert load_recipe(path).distill.teacher_topk == 32

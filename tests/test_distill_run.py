@@ -177,3 +177,59 @@ def test_teacher_generation_resumes_to_the_same_texts(tmp_path, teacher_dir, cor
     greedy = recipe(sequence={**vars(cfg), "temperature": 0.0}).sequence
     g1, _ = teacher_texts(teacher, teacher_dir, tok, prompts, greedy, tmp_path / "g", log=lambda m: None)
     assert g1 != full  # the sampling settings reach the generator
+
+
+def test_teacher_topk_cache_trains_like_the_live_teacher_and_is_reused(tmp_path, teacher_dir, corpus, monkeypatch):
+    from edgedistil.distill import teacher_cache
+
+    vocab = load_hf_folder(teacher_dir).cfg.vocab_size
+    live = run_distill(teacher_dir, corpus, recipe(), tmp_path / "live" / "distill", log=lambda m: None)
+    # k = the whole vocabulary: the cached loss is the live loss up to the fp16 storage of the teacher's logits
+    cached = run_distill(teacher_dir, corpus, recipe(distill={"teacher_topk": vocab}), tmp_path / "c" / "distill",
+                         log=lambda m: None)
+    info = cached["teacher_cache"]
+    assert info["blocks"] == 4 * 8 and info["k"] == vocab and live["teacher_cache"] is None
+    assert (tmp_path / "c" / "distill-teacher-cache" / "identity.json").is_file()
+    for a, b in zip(curve(tmp_path / "live" / "distill"), curve(tmp_path / "c" / "distill")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3) and b["ce"] == pytest.approx(a["ce"], rel=1e-4)
+
+    # another temperature and alpha reuse the cache: the teacher is never run to build it again
+    monkeypatch.setattr(teacher_cache, "build_cache", lambda *a, **k: pytest.fail("the cache was rebuilt"))
+    other = run_distill(teacher_dir, corpus, recipe(distill={"teacher_topk": vocab, "temperature": 1.0, "alpha": 0.5}),
+                        tmp_path / "c" / "distill", log=lambda m: None)
+    assert other["teacher_cache"]["folder"] == info["folder"]
+    assert curve(tmp_path / "c" / "distill")[0]["loss"] != pytest.approx(curve(tmp_path / "live" / "distill")[0]["loss"])
+
+    # a cache made for another run is refused, naming what differs
+    with pytest.raises(EdgeError, match=r"made for another run \(differs in: steps\)"):
+        run_distill(teacher_dir, corpus, recipe(distill={"teacher_topk": vocab, "steps": 5,
+                                                         "teacher_cache": info["folder"]}),
+                    tmp_path / "d" / "distill", log=lambda m: None)
+
+
+def test_topk_loss_with_the_whole_vocabulary_is_forward_kl():
+    from edgedistil.distill.losses import kd_loss
+    from edgedistil.distill.teacher_cache import topk_kd_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    top = t.topk(11, dim=-1)
+    full, _ = kd_loss(s, t, labels, 0.7, 2.0)
+    sparse, _ = topk_kd_loss(s, top.indices, top.values, labels, 0.7, 2.0)
+    assert sparse.item() == pytest.approx(full.item(), rel=1e-5)
+    few, parts = topk_kd_loss(s, top.indices[..., :3], top.values[..., :3], labels, 0.7, 2.0)
+    assert parts["kl"] >= 0 and few.item() != pytest.approx(full.item())
+
+
+def test_cached_batches_follow_the_cache_then_reshuffle():
+    from edgedistil.distill.teacher_cache import cached_batch
+
+    n = 6
+    cache = {"blocks": torch.arange(n)[:, None].repeat(1, 3), "ids": torch.zeros(n, 2, 1, dtype=torch.int32),
+             "logits": torch.zeros(n, 2, 1)}
+    first = [cached_batch(cache, step, 2, seed=0)[0][:, 0].tolist() for step in range(3)]
+    assert first == [[0, 1], [2, 3], [4, 5]]
+    second = sum((cached_batch(cache, step, 2, seed=0)[0][:, 0].tolist() for step in range(3, 6)), [])
+    assert sorted(second) == list(range(n)) and second != list(range(n))
+    assert cached_batch(cache, 4, 2, seed=0)[0].tolist() == cached_batch(cache, 4, 2, seed=0)[0].tolist()

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from edgedistil.config import Recipe
-from edgedistil.distill import distributed
+from edgedistil.distill import distributed, teacher_cache
 from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize
 from edgedistil.distill.evaluate import compare_on_heldout, eval_windows, student_only_quality
@@ -171,6 +171,18 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     train_ids, heldout_ids = tokenize(student_tok, train_text), tokenize(student_tok, heldout_text)
     need_tokens(train_ids, data.seq_len + 1, "training", "the teacher's texts" if sequence else corpus.name)
     need_tokens(heldout_ids, data.seq_len + 1, "held-out", corpus.name)
+    cache, cache_info = None, None
+    if d.teacher_topk and not ce_only:  # the teacher's top-k logits, computed once and reused
+        cache_dir = Path(d.teacher_cache).expanduser() if d.teacher_cache else \
+            out_dir.parent / f"{out_dir.name}-teacher-cache"
+        identity = teacher_cache.cache_identity(folder_fingerprint(Path(teacher_dir)), corpus.text, recipe)
+        if ddp.main and teacher_cache.load_cache(cache_dir, identity) is None:
+            teacher_cache.build_cache(teacher, train_ids, identity, cache_dir, device, log)
+        distributed.barrier(ddp)
+        cache = teacher_cache.load_cache(cache_dir, identity)
+        cache_info = teacher_cache.describe(cache, cache_dir)
+        log(f"distill: training from the teacher's top-{d.teacher_topk} logits in {cache_dir} (the teacher is "
+            f"not run while training)")
     flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
                "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else ""))
     n_teacher = sum(p.numel() for p in teacher.parameters())
@@ -186,7 +198,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     fsdp = ddp.active and d.parallel == "fsdp"
     if fsdp:
         distributed.shard(net, student.model.layers)
-        if not ce_only:
+        if not ce_only and cache is None:
             distributed.shard(teacher, teacher.model.layers)
     elif ddp.active:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ddp.local_rank] if device != "cpu"
@@ -209,8 +221,12 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             resumed_from = str(path)
             log(f"distill: resuming from {path} at step {start}/{d.steps}")
 
-    def step_loss(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(x: torch.Tensor, top=None) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, labels = x[:, :-1], x[:, 1:]
+        if top is not None:  # from the teacher cache
+            with autocast:
+                s_logits, _ = model(inputs)
+            return teacher_cache.topk_kd_loss(s_logits, top[0], top[1], labels, d.alpha, d.temperature)
         with autocast:
             t_logits = t_hidden = None
             if not ce_only:
@@ -238,16 +254,22 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             group["lr"] = lr
         # every rank draws the same global batch from the same generator, then takes its rows: the data order
         # does not depend on the number of processes
-        x = distributed.local_rows(sample_blocks(train_ids, d.batch_size, data.seq_len + 1, sampler), ddp)
+        if cache is None:
+            x = distributed.local_rows(sample_blocks(train_ids, d.batch_size, data.seq_len + 1, sampler), ddp)
+            tops = [None] * d.grad_accum
+        else:
+            x, t_ids, t_logits = (distributed.local_rows(t, ddp) for t in
+                                  teacher_cache.cached_batch(cache, step, d.batch_size, d.seed))
+            tops = list(zip(t_ids.to(device).chunk(d.grad_accum), t_logits.to(device).chunk(d.grad_accum)))
         opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         micro = x.to(device).chunk(d.grad_accum)
-        for i, mb in enumerate(micro):
+        for i, (mb, top) in enumerate(zip(micro, tops)):
             sync = i == len(micro) - 1 or not ddp.active  # gradients are reduced on the last micro-batch only
             if fsdp:
                 net.set_requires_gradient_sync(sync)
             with contextlib.nullcontext() if sync or fsdp else model.no_sync():
-                loss, parts = step_loss(mb)
+                loss, parts = step_loss(mb, top)
                 (loss / d.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v / d.grad_accum
@@ -328,6 +350,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "config": recipe.section("distill"),
             "device": device + (" bf16 autocast" if amp_dtype else " fp32"),
             "processes": ddp.world,
+            "teacher_cache": cache_info,
             "parallel": ("fsdp: student and teacher layers sharded" if fsdp else "ddp") if ddp.active else None,
             "resumed_from": resumed_from,
             "train_seconds": round(train_seconds, 2),

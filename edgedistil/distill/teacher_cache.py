@@ -1,0 +1,115 @@
+"""The teacher's top-k logits, computed once and reused: train several students, or one student with several
+settings, without running the teacher again (`[distill] teacher_topk = k`).
+
+The cache holds the training blocks a run draws (steps x batch_size windows, drawn with the run's seeded generator
+exactly as live training draws them) and, for every position, the teacher's k largest logits and their token ids:
+int32 blocks, int32 ids and fp16 logits in one safetensors file, with a JSON identity. Its identity is what the
+blocks and logits depend on (teacher, corpus, data settings, seed, batch size, steps, k), not the student or the
+loss settings, so a second student or another alpha or T reuses it. Steps beyond one pass over the cache go round
+again in a fresh order (epochs).
+
+The loss over top-k is forward KL restricted to the teacher's k tokens: the teacher's softmax over its top-k
+logits at T (renormalized) against the student's full-vocabulary log-probabilities at those ids, the usual sparse
+KD approximation (the teacher mass outside the top k is dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgedistil.distill.data import sample_blocks
+from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
+
+FILE = "teacher_topk.safetensors"
+
+
+def cache_identity(teacher_fingerprint: str, corpus_text: str, recipe) -> dict:
+    d, data = recipe.distill, recipe.data
+    return {"teacher": teacher_fingerprint, "corpus_sha256": hashlib.sha256(corpus_text.encode()).hexdigest(),
+            "seq_len": data.seq_len, "heldout_fraction": data.heldout_fraction, "seed": d.seed,
+            "batch_size": d.batch_size, "steps": d.steps, "k": d.teacher_topk}
+
+
+@torch.no_grad()
+def build_cache(teacher, train_ids: np.ndarray, identity: dict, folder: Path, device: str, log=print,
+                chunk: int = 8) -> None:
+    """Draw the run's blocks and store the teacher's top-k logits for each position, atomically in `folder`."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(identity["seed"])
+    blocks = torch.cat([sample_blocks(train_ids, identity["batch_size"], identity["seq_len"] + 1, gen)
+                        for _ in range(identity["steps"])])
+    k = identity["k"]
+    ids, logits = [], []
+    teacher = teacher.to(device).eval()
+    for i in range(0, len(blocks), chunk):
+        out = teacher(blocks[i:i + chunk, :-1].to(device)).float()
+        top = out.topk(k, dim=-1)
+        ids.append(top.indices.to(torch.int32).cpu())
+        logits.append(top.values.to(torch.float16).cpu())
+    with atomic_dir(folder) as tmp:
+        save_file({"blocks": blocks.to(torch.int32).contiguous(), "ids": torch.cat(ids).contiguous(),
+                   "logits": torch.cat(logits).contiguous()}, str(tmp / FILE))
+        write_json(tmp / "identity.json", identity)
+    size = (folder / FILE).stat().st_size
+    log(f"distill: teacher top-{k} logits of {len(blocks)} blocks cached in {folder} ({size / 1e6:.1f} MB)")
+
+
+def load_cache(folder: Path, identity: dict) -> dict[str, torch.Tensor] | None:
+    """The cache in `folder` if it was made for `identity`; None if there is none; an error if it is another's."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "identity.json").is_file():
+        return None
+    saved = read_json(folder / "identity.json", "teacher cache identity")
+    if saved != identity:
+        differ = sorted(key for key in identity if saved.get(key) != identity[key])
+        raise EdgeError(f"the teacher cache in {folder} was made for another run (differs in: {', '.join(differ)})",
+                        "delete that folder, or set [distill] teacher_cache to another path")
+    try:
+        return load_file(str(folder / FILE))
+    except Exception as e:  # a truncated or corrupt file: safetensors raises its own error types
+        raise EdgeError(f"the teacher cache {folder / FILE} is unreadable ({str(e)[:120]})",
+                        "delete the folder; the next run rebuilds it") from None
+
+
+def cached_batch(cache: dict[str, torch.Tensor], step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Step `step`'s rows: the cache's own order for the first pass (the live run's batches), then a fresh order
+    per pass. Depends on the step only, so a resumed run draws the same rows."""
+    n = len(cache["blocks"])
+    orders: dict[int, torch.Tensor] = {}
+
+    def order(epoch: int) -> torch.Tensor:
+        if epoch not in orders:
+            orders[epoch] = torch.arange(n) if epoch == 0 else torch.randperm(
+                n, generator=torch.Generator().manual_seed(seed + epoch))
+        return orders[epoch]
+
+    rows = torch.stack([order(i // n)[i % n] for i in range(step * batch_size, (step + 1) * batch_size)])
+    return cache["blocks"][rows].long(), cache["ids"][rows].long(), cache["logits"][rows].float()
+
+
+def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logits: torch.Tensor,
+                 labels: torch.Tensor, alpha: float, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """alpha * T^2 * KL(teacher top-k || student) + (1 - alpha) * CE; logits [B, T, V], top-k [B, T, k]."""
+    v = student_logits.shape[-1]
+    s = student_logits.float().reshape(-1, v)
+    ce = F.cross_entropy(s, labels.reshape(-1))
+    log_p_s = F.log_softmax(s / temperature, dim=-1).gather(-1, topk_ids.reshape(-1, topk_ids.shape[-1]))
+    log_p_t = F.log_softmax(topk_logits.reshape(-1, topk_logits.shape[-1]) / temperature, dim=-1)
+    div = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+    total = alpha * temperature**2 * div + (1.0 - alpha) * ce
+    return total, {"loss": total.item(), "kl": div.item(), "ce": ce.item()}
+
+
+def describe(cache: dict[str, torch.Tensor], folder: Path) -> dict:
+    return {"folder": str(folder), "blocks": int(len(cache["blocks"])), "k": int(cache["ids"].shape[-1]),
+            "bytes": (Path(folder) / FILE).stat().st_size,
+            "identity": json.loads((Path(folder) / "identity.json").read_text())}
