@@ -101,7 +101,8 @@ def parse_settings(text: str) -> dict:
     for part in text.split(","):
         key, _, value = part.partition("=")
         try:
-            out[key.strip()] = int(value) if key.strip() in ("steps", "batch_size", "warmup_steps") else float(value)
+            out[key.strip()] = int(value) if key.strip() in ("steps", "batch_size", "warmup_steps", "teacher_topk") \
+                else float(value)
         except ValueError:
             out[key.strip()] = value.strip()
     return out

@@ -230,3 +230,28 @@ def test_device_bench_without_adb_fails_clearly(tmp_path):
                       env={"PATH": str(tmp_path)})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("edgedistil: error: adb was not found")
+
+
+def test_a_teacher_too_big_to_convert_leaves_the_student_bundle(android_run, tmp_path, monkeypatch):
+    from edgedistil import build as chain
+    from edgedistil.config import load_recipe
+    from edgedistil.convert import android
+
+    out, _ = android_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "litert" / "teacher")
+    (copy / "stages" / "convert-litert-teacher.json").unlink()
+
+    def preflight(parameters, available=None):  # the tiny teacher (0.2M) "does not fit", the student (0.1M) does
+        if parameters > 150_000:
+            raise EdgeError("converting needs more memory than is available", "free memory")
+        return {"estimated_peak_gb": 0.0, "available_gb": 0.0}
+
+    monkeypatch.setattr(android, "preflight_memory", preflight)
+    logs = []
+    rows, manifest = chain.build(chain.Run(out=copy, recipe=load_recipe(TINY), log=logs.append), "android",
+                                 TINY_BUDGETS)
+    assert any(m.startswith("convert[litert-teacher]: not converted") for m in logs)
+    assert manifest["bench"]["decode_tokens_per_s"] > 0 and manifest["teacher_bench"]["value"] is None
+    assert manifest["speedup_vs_teacher"] is None and (copy / "dist" / "android" / "model.tflite").is_file()
