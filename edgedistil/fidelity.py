@@ -20,12 +20,22 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+# Positions where the source's two best logits are closer than this are near-ties: any rounding may swap them.
+NEAR_TIE = 0.1
+
+
 def logits_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     lp_ref, lp_got = _log_softmax(ref), _log_softmax(got)
+    same = ref.argmax(-1) == got.argmax(-1)
+    top2 = np.partition(ref, -2, axis=-1)[..., -2:]
+    clear = (top2[..., 1] - top2[..., 0]) >= NEAR_TIE
     return {
         "max_abs_diff": float(np.abs(ref.astype(np.float64) - got).max()),
-        "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
+        "top1_agreement": float(same.mean()),
         "kl_mean": float((np.exp(lp_ref) * (lp_ref - lp_got)).sum(-1).mean()),
+        # a diagnostic beside the floors, never instead of them: how much of the disagreement is at near-ties
+        "near_tie_share": float(1 - clear.mean()),
+        "top1_agreement_outside_near_ties": float(same[clear].mean()) if clear.any() else None,
     }
 
 

@@ -108,6 +108,8 @@ def int8_schemes(run: Path, dest: Path) -> None:
             f = measure_fidelity(reference, LiteRtLM(path), heldout, 64, segments=4, greedy_tokens=64)
             row = {"scheme": name, "mb": round(path.stat().st_size / 1e6, 1), "top1_agreement": round(f["top1_agreement"], 4),
                    "kl_mean": f["kl_mean"], "greedy_tokens_matching": f["greedy_tokens_matching"],
+                   "near_tie_share": round(f["near_tie_share"], 4),
+                   "top1_agreement_outside_near_ties": round(f["top1_agreement_outside_near_ties"], 4),
                    "perplexity_change": round(f["perplexity_change"], 4)}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -115,3 +115,14 @@ def test_gqa_layout_updates_per_layer_caches_in_place(exported, exported_gqa):
     assert np.abs(after[0].numpy()[0, :, :3]).sum() > 0 and not after[0].numpy()[0, :, 3:].any()
     # the tied embedding is stored once (the full trace stores the Gather table and the head's transpose)
     assert record["bytes"] < exported[3]["bytes"] - 0.9 * VOCAB * 64 * 4
+
+
+def test_near_ties_are_reported_beside_top1():
+    from edgedistil.fidelity import logits_agreement
+
+    ref = np.array([[1.0, 0.95, 0.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.5]])
+    got = np.array([[0.9, 1.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.4, 0.5]])  # a near-tie flips, a clear position flips
+    a = logits_agreement(ref, got)
+    assert a["top1_agreement"] == pytest.approx(1 / 3)
+    assert a["near_tie_share"] == pytest.approx(1 / 3)
+    assert a["top1_agreement_outside_near_ties"] == pytest.approx(1 / 2)

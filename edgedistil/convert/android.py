@@ -248,7 +248,8 @@ def run_convert_android(litert_dir: Path, student_dir: Path, out_dir: Path, reco
             "fidelity": {**{k: f[k] for k in (
                 "max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching", "greedy_tokens",
                 "greedy_first_divergence", "positions_compared", "perplexity", "perplexity_reference",
-                "perplexity_change", "meets_floors", "floor_failures")},
+                "perplexity_change", "meets_floors", "floor_failures", "near_tie_share",
+                "top1_agreement_outside_near_ties")},
                 "reference": "fp32 PyTorch student", "runtime": f["runtime"]},
             **_bench_entries(records.get("bench_android")),
             "quality": quality_entry(distill),
