@@ -183,6 +183,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         cache_info = teacher_cache.describe(cache, cache_dir)
         log(f"distill: training from the teacher's top-{d.teacher_topk} logits in {cache_dir} (the teacher is "
             f"not run while training)")
+        if d.temperature > 1:  # docs/benchmarks.md: top-32 at T 2 reached perplexity 348, at T 1 115
+            log(f"distill: note: top-k KD at T = {d.temperature} measured far worse than at T = 1 on the default "
+                f"(the renormalized top-k teacher at high T pulls the student's mass into k tokens); consider "
+                f"temperature = 1.0")
     flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
                "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else ""))
     n_teacher = sum(p.numel() for p in teacher.parameters())
