@@ -126,6 +126,14 @@ def test_weights_shared_and_precisions_read_back(converted):
     assert weight_file("int8") < 0.7 * weight_file("fp16")
 
 
+def test_dequantized_weights_measured_in_pytorch(converted):
+    _, record = converted
+    fp16, int8 = (record["variants"][v]["weights_in_pytorch"] for v in ("fp16", "int8"))
+    assert fp16["weights_loaded"] == int8["weights_loaded"] == 16  # every matrix, read back from the package
+    assert fp16["kl_mean"] < int8["kl_mean"] < 0.05  # int8 rounding costs more than fp16, and it is measured
+    assert 0 < int8["top1_agreement"] <= 1 and int8["perplexity"] > 0
+
+
 def test_mil_reference_fidelity_against_fp32_student(converted):
     _, record = converted
     fp16, int8 = record["variants"]["fp16"]["fidelity"], record["variants"]["int8"]["fidelity"]

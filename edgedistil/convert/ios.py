@@ -301,6 +301,53 @@ def weight_precisions(path: Path) -> list[dict]:
     return out
 
 
+def stored_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every weight matrix of the saved package as Core ML will use it (compressed ones dequantized by coremltools'
+    own constexpr implementation), keyed by its PyTorch name with dots as underscores."""
+    from edgedistil.runtimes.coreml_mil_reference import load_program
+
+    _, _, program = load_program(path)
+    fn = next(iter(program.functions.values()))  # the functions share one weight file
+    out = {}
+    for op in fn.operations:
+        if op.op_type.startswith("constexpr_"):
+            value = op.materialized_val_inference()
+        elif op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.ndim == 2:
+            value = op.outputs[0].val
+        else:
+            continue
+        # "model_model_layers_0_mlp_up_proj_weight_to_fp16_quantized": the wrapper's `model.` + the HF name
+        name = op.name.removeprefix("model_").split("_to_fp16")[0]
+        out[name] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def weights_in_pytorch(model: EdgeLM, path: Path, heldout_ids: np.ndarray, options: "IosOptions") -> dict:
+    """The package's weights, dequantized, loaded back into the PyTorch model and measured against the fp32 model:
+    what the compression alone costs, apart from any runtime's arithmetic."""
+    import copy
+
+    stored = stored_weights(path)
+    clone = copy.deepcopy(model)
+    loaded = []
+    with torch.no_grad():
+        for name, param in clone.named_parameters():
+            value = stored.get(name.replace(".", "_"))
+            if value is not None and tuple(value.shape) == tuple(param.shape):
+                param.copy_(torch.from_numpy(value))
+                loaded.append(name)
+    matrices = [n for n, p in clone.named_parameters() if p.ndim == 2]
+    missing = sorted(set(matrices) - set(loaded))
+    if missing:
+        raise EdgeError(f"{path}: no stored weight matches PyTorch's {missing[0]} ({len(missing)} unmatched)",
+                        "report this model's config.json; the package's weight names were not the expected ones")
+    f = measure_fidelity(TorchLM(model, options.max_len), TorchLM(clone, options.max_len), heldout_ids,
+                         options.prefill_len, segments=options.fidelity_segments, greedy_tokens=options.greedy_tokens)
+    return {"weights_loaded": len(loaded), "runtime": "PyTorch fp32 with the package's dequantized weights",
+            **{k: f[k] for k in ("top1_agreement", "kl_mean", "perplexity", "perplexity_reference",
+                                 "perplexity_change", "greedy_tokens_matching", "greedy_tokens")}}
+
+
 def package_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -353,9 +400,11 @@ def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, optio
                                         segments=options.fidelity_segments, greedy_tokens=options.greedy_tokens)
             fidelity_s = time.perf_counter() - t2
             precisions = weight_precisions(path)
+            in_pytorch = weights_in_pytorch(model, path, heldout_ids, options)
             results[variant] = {
                 "path": f"{variant}/{PACKAGE}", "bytes": package_bytes(path), "build_seconds": round(build_s, 1),
-                "spec": info, "weights": precisions, "weights_stored": dict(collections.Counter(
+                "spec": info, "weights": precisions, "weights_in_pytorch": in_pytorch,
+                "weights_stored": dict(collections.Counter(
                     f"{w['stored']} ({w['op']})" for w in precisions)),
                 "fidelity": {**fidelity, "reference": "fp32 PyTorch student",
                              "runtime": "MIL reference (coremltools op implementations on Linux; not Core ML)",
@@ -425,7 +474,8 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
                              "variants": {v: {"bytes": r["bytes"], "top1_agreement": r["fidelity"]["top1_agreement"],
                                               "kl_mean": r["fidelity"]["kl_mean"],
                                               "greedy_tokens_matching": r["fidelity"]["greedy_tokens_matching"],
-                                              "perplexity_change": r["fidelity"]["perplexity_change"]}
+                                              "perplexity_change": r["fidelity"]["perplexity_change"],
+                                              "weights_in_pytorch": r.get("weights_in_pytorch")}
                                           for v, r in coreml["variants"].items()},
                              "not_built": coreml.get("not_built", {})},
             "ops": {f["name"]: f["ops"] for f in info["functions"]},

@@ -80,9 +80,11 @@ _STATE_OPS = ("read_state", "coreml_update_state")
 
 
 def quiet_coremltools() -> None:
-    """coremltools logs at import that its macOS-only runtime is missing and that torch 2.13 is untested; both are
-    expected on Linux, and repeated they would bury the build log."""
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    """coremltools logs at import that its macOS-only runtime is missing and that torch 2.13 is untested, and the
+    torchao it imports (a litert-torch dependency) that its CUDA kernels do not load; all expected on a CPU-only
+    Linux machine, and repeated they would bury the build log."""
+    for name in ("coremltools", "torchao", "torch.utils._pytree"):  # the last: torchao registering an Enum
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def load_program(package: Path):
