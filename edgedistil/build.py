@@ -354,11 +354,16 @@ def do_bench_android(run: Run, force: bool = False) -> dict:
 
 
 def do_convert_android(run: Run, force: bool = False) -> dict:
-    """LiteRT variants of the student (litert/student), the teacher for comparison, the host bench, then
-    dist/android/. Without a bench record (the single `convert` verb on a fresh run) the bundle says so."""
+    """LiteRT variants of the student (litert/student), then dist/android/. Without a bench record (the single
+    `convert` verb on a fresh run) the bundle says so."""
+    do_litert(run, "student", force)
+    return do_bundle_android(run, force)
+
+
+def do_bundle_android(run: Run, force: bool = False) -> dict:
+    """dist/android/ from the litert stage's shipped variant and the records (the host bench when it ran)."""
     from edgedistil.convert.android import run_convert_android
 
-    do_litert(run, "student", force)
     variant = load_target("android").quantization
     records = {"litert": read_json(run.out / "litert" / "student" / "record.json", "litert record"),
                "distill": read_json(run.out / "distill" / "record.json", "distill record"),
@@ -379,6 +384,8 @@ def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list
     from edgedistil.check.budgets import evaluate
 
     profile = load_target(target)
+    if target == "android":
+        android_options(run)  # a profile naming an unknown variant fails now, not after distillation
     budgets = load_budget_file(budgets_file) if budgets_file else profile.budgets
     if run.recipe.export.max_len > profile.max_len:
         raise EdgeError(f"[export] max_len {run.recipe.export.max_len} exceeds the {target} profile's max_len "
@@ -397,7 +404,7 @@ def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list
         except EdgeError as e:  # a teacher too big to convert here must not stop the student's bundle
             run.log(f"convert[litert-teacher]: not converted, the bench runs the student alone: {e.line()}")
         do_bench_android(run)
-        manifest = do_convert_android(run)
+        manifest = do_bundle_android(run)
     else:
         do_export(run, "student")
         do_export(run, "teacher")

@@ -33,6 +33,18 @@ def folder_bytes(path: str) -> int:
                if f.endswith((".onnx", ".onnx.data", ".data", ".safetensors")))
 
 
+def greedy_generate(model):
+    """`generate(prompt_ids, n) -> n new ids` through a transformers-style model's own greedy `generate`."""
+    import torch
+
+    @torch.no_grad()
+    def generate(p, n):
+        ids = torch.tensor([p])
+        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
+
+    return generate
+
+
 def measure(generate, prompt: list[int], new: int, repeats: int) -> dict:
     """`generate(prompt, n)` runs greedy generation of n new tokens."""
     n1, n2 = 1, 1 + new
@@ -62,11 +74,7 @@ def run_torch(hf_dir, work, prompt, new, repeats):
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     load = time.perf_counter() - t0
 
-    @torch.no_grad()
-    def generate(p, n):
-        ids = torch.tensor([p])
-        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
-
+    generate = greedy_generate(model)
     out = measure(generate, prompt, new, repeats)
     out.update({"runtime": f"PyTorch {torch.__version__} eager, transformers generate (greedy)", "load_seconds": load,
                 "bytes": folder_bytes(hf_dir), "tokens": generate(prompt, 16)})
@@ -110,7 +118,6 @@ def run_genai(hf_dir, work, prompt, new, repeats, precision):
 
 def run_optimum(hf_dir, work, prompt, new, repeats):
     import onnxruntime as ort
-    import torch
     from optimum.onnxruntime import ORTModelForCausalLM
 
     model_dir = os.path.join(work, "optimum")
@@ -123,10 +130,7 @@ def run_optimum(hf_dir, work, prompt, new, repeats):
     model = ORTModelForCausalLM.from_pretrained(model_dir, session_options=so, use_cache=True)
     load = time.perf_counter() - t0
 
-    def generate(p, n):
-        ids = torch.tensor([p])
-        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
-
+    generate = greedy_generate(model)
     out = measure(generate, prompt, new, repeats)
     out.update({"runtime": f"Optimum ORTModelForCausalLM (onnxruntime {ort.__version__}), fp32", "load_seconds": load,
                 "bytes": folder_bytes(model_dir), "tokens": generate(prompt, 16)})
