@@ -379,9 +379,11 @@ def do_bundle_android(run: Run, force: bool = False) -> dict:
         force)
 
 
-def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list[dict], dict]:
-    """The whole chain for `target`. Returns the check rows and the bundle manifest."""
+def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list[dict], dict, dict | None]:
+    """The whole chain for `target`. Returns the check rows, the bundle manifest and the target profile's device
+    estimate (None without a device)."""
     from edgedistil.check.budgets import evaluate
+    from edgedistil.check.devices import load_device, project
 
     profile = load_target(target)
     if target == "android":
@@ -414,10 +416,11 @@ def build(run: Run, target: str, budgets_file: Path | None = None) -> tuple[list
         if target == "web":
             do_bench_web(run, profile.threads)
         manifest = do_convert(run, target)
-    rows = evaluate(manifest, budgets)
+    estimate = project(manifest, load_device(profile.device)) if profile.device else None
+    rows = evaluate(manifest, budgets, estimate=estimate)
     write_json(run.out / "check.json", {"bundle": str(run.out / "dist" / target), "budgets": rows,
-                                        "passed": all(r["status"] == "pass" for r in rows)})
-    return rows, manifest
+                                        "passed": all(r["status"] == "pass" for r in rows), "estimate": estimate})
+    return rows, manifest, estimate
 
 
 def recipe_with(recipe: Recipe, **section_overrides) -> Recipe:

@@ -281,21 +281,27 @@ def bench_android(config, bundle, model, teacher_model, prompt_tokens, device, b
 @click.option("--noise", type=click.Choice(["fail", "pass"]), default="fail", show_default=True,
               help="Fate of a budget whose limit lies inside the measured spread over repeats.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
-def check(bundle, budgets, baseline, max_regression, noise, fmt):
+@click.option("--device", help="A named device profile (targets/devices/) or its TOML: show its projected decode "
+                               "speed, an estimate (default: the target profile's device).")
+def check(bundle, budgets, baseline, max_regression, noise, fmt, device):
     """Check a bundle's measured figures against budgets (and a baseline); exit 1 when any fails."""
     from edgedistil.check.budgets import compare_baseline, evaluate, load_bundle_manifest, render
+    from edgedistil.check.devices import load_device, project
     from edgedistil.config import load_budget_file, load_target
 
     manifest = load_bundle_manifest(bundle)
-    limits = load_budget_file(budgets) if budgets else load_target(manifest["target"]).budgets
-    rows = evaluate(manifest, limits, noise_passes=noise == "pass")
+    profile = load_target(manifest["target"])
+    limits = load_budget_file(budgets) if budgets else profile.budgets
+    device = device or profile.device
+    estimate = project(manifest, load_device(device)) if device else None
+    rows = evaluate(manifest, limits, noise_passes=noise == "pass", estimate=estimate)
     if baseline:
         rows += compare_baseline(manifest, load_bundle_manifest(baseline), max_regression)
-    click.echo(render(rows, fmt))
+    click.echo(render(rows, fmt, manifest, estimate))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
-            f.write(f"### edgedistil check: {bundle}\n\n" + render(rows, "markdown") + "\n\n")
+            f.write(f"### edgedistil check: {bundle}\n\n" + render(rows, "markdown", manifest, estimate) + "\n\n")
     if not all(r["status"] == "pass" for r in rows):
         sys.exit(EXIT_CHECK_FAILED)
 
@@ -378,7 +384,7 @@ def build(targets, config, out, teacher, data, budgets, force_from, min_ios):
                     "stay cached for the next run")
     log(f"total {time.perf_counter() - t0:.1f} s\n")
     passed = True
-    for t, (rows, manifest) in results.items():
+    for t, (rows, manifest, estimate) in results.items():
         q, b, tb = manifest["quality"], manifest.get("bench") or {}, manifest.get("teacher_bench") or {}
         speed = (f"decode {b['decode_tokens_per_s']:.1f} vs {tb['decode_tokens_per_s']:.1f} tok/s "
                  f"({manifest['speedup_vs_teacher']:.2f}x)" if b.get("decode_tokens_per_s") and
@@ -386,7 +392,7 @@ def build(targets, config, out, teacher, data, budgets, force_from, min_ios):
         log(f"[{t}] student {manifest['student']['parameters'] / 1e6:.1f}M params vs teacher "
             f"{manifest['student']['teacher_parameters'] / 1e6:.1f}M; held-out perplexity "
             f"{q['student_perplexity']:.2f} vs {q['teacher_perplexity']:.2f}; {speed}")
-        click.echo(f"\n{t}:\n" + render(rows, "table"))
+        click.echo(f"\n{t}:\n" + render(rows, "table", manifest, estimate))
         click.echo(f"bundle: {Path(out) / 'dist' / t}")
         passed = passed and all(r["status"] == "pass" for r in rows)
     if not passed:

@@ -152,6 +152,8 @@ BUDGETS = {
     "quality_retained_min": ("min", ""),
     "speedup_vs_teacher_min": ("min", "x"),
     "unintended_float_layers_max": ("max", "layers"),
+    # an estimate from a named device profile (check/devices.py), never a measurement
+    "projected_decode_tokens_per_s_min": ("min", "tok/s (estimate)"),
 }
 
 
@@ -164,6 +166,7 @@ class TargetProfile:
     threads: int = 1
     max_len: int = 256
     min_ios: int = 18  # ios only: 18 = stateful KV cache (multifunction package), 17 = cache as inputs and outputs
+    device: str = ""  # a named device profile (targets/devices/) whose projected decode speed `check` shows
     budgets: dict[str, float] = field(default_factory=dict)
     path: str | None = None
 
@@ -389,12 +392,20 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
     if raw["target"] not in TARGETS:
         raise EdgeError(f"{path}: unknown target '{raw['target']}'", f"use one of: {', '.join(TARGETS)}")
     defaults = TargetProfile("", "", "", "")
-    for key in ("threads", "max_len", "min_ios"):
+    for key in ("threads", "max_len", "min_ios", "device"):
         if key in raw:
             _coerce(str(path), key, raw[key], getattr(defaults, key))
+    if raw.get("device"):
+        from edgedistil.check.devices import load_device
+
+        try:
+            load_device(raw["device"])
+        except EdgeError as e:
+            raise EdgeError(f"{_at(str(path), 'device')}: {e.problem}", e.fix) from None
     return TargetProfile(
         target=raw["target"], format=raw["format"], quantization=raw["quantization"], runtime=raw["runtime"],
         threads=raw.get("threads", 1), max_len=raw.get("max_len", 256), min_ios=raw.get("min_ios", 18),
+        device=raw.get("device", ""),
         budgets=load_budgets(raw.get("budgets", {}), str(path)), path=str(path),
     )
 

@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from conftest import edgedistil
 from edgedistil.check.budgets import compare_baseline, evaluate
+from edgedistil.errors import EdgeError
 
 
 def manifest(decode=100.0, spread=(95.0, 105.0), size_bytes=50_000_000, top1=0.99, bench=True):
@@ -75,3 +78,60 @@ def test_cli_baseline_exit_codes(tmp_path):
     assert bad.returncode == 1
     rows = json.loads(bad.stdout)["budgets"]
     assert status(rows, "decode_tokens_per_s vs baseline")["note"].startswith("-30.0%")
+
+
+DEVICE = """name = "Test phone"
+soc = "SoC"
+ram_gb = 4.0
+ram_source = "spec sheet"
+bandwidth_gbs = 10.0
+bandwidth_basis = "measured"
+bandwidth_source = "a benchmark"
+"""
+
+
+def test_device_projection_is_weight_bytes_over_bandwidth_and_labelled(tmp_path):
+    from edgedistil.check.devices import device_names, load_device, project
+
+    for name in device_names():  # every shipped device profile loads, with its sources
+        d = load_device(name)
+        assert d.ram_source.startswith("https://") and d.bandwidth_source.startswith("https://")
+    (tmp_path / "d.toml").write_text(DEVICE)
+    m = manifest(size_bytes=50_000_000)
+    m["files"].append({"path": "tokenizer.json", "bytes": 10_000_000, "sha256": "0" * 64})  # not a weight
+    est = project(m, load_device(tmp_path / "d.toml"))
+    assert est["weight_bytes"] == 50_000_000 and est["decode_tokens_per_s"] == 200.0
+    assert "estimate" in est["label"] and "not a measurement" in est["label"]
+    rows = evaluate(m, {"projected_decode_tokens_per_s_min": 250}, estimate=est)
+    row = status(rows, "projected_decode_tokens_per_s_min")
+    assert row["status"] == "fail" and row["note"] == "estimate for Test phone" and row["unit"].endswith("(estimate)")
+    no_device = status(evaluate(m, {"projected_decode_tokens_per_s_min": 1}), "projected_decode_tokens_per_s_min")
+    assert no_device["status"] == "fail" and "device" in no_device["note"]
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (('bandwidth_basis = "measured"', 'bandwidth_basis = "typical"'), "d.toml:6: bandwidth_basis must be one of"),
+    (('ram_source = "spec sheet"\n', ""), "'ram_source' is missing"),
+    (("bandwidth_gbs = 10.0", "bandwidth_gbs = 0.0"), "d.toml:5: 'bandwidth_gbs' must be > 0"),
+    (("soc = ", "chip = "), "d.toml:2: unknown key 'chip'"),
+])
+def test_device_profile_errors_name_file_line_and_fix(tmp_path, edit, expect):
+    from edgedistil.check.devices import load_device
+
+    (tmp_path / "d.toml").write_text(DEVICE.replace(*edit))
+    with pytest.raises(EdgeError) as e:
+        load_device(tmp_path / "d.toml")
+    assert expect in e.value.line() and "fix:" in e.value.line()
+
+
+def test_cli_device_estimate_beside_measured(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest(size_bytes=50_000_000)))
+    (tmp_path / "d.toml").write_text(DEVICE)
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[budgets]\nprojected_decode_tokens_per_s_min = 100\n")
+    ok = edgedistil("check", tmp_path / "b", "--budgets", budgets, "--device", tmp_path / "d.toml")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Test phone: 200 tok/s decode, estimate" in ok.stdout and "measured: 100 tok/s" in ok.stdout
+    unknown = edgedistil("check", tmp_path / "b", "--budgets", budgets, "--device", "pixel-99")
+    assert unknown.returncode == 2 and "unknown device 'pixel-99'" in unknown.stderr

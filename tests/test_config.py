@@ -117,3 +117,11 @@ def test_teacher_topk_needs_forward_kl_on_logits(tmp_path):
         load_recipe(path)
     path.write_text("[distill]\nteacher_topk = 32\n")
     assert load_recipe(path).distill.teacher_topk == 32
+
+
+def test_profile_naming_an_unknown_device_fails_at_its_line(tmp_path):
+    p = write(tmp_path, 'target = "ios"\nformat = "mlpackage"\nquantization = "fp16"\nruntime = "Core ML"\n'
+                        'device = "iphone-15-pr"\n', "p.toml")
+    with pytest.raises(EdgeError) as e:
+        load_target(p)
+    assert "p.toml:5: unknown device 'iphone-15-pr'" in e.value.line() and "did you mean 'iphone-15-pro'" in e.value.line()

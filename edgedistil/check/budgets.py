@@ -14,8 +14,9 @@ from edgedistil.config import BUDGETS
 from edgedistil.errors import EdgeError, read_json
 
 
-def bundle_metrics(manifest: dict) -> dict[str, tuple[float | None, list | None]]:
-    """The figures budgets can gate, each as (value, spread over repeats or None)."""
+def bundle_metrics(manifest: dict, estimate: dict | None = None) -> dict[str, tuple[float | None, list | None]]:
+    """The figures budgets can gate, each as (value, spread over repeats or None); `estimate` is a device
+    projection (check/devices.py), the only source of the projected figure."""
     bench = manifest.get("bench") or {}
     spread = bench.get("spread", {})
     model_bytes = sum(f["bytes"] for f in manifest.get("files", []))
@@ -35,22 +36,27 @@ def bundle_metrics(manifest: dict) -> dict[str, tuple[float | None, list | None]
         "quality_retained": (q.get("quality_retained"), None),
         "speedup_vs_teacher": (manifest.get("speedup_vs_teacher"), None),
         "unintended_float_layers": ((manifest.get("quantization") or {}).get("unintended_float_layers"), None),
+        "projected_decode_tokens_per_s": ((estimate or {}).get("decode_tokens_per_s"), None),
     }
 
 
-def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = False) -> list[dict]:
-    metrics = bundle_metrics(manifest)
+def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = False,
+             estimate: dict | None = None) -> list[dict]:
+    metrics = bundle_metrics(manifest, estimate)
     rows = []
     for name, limit in budgets.items():
         direction, unit = BUDGETS[name]
         metric = name.rsplit("_", 1)[0]
         value, spread = metrics[metric]
+        projected = metric.startswith("projected_")
         if value is None:
+            note = ("no device profile: name one with --device or the target profile's device" if projected
+                    else "not measured")
             rows.append({"budget": name, "metric": metric, "measured": None, "spread": None, "limit": limit,
-                         "margin": None, "unit": unit, "status": "fail", "note": "not measured"})
+                         "margin": None, "unit": unit, "status": "fail", "note": note})
             continue
         margin = value - limit if direction == "min" else limit - value
-        status, note = ("pass" if margin >= 0 else "fail"), ""
+        status, note = ("pass" if margin >= 0 else "fail"), (f"estimate for {estimate['device']}" if projected else "")
         if spread and spread[0] <= limit <= spread[1]:
             status = "pass" if noise_passes else "fail"
             note = "within noise"
@@ -95,15 +101,28 @@ def _fmt(x) -> str:
     return f"{x:.4g}"
 
 
-def render(rows: list[dict], fmt: str) -> str:
+def estimate_line(manifest: dict, estimate: dict) -> str:
+    """The projection beside the bundle's measured decode speed, labelled as the estimate it is."""
+    bench = manifest.get("bench") or {}
+    measured = bench.get("decode_tokens_per_s")
+    beside = f"; measured: {measured:.4g} tok/s on {bench.get('runtime', 'this host')}" if measured else ""
+    return (f"{estimate['device']}: {estimate['decode_tokens_per_s']:.4g} tok/s decode, {estimate['label']} "
+            f"({estimate['bandwidth_gbs']:g} GB/s, {estimate['bandwidth_basis']}; weights "
+            f"{estimate['weight_bytes'] / 1e6:.1f} MB = {estimate['weights_share_of_ram']:.1%} of its "
+            f"{estimate['ram_gb']:g} GB RAM){beside}")
+
+
+def render(rows: list[dict], fmt: str, manifest: dict | None = None, estimate: dict | None = None) -> str:
     if fmt == "json":
-        return json.dumps({"passed": all(r["status"] == "pass" for r in rows), "budgets": rows}, indent=2)
+        return json.dumps({"passed": all(r["status"] == "pass" for r in rows), "budgets": rows,
+                           "estimate": estimate}, indent=2)
     head = ["budget", "measured", "spread", "limit", "margin", "status"]
     body = [[r["budget"], _fmt(r["measured"]) + (f" {r['unit']}" if r["unit"] and r["measured"] is not None else ""),
              _fmt(r["spread"]), _fmt(r["limit"]), _fmt(r["margin"]),
              r["status"].upper() + (f" ({r['note']})" if r["note"] else "")] for r in rows]
+    after = f"\n\n{estimate_line(manifest or {}, estimate)}" if estimate else ""
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + after
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [head, *body])
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [head, *body]) + after
