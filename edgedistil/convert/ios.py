@@ -6,8 +6,8 @@
 - iOS 17 (`min_ios = 17`): no Core ML states, so one function `main` takes and returns the cache; `input_ids` has
   the enumerated shapes [1, P] and [1, 1].
 
-Every variant (fp16, int8 per channel, int4 block-wise, optional 4-bit palettization; the RoPE tables always stay
-fp16) is read back from disk: its spec (functions, I/O, states, op histogram, deployment target), the precision of
+Every variant (fp16; int8 block-wise on iOS 18, per channel on iOS 17, with the vocabulary-sized embedding/LM head
+kept fp16; int4 block-wise; 4-bit palettization; the RoPE tables always stay fp16) is read back from disk: its spec (functions, I/O, states, op histogram, deployment target), the precision of
 each weight as stored, and its numbers, run with the MIL reference (edgedistil.runtimes.coreml_mil_reference)
 against the fp32 PyTorch student on held-out text. Core ML itself, and so speed, needs a Mac (`bench --target ios`).
 """
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from edgedistil import __version__
+from edgedistil.convert.ios_bench import write_bench_package
 from edgedistil.convert.manifest import quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.fidelity import measure_fidelity
@@ -37,9 +38,12 @@ from edgedistil.runtimes.torch_step import TorchLM
 SCHEMA_VERSION = 1
 PACKAGE = "model.mlpackage"
 VARIANTS = ("fp16", "int8", "int4", "pal4")
-DEFAULT_VARIANTS = ("fp16", "int8", "int4")  # pal4 (k-means) is slow on big tables: ask for it
+DEFAULT_VARIANTS = VARIANTS  # pal4's k-means (scikit-learn) took 44 s on the embedded default
 SUPPORTED_MIN_IOS = (17, 18)
 INT4_BLOCKS = (16, 8, 4)  # block 32 would not divide every width; checked per weight, never skipped silently
+# iOS 18 int8: blocks of 32 along the input (per-channel int8 measured top-1 0.9715 on the embedded default, under
+# the 0.98 floor; docs/design.md); iOS 17 has no per-block int8, so it keeps per channel
+INT8_BLOCKS = (32, 16, 8, 4)
 NOT_ON_LINUX = "Core ML execution needs macOS"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 SPEC_DTYPES = {65552: "float16", 65568: "float32", 131104: "int32", 65600: "float64"}
@@ -138,32 +142,49 @@ def weight_names(mlmodel) -> list[str]:
             and op.outputs[0].val.ndim == 2 and op.outputs[0].val.dtype.kind == "f" and "rope" not in op.name]
 
 
-def int4_block(mlmodel) -> int:
-    """The block for int4: 16, or the largest of INT4_BLOCKS that divides every weight's input width."""
+def weight_block(mlmodel, blocks: tuple[int, ...], variant: str) -> int:
+    """The largest of `blocks` that divides every weight's input width (a weight is never skipped silently)."""
     fn = mlmodel._mil_program.functions["main"]
     widths = {op.name: op.outputs[0].val.shape[-1] for op in fn.operations if op.name in set(weight_names(mlmodel))}
-    for block in INT4_BLOCKS:
+    for block in blocks:
         if all(w % block == 0 for w in widths.values()):
             return block
-    odd = next(n for n, w in widths.items() if w % INT4_BLOCKS[-1])
-    raise EdgeError(f"int4 block-wise: weight {odd} has width {widths[odd]}, not a multiple of any block in "
-                    f"{INT4_BLOCKS}", "use the int8 variant for this model")
+    odd = next(n for n, w in widths.items() if w % blocks[-1])
+    raise EdgeError(f"{variant} block-wise: weight {odd} has width {widths[odd]}, not a multiple of any block in "
+                    f"{blocks}", "use the fp16 variant for this model" if variant == "int8" else
+                    "use the int8 variant for this model")
 
 
-def compress(mlmodel, variant: str):
+def kept_fp16(mlmodel, variant: str, vocab_size: int) -> list[str]:
+    """The weights `variant` leaves in fp16 on purpose: for int8, the vocabulary-sized matrices (the embedding and
+    LM head, one tied const in most students). Measured on the embedded default: block-wise int8 everywhere gave
+    top-1 0.9747, with those kept fp16 0.9873 (floor 0.98) at 80 instead of 53 MB (docs/design.md)."""
+    if variant != "int8":
+        return []
+    fn = mlmodel._mil_program.functions["main"]
+    names = set(weight_names(mlmodel))
+    return [op.name for op in fn.operations if op.name in names and vocab_size in op.outputs[0].val.shape]
+
+
+def compress(mlmodel, variant: str, min_ios: int = 18, vocab_size: int = 0):
     """`variant` of a converted fp16 model (fp16: the model itself). Raises if a weight was left uncompressed."""
     import coremltools.optimize.coreml as cto
 
     if variant == "fp16":
         return mlmodel
-    names = weight_names(mlmodel)
-    if variant == "int8":
+    keep = set(kept_fp16(mlmodel, variant, vocab_size))
+    names = [n for n in weight_names(mlmodel) if n not in keep]
+    if variant == "int8" and min_ios < 18:
         cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                           weight_threshold=1)
         fn = cto.linear_quantize_weights
+    elif variant == "int8":
+        cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_block",
+                                          block_size=weight_block(mlmodel, INT8_BLOCKS, variant), weight_threshold=1)
+        fn = cto.linear_quantize_weights
     elif variant == "int4":
         cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                          block_size=int4_block(mlmodel), weight_threshold=1)
+                                          block_size=weight_block(mlmodel, INT4_BLOCKS, variant), weight_threshold=1)
         fn = cto.linear_quantize_weights
     else:
         cfg = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor", weight_threshold=1)
@@ -296,8 +317,13 @@ def weight_precisions(path: Path) -> list[dict]:
         elif op.op_type.startswith("constexpr_"):
             stored = {"constexpr_blockwise_shift_scale": "data", "constexpr_lut_to_dense": "indices"}.get(op.op_type)
             var = getattr(op, stored) if stored else op.inputs[next(iter(op.inputs))]
-            out.append({"name": op.name, "shape": list(op.outputs[0].shape), "op": op.op_type,
-                        "stored": types.builtin_to_string(var.dtype)})
+            entry = {"name": op.name, "shape": list(op.outputs[0].shape), "op": op.op_type,
+                     "stored": types.builtin_to_string(var.dtype)}
+            scale = op.inputs.get("scale")
+            if op.op_type == "constexpr_blockwise_shift_scale" and len(scale.shape) == len(var.shape):
+                # one scale per block of the input axis (per channel: one block as wide as the input)
+                entry["block"] = int(var.shape[-1] // scale.shape[-1])
+            out.append(entry)
     return out
 
 
@@ -391,7 +417,8 @@ def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, optio
             folder = tmp / variant
             folder.mkdir()
             path = folder / PACKAGE
-            save_package({n: compress(m, variant) for n, m in base.items()}, path, "decode")
+            save_package({n: compress(m, variant, options.min_ios, model.cfg.vocab_size) for n, m in base.items()},
+                         path, "decode")
             build_s = time.perf_counter() - t1
             info = inspect_package(path)
             check_spec(info, model, options)
@@ -404,6 +431,7 @@ def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, optio
             results[variant] = {
                 "path": f"{variant}/{PACKAGE}", "bytes": package_bytes(path), "build_seconds": round(build_s, 1),
                 "spec": info, "weights": precisions, "weights_in_pytorch": in_pytorch,
+                "kept_fp16": kept_fp16(next(iter(base.values())), variant, model.cfg.vocab_size),
                 "weights_stored": dict(collections.Counter(
                     f"{w['stored']} ({w['op']})" for w in precisions)),
                 "fidelity": {**fidelity, "reference": "fp32 PyTorch student",
@@ -452,6 +480,9 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
         c = graphs[0]
         cache_shape = (c["states"] or [i for i in c["inputs"] if i["name"] == "k_cache"])[0]["shape"]
         (tmp / "USAGE.md").write_text(usage(coreml, variant, cache_shape, records.get("recipe_name", "student")))
+        write_bench_package(tmp / "bench", name=f"{records.get('recipe_name', 'student')}-student", variant=variant,
+                            target=info["deployment_target"], stateful=coreml["stateful"],
+                            prefill_len=coreml["prefill_len"], max_len=coreml["max_len"], cache_shape=cache_shape)
         files = [file_entry(p, tmp) for p in sorted(tmp.rglob("*")) if p.is_file()]
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -536,7 +567,9 @@ Drag `model.mlpackage` into Xcode; it compiles it into the app.
 Prompts run in chunks of {prefill} tokens: pad the last chunk with any token and read the logits of its last real
 token; the padded rows write cache slots that the next real token overwrites before anything reads them. The cache
 holds {max_len} positions. Tokenize with any library that reads `tokenizer.json` (for example swift-transformers).
-Speed was not measured on the build machine ({not_on_linux}): run `edgedistil bench --target ios --bundle .` on a Mac.
+Speed was not measured on the build machine ({not_on_linux}): run `edgedistil bench --target ios --bundle .` on a Mac,
+or the Swift tool in `bench/` (`cd bench && swift run -c release edgedistil-bench ../model.mlpackage all`), which
+times prefill and decode per compute unit and prints JSON; its main.swift also runs inside an iOS app.
 """
 
 STATEFUL_SWIFT = """\
