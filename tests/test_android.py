@@ -250,7 +250,7 @@ def test_a_teacher_too_big_to_convert_leaves_the_student_bundle(android_run, tmp
 
     monkeypatch.setattr(android, "preflight_memory", preflight)
     logs = []
-    rows, manifest = chain.build(chain.Run(out=copy, recipe=load_recipe(TINY), log=logs.append), "android",
+    rows, manifest, _ = chain.build(chain.Run(out=copy, recipe=load_recipe(TINY), log=logs.append), "android",
                                  TINY_BUDGETS)
     assert any(m.startswith("convert[litert-teacher]: not converted") for m in logs)
     assert manifest["bench"]["decode_tokens_per_s"] > 0 and manifest["teacher_bench"]["value"] is None
