@@ -5,7 +5,8 @@
 Each row quantizes some weights (symmetric, absmax scale per output channel or per block of the input axis) and
 compares the logits of the whole model, teacher-forced over held-out windows, with the fp32 model: top-1 agreement,
 mean KL, and top-1 outside near-ties (fidelity.NEAR_TIE). Rows: one group at a time (which layers cost the most),
-mixes (which to keep in higher precision), the same for the teacher (is the sensitivity the student's or inherited?),
+mixes (which to keep in higher precision), fp16 arithmetic alone (logits rounded to fp16; the whole model in
+fp16), the same for the teacher (is the sensitivity the student's or inherited?),
 and a rotated residual stream (QuaRot-style orthogonal rotation with RMSNorm scales folded in: exact in fp32, it
 spreads outlier channels). Writes docs/results/quant_sensitivity.json.
 """
@@ -175,6 +176,14 @@ def main() -> None:
     result["student"] = study(student, x, rows, "student", log)
     brief = {k: rows[k] for k in ("int8 block 32: all only", "int8 per channel: all",
                                   "int8 block 32, embedding/lm_head fp16", "int4 block 32: all")}
+    # fp16 arithmetic, apart from weight rounding: what Core ML's fp16 compute costs at near-ties
+    ref = student(x).numpy().reshape(-1, student.cfg.vocab_size)
+    keys = ("top1_agreement", "kl_mean", "top1_agreement_outside_near_ties")
+    rounded = logits_agreement(ref, ref.astype(np.float16).astype(np.float32))
+    half = logits_agreement(ref, copy.deepcopy(student).half()(x).float().numpy().reshape(-1, student.cfg.vocab_size))
+    result["fp16_arithmetic"] = {"logits rounded to fp16": {k: round(rounded[k], 6) for k in keys},
+                                 "whole model in fp16 (PyTorch CPU)": {k: round(half[k], 6) for k in keys}}
+    log(f"fp16 arithmetic: {result['fp16_arithmetic']}")
     teacher = load_hf_folder(Path(args.teacher), max_len=length).eval()
     result["teacher"] = study(teacher, x, brief, "teacher", log)
     del teacher
