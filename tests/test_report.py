@@ -28,3 +28,17 @@ def test_report_renders_with_its_plots(tiny_run, tmp_path):
 def test_report_on_an_empty_folder_says_what_to_do(tmp_path):
     proc = edgedistil("report", tmp_path)
     assert proc.returncode == 2 and "holds no distill record and no bundle" in proc.stderr
+
+
+def test_summary_labels_the_device_projection_as_an_estimate():
+    from edgedistil.report.html import summary_markdown
+
+    manifest = {"files": [{"path": "model.tflite", "bytes": 50_000_000}],
+                "bench": {"decode_tokens_per_s": 180.0, "runtime": "host LiteRT"}}
+    estimate = {"device": "Phone X", "decode_tokens_per_s": 400.0, "label": "estimate (...), not a measurement",
+                "bandwidth_gbs": 20.0, "bandwidth_basis": "measured", "weight_bytes": 50_000_000,
+                "weights_share_of_ram": 0.01, "ram_gb": 8.0}
+    data = {"distill": None, "bench": None, "exports": {}, "quantized": {}, "bundles": {"android": manifest},
+            "check": {"bundle": "run/dist/android", "passed": True, "budgets": [], "estimate": estimate}}
+    md = summary_markdown(data)
+    assert "Phone X: 400 tok/s decode, estimate" in md and "measured: 180 tok/s on host LiteRT" in md

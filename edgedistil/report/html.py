@@ -214,6 +214,11 @@ def summary_markdown(data: dict) -> str:
     if data["check"]:
         c = data["check"]
         lines += [f"Budget check: {'passed' if c['passed'] else 'FAILED'}.", ""]
+        if c.get("estimate"):  # the target profile's named device: a projection, labelled as one
+            from edgedistil.check.budgets import estimate_line
+
+            manifest = data["bundles"].get(Path(c["bundle"]).name) or {}
+            lines += [f"Projected on a named device: {estimate_line(manifest, c['estimate'])}.", ""]
     return "\n".join(lines) + "\n"
 
 
