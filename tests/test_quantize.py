@@ -88,3 +88,19 @@ def test_recipe_rejects_bad_cache_layout_and_quantize_options(tmp_path, text, ke
     path.write_text(text)
     with pytest.raises(EdgeError, match=key):
         load_recipe(path)
+
+
+def test_top1_interval_is_wilson_and_recorded():
+    import numpy as np
+
+    from edgedistil.fidelity import logits_agreement, wilson_interval
+
+    lo, hi = wilson_interval(312, 316)  # 0.9873 over 316 positions
+    assert abs(lo - 0.9679) < 1e-3 and abs(hi - 0.9951) < 1e-3
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == [0.0, 1.0]
+    ref = np.random.default_rng(0).normal(size=(50, 7))
+    got = ref.copy()
+    got[:5] = got[:5, ::-1]  # five rows disagree
+    a = logits_agreement(ref, got)
+    assert a["top1_agreement_ci95"] == wilson_interval(int(round(a["top1_agreement"] * 50)), 50)
+    assert a["top1_agreement_ci95"][0] < a["top1_agreement"] < a["top1_agreement_ci95"][1]

@@ -250,6 +250,7 @@ def run_convert_android(litert_dir: Path, student_dir: Path, out_dir: Path, reco
                 "greedy_first_divergence", "positions_compared", "perplexity", "perplexity_reference",
                 "perplexity_change", "meets_floors", "floor_failures", "near_tie_share",
                 "top1_agreement_outside_near_ties")},
+                "top1_agreement_ci95": f.get("top1_agreement_ci95"),
                 "reference": "fp32 PyTorch student", "runtime": f["runtime"]},
             **_bench_entries(records.get("bench_android")),
             "quality": quality_entry(distill),

@@ -513,6 +513,8 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
             "fidelity": {**{k: chosen["fidelity"][k] for k in (
                 "max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching", "greedy_tokens",
                 "positions_compared", "perplexity", "perplexity_reference", "perplexity_change")},
+                **{k: chosen["fidelity"].get(k) for k in ("near_tie_share", "top1_agreement_outside_near_ties",
+                                                           "top1_agreement_ci95")},
                 "reference": "fp32 PyTorch student", "runtime": chosen["fidelity"]["runtime"]},
             "bench": {"value": None, "reason": f"{NOT_ON_LINUX}: run `edgedistil bench --target ios --bundle "
                                                f"dist/ios` on a Mac (macOS 15+)"},

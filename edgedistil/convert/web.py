@@ -255,7 +255,7 @@ def _fidelity(quant: dict, web: dict | None) -> dict:
     out = {**{k: f[k] for k in ("max_abs_diff", "top1_agreement", "kl_mean", "greedy_tokens_matching",
                                 "greedy_tokens")},
            **{k: f.get(k) for k in ("perplexity", "perplexity_reference", "perplexity_change", "meets_floors",
-                                    "near_tie_share", "top1_agreement_outside_near_ties")},
+                                    "near_tie_share", "top1_agreement_outside_near_ties", "top1_agreement_ci95")},
            "reference": "fp32 PyTorch student", "runtime": "onnxruntime CPU (host)",
            "positions_compared": f["positions_compared"]}
     if web:
