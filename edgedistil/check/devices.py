@@ -50,6 +50,9 @@ def load_device(name_or_path: str | Path) -> DeviceProfile:
             hint = f"did you mean '{near[0]}'? " if near else ""
             raise EdgeError(f"unknown device '{name_or_path}'",
                             f"{hint}use one of: {', '.join(device_names())}, or a path to a device TOML")
+    if not path.is_file():  # _read_toml's own hint points at `edgedistil init`, which writes no device profile
+        raise EdgeError(f"device profile {path} does not exist",
+                        f"check the path, or copy one of {DEVICES_DIR}/*.toml and fill in its figures and sources")
     raw = _read_toml(path, "device profile")
     where = str(path)
     defaults = DeviceProfile()

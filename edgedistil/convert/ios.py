@@ -7,9 +7,10 @@
   the enumerated shapes [1, P] and [1, 1].
 
 Every variant (fp16; int8 block-wise on iOS 18, per channel on iOS 17, with the vocabulary-sized embedding/LM head
-kept fp16; int4 block-wise; 4-bit palettization; the RoPE tables always stay fp16) is read back from disk: its spec (functions, I/O, states, op histogram, deployment target), the precision of
-each weight as stored, and its numbers, run with the MIL reference (edgedistil.runtimes.coreml_mil_reference)
-against the fp32 PyTorch student on held-out text. Core ML itself, and so speed, needs a Mac (`bench --target ios`).
+kept fp16; int4 block-wise; 4-bit palettization; the RoPE tables always stay fp16) is read back from disk: its spec
+(functions, I/O, states, op histogram, deployment target), the precision of each weight as stored, and its
+numbers, run with the MIL reference (edgedistil.runtimes.coreml_mil_reference) against the fp32 PyTorch student on
+held-out text. Core ML itself, and so speed, needs a Mac (`bench --target ios`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from edgedistil.runtimes.torch_step import TorchLM
 SCHEMA_VERSION = 1
 PACKAGE = "model.mlpackage"
 VARIANTS = ("fp16", "int8", "int4", "pal4")
-DEFAULT_VARIANTS = VARIANTS  # pal4's k-means (scikit-learn) took 44 s on the embedded default
+DEFAULT_VARIANTS = VARIANTS  # pal4's k-means (scikit-learn): 34 s on the embedded default (coreml/record.json)
 SUPPORTED_MIN_IOS = (17, 18)
 INT4_BLOCKS = (16, 8, 4)  # block 32 would not divide every width; checked per weight, never skipped silently
-# iOS 18 int8: blocks of 32 along the input (per-channel int8 measured top-1 0.9715 on the embedded default, under
-# the 0.98 floor; docs/design.md); iOS 17 has no per-block int8, so it keeps per channel
+# iOS 18 int8: blocks of 32 along the input (5x lower KL than per-channel scales on the embedded default,
+# scripts/bench_quant_sensitivity.py); iOS 17 has no per-block int8, so it keeps per channel
 INT8_BLOCKS = (32, 16, 8, 4)
 NOT_ON_LINUX = "Core ML execution needs macOS"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -157,8 +158,9 @@ def weight_block(mlmodel, blocks: tuple[int, ...], variant: str) -> int:
 
 def kept_fp16(mlmodel, variant: str, vocab_size: int) -> list[str]:
     """The weights `variant` leaves in fp16 on purpose: for int8, the vocabulary-sized matrices (the embedding and
-    LM head, one tied const in most students). Measured on the embedded default: block-wise int8 everywhere gave
-    top-1 0.9747, with those kept fp16 0.9873 (floor 0.98) at 80 instead of 53 MB (docs/design.md)."""
+    LM head, one tied const in most students): the LM head is the weight that costs most
+    (scripts/bench_quant_sensitivity.py); with it kept, the embedded default's int8 package meets the 0.98 floor
+    (docs/benchmarks.md, iOS)."""
     if variant != "int8":
         return []
     fn = mlmodel._mil_program.functions["main"]

@@ -39,7 +39,7 @@ if args.contains("--help") {{
 let packagePath = args.count > 1 ? args[1] : "../model.mlpackage"
 let unitsName = args.count > 2 ? args[2] : "all"
 let newTokens = min(args.count > 3 ? Int(args[3]) ?? 32 : 32, maxLen - prefillLen)
-let repeats = args.count > 4 ? Int(args[4]) ?? 3 : 3
+let repeats = max(1, args.count > 4 ? Int(args[4]) ?? 3 : 3)
 let allUnits: [String: MLComputeUnits] = ["all": .all, "cpuOnly": .cpuOnly, "cpuAndGPU": .cpuAndGPU,
                                           "cpuAndNeuralEngine": .cpuAndNeuralEngine]
 guard let computeUnits = allUnits[unitsName] else {{
