@@ -286,7 +286,7 @@ def do_convert_ios(run: Run, force: bool = False) -> dict:
 
     profile, e = load_target("ios"), run.recipe.export
     options = IosOptions(min_ios=run.min_ios or profile.min_ios, bundle_variant=profile.quantization,
-                         prefill_len=e.prefill_len, max_len=e.max_len).check()
+                         compute=profile.compute, prefill_len=e.prefill_len, max_len=e.max_len).check()
     student, coreml_dir, folder = run.out / "distill" / "student", run.out / "coreml", run.out / "dist" / "ios"
     if not (student / "config.json").is_file():
         raise EdgeError(f"{student} has no config.json", f"run `edgedistil distill --out {run.out}` first")

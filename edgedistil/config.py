@@ -166,6 +166,8 @@ class TargetProfile:
     threads: int = 1
     max_len: int = 256
     min_ios: int = 18  # ios only: 18 = stateful KV cache (multifunction package), 17 = cache as inputs and outputs
+    compute: str = "fp16"  # ios only: Core ML compute precision, "fp16" (Neural Engine) or "mixed" (fp32 between
+    # the fp16 matmuls)
     device: str = ""  # a named device profile (targets/devices/) whose projected decode speed `check` shows
     budgets: dict[str, float] = field(default_factory=dict)
     path: str | None = None
@@ -392,7 +394,7 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
     if raw["target"] not in TARGETS:
         raise EdgeError(f"{path}: unknown target '{raw['target']}'", f"use one of: {', '.join(TARGETS)}")
     defaults = TargetProfile("", "", "", "")
-    for key in ("threads", "max_len", "min_ios", "device"):
+    for key in ("threads", "max_len", "min_ios", "compute", "device"):
         if key in raw:
             _coerce(str(path), key, raw[key], getattr(defaults, key))
     if raw.get("device"):
@@ -405,7 +407,7 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
     return TargetProfile(
         target=raw["target"], format=raw["format"], quantization=raw["quantization"], runtime=raw["runtime"],
         threads=raw.get("threads", 1), max_len=raw.get("max_len", 256), min_ios=raw.get("min_ios", 18),
-        device=raw.get("device", ""),
+        compute=raw.get("compute", "fp16"), device=raw.get("device", ""),
         budgets=load_budgets(raw.get("budgets", {}), str(path)), path=str(path),
     )
 

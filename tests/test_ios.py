@@ -82,8 +82,8 @@ def test_rms_norm_fp16_safe_where_plain_fp16_overflows():
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ios")
     save_hf_folder(tiny_lm(), root / "student")
-    options = IosOptions(variants=("fp16", "int8"), bundle_variant="int8", prefill_len=PREFILL, max_len=MAX_LEN,
-                         fidelity_segments=2, greedy_tokens=8)
+    options = IosOptions(compute="mixed", variants=("fp16", "int8"), bundle_variant="int8", prefill_len=PREFILL,
+                         max_len=MAX_LEN, fidelity_segments=2, greedy_tokens=8)
     record = run_coreml(root / "student", root / "coreml", heldout(), options, log=lambda m: None)
     return root, record
 
@@ -135,6 +135,17 @@ def test_weights_shared_and_precisions_read_back(converted):
     assert int8_bytes <= weight_file("int8") < 1.3 * int8_bytes < weight_file("fp16")
 
 
+def test_mixed_compute_keeps_weight_readers_fp16_and_the_rest_fp32(converted):
+    _, record = converted
+    assert record["compute"] == "mixed"
+    dtypes = record["variants"]["fp16"]["compute_dtypes"]
+    # the weight readers in fp16; the residual adds, norms, softmax and SiLU in fp32
+    assert set(dtypes["fp16"]) <= {"linear", "matmul", "gather", "gather_along_axis"}
+    assert dtypes["fp16"]["linear"] == 15  # 2 layers x 7 + the head
+    for op in ("add", "reduce_mean", "rsqrt", "softmax", "silu"):
+        assert dtypes["fp32"][op] > 0 and op not in dtypes["fp16"]
+
+
 def test_dequantized_weights_measured_in_pytorch(converted):
     _, record = converted
     fp16, int8 = (record["variants"][v]["weights_in_pytorch"] for v in ("fp16", "int8"))
@@ -183,10 +194,13 @@ def test_planted_weight_corruption_is_caught(converted, tmp_path):
 
 def test_ios17_fallback_cache_as_inputs_and_outputs(tmp_path):
     save_hf_folder(tiny_lm(), tmp_path / "student")
-    options = IosOptions(min_ios=17, variants=("fp16",), bundle_variant="fp16", prefill_len=PREFILL,
+    options = IosOptions(min_ios=17, compute="fp16", variants=("fp16",), bundle_variant="fp16", prefill_len=PREFILL,
                          max_len=MAX_LEN, fidelity_segments=1, greedy_tokens=8)
     record = run_coreml(tmp_path / "student", tmp_path / "coreml", heldout(), options, log=lambda m: None)
     assert not record["stateful"]
+    # compute = "fp16": every op between the weights in fp16 too, as the Neural Engine runs them
+    dtypes = record["variants"]["fp16"]["compute_dtypes"]
+    assert record["compute"] == "fp16" and "fp32" not in dtypes and dtypes["fp16"]["add"] > 0
     (main,) = record["variants"]["fp16"]["spec"]["functions"]
     assert main["name"] == "main" and main["states"] == []
     assert sorted(main["inputs"][0]["enumerated_shapes"]) == [[1, 1], [1, PREFILL]]
@@ -202,6 +216,8 @@ def test_bad_options_refused():
         IosOptions(min_ios=17, bundle_variant="int4").check()
     with pytest.raises(EdgeError, match="unknown Core ML variant 'int2'"):
         IosOptions(variants=("int2",)).check()
+    with pytest.raises(EdgeError, match="compute precision 'fp8'"):
+        IosOptions(compute="fp8").check()
 
 
 def test_build_ios_bundle_verify_and_bench_through_cli(tiny_run, tmp_path):

@@ -5,12 +5,11 @@
   never copies the cache in and out.
 - iOS 17 (`min_ios = 17`): no Core ML states, so one function `main` takes and returns the cache; `input_ids` has
   the enumerated shapes [1, P] and [1, 1].
-
-Every variant (fp16; int8 block-wise on iOS 18, per channel on iOS 17, with the vocabulary-sized embedding/LM head
-kept fp16; int4 block-wise; 4-bit palettization; the RoPE tables always stay fp16) is read back from disk: its spec
-(functions, I/O, states, op histogram, deployment target), the precision of each weight as stored, and its
-numbers, run with the MIL reference (edgedistil.runtimes.coreml_mil_reference) against the fp32 PyTorch student on
-held-out text. Core ML itself, and so speed, needs a Mac (`bench --target ios`).
+- Compute precision (`compute`): "fp16" (the default) runs every op in fp16, as the Neural Engine needs; "mixed"
+  keeps the ops that read weights (linear, matmul, the embedding and RoPE gathers) in fp16 and runs everything
+  between them (the residual stream, RMSNorm, softmax, RoPE, SiLU) in fp32, for the GPU and CPU. Weights are fp16
+  either way. A distilled SmolLM2's residual stream reaches |x| ~ 260, where fp16 steps by 0.25, so "mixed"
+  flips fewer near-tied tokens; each build's coreml/record.json has the figures for the one it used.
 """
 
 from __future__ import annotations
@@ -50,22 +49,28 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 SPEC_DTYPES = {65552: "float16", 65568: "float32", 131104: "int32", 65600: "float64"}
 # MLModel specificationVersion -> the deployment target it needs
 SPEC_TARGETS = {7: "iOS16", 8: "iOS17", 9: "iOS18"}
+COMPUTE = ("mixed", "fp16")
+FP16_OPS = ("linear", "matmul", "gather", "gather_along_axis")  # what "mixed" keeps in fp16: the weight readers
 
 
 @dataclass(frozen=True)
 class IosOptions:
     min_ios: int = 18
+    compute: str = "fp16"  # "fp16": every op fp16 (Neural Engine); "mixed": fp32 between the fp16 matmuls
+    fidelity_segments: int = 16  # held-out segments teacher-forced through each variant: 16 x 79 = 1264 positions
     bundle_variant: str = "int8"  # the variant dist/ios ships; the others are kept under coreml/ with their figures
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     prefill_len: int = 64
     max_len: int = 256
-    fidelity_segments: int = 4  # held-out segments teacher-forced through each variant (fewer: faster tests)
     greedy_tokens: int = 64
 
     def check(self) -> "IosOptions":
         if self.min_ios not in SUPPORTED_MIN_IOS:
             raise EdgeError(f"min_ios {self.min_ios} is not supported (supported: 17, 18)",
                             "use --min-ios 18 (stateful KV cache) or 17 (cache as inputs and outputs)")
+        if self.compute not in COMPUTE:
+            raise EdgeError(f"unknown Core ML compute precision '{self.compute}'",
+                            "use compute = \"mixed\" (fp32 between fp16 matmuls) or \"fp16\" (Neural Engine)")
         for v in (*self.variants, self.bundle_variant):
             if v not in VARIANTS:
                 raise EdgeError(f"unknown Core ML variant '{v}'", f"use one of: {', '.join(VARIANTS)}")
@@ -80,7 +85,8 @@ class IosOptions:
 
     def stage_config(self) -> dict:
         """What the variants depend on: the bundle's choice among built variants is not part of it."""
-        return {"min_ios": self.min_ios, "variants": self.built_variants(), "prefill_len": self.prefill_len,
+        return {"min_ios": self.min_ios, "compute": self.compute, "variants": self.built_variants(),
+                "prefill_len": self.prefill_len,
                 "max_len": self.max_len, "fidelity_segments": self.fidelity_segments,
                 "greedy_tokens": self.greedy_tokens}
 
@@ -88,18 +94,25 @@ class IosOptions:
 # ---- conversion ------------------------------------------------------------------------------------------------
 
 
-def _convert(module: torch.nn.Module, example: tuple, inputs: list, outputs: list, states: list, target):
+def _reads_weights(op) -> bool:
+    return op.op_type in FP16_OPS
+
+
+def _convert(module: torch.nn.Module, example: tuple, inputs: list, outputs: list, states: list, target,
+             compute: str):
     quiet_coremltools()
     import coremltools as ct
 
+    precision = ct.precision.FLOAT16 if compute == "fp16" else \
+        ct.transform.FP16ComputePrecision(op_selector=_reads_weights)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings, and coremltools' "torch 2.13 is untested" notice
         traced = torch.jit.trace(module, example, check_trace=False)
         return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None, convert_to="mlprogram",
-                          minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16)
+                          minimum_deployment_target=target, compute_precision=precision)
 
 
-def convert_stateful(model: EdgeLM, max_len: int, tokens: int):
+def convert_stateful(model: EdgeLM, max_len: int, tokens: int, compute: str = "fp16"):
     """One iOS 18 function for `tokens` tokens per call, the cache in states `k_cache`/`v_cache` (fp16)."""
     import coremltools as ct
 
@@ -112,12 +125,12 @@ def convert_stateful(model: EdgeLM, max_len: int, tokens: int):
                   [ct.TensorType("logits", dtype=np.float16)],
                   [ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=np.float16), name="k_cache"),
                    ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=np.float16), name="v_cache")],
-                  ct.target.iOS18)
+                  ct.target.iOS18, compute)
     step.reset()  # tracing ran the module once and wrote its buffers
     return ml
 
 
-def convert_stateless(model: EdgeLM, max_len: int, prefill_len: int):
+def convert_stateless(model: EdgeLM, max_len: int, prefill_len: int, compute: str = "fp16"):
     """One iOS 17 function `main`: input_ids [1, P] or [1, 1], the cache in and out as fp16 tensors."""
     import coremltools as ct
 
@@ -133,7 +146,7 @@ def convert_stateless(model: EdgeLM, max_len: int, prefill_len: int):
                      ct.TensorType("v_cache", shape=shape, dtype=np.float16)],
                     [ct.TensorType("logits", dtype=np.float16), ct.TensorType("k_cache_out", dtype=np.float16),
                      ct.TensorType("v_cache_out", dtype=np.float16)],
-                    [], ct.target.iOS17)
+                    [], ct.target.iOS17, compute)
 
 
 def weight_names(mlmodel) -> list[str]:
@@ -329,6 +342,24 @@ def weight_precisions(path: Path) -> list[dict]:
     return out
 
 
+def compute_dtypes(path: Path) -> dict[str, dict[str, int]]:
+    """How many ops of each type compute in each float type, in the saved package's first function (the cache
+    states are fp16 storage, not compute, and are left out)."""
+    from coremltools.converters.mil.mil import types
+
+    from edgedistil.runtimes.coreml_mil_reference import load_program
+
+    _, _, program = load_program(path)
+    out: dict[str, collections.Counter] = {}
+    for op in next(iter(program.functions.values())).operations:
+        if op.op_type in ("const", "cast", "read_state", "coreml_update_state") or op.op_type.startswith("constexpr_"):
+            continue
+        dtype = op.outputs[0].dtype
+        if dtype in (types.fp16, types.fp32):
+            out.setdefault(types.builtin_to_string(dtype), collections.Counter())[op.op_type] += 1
+    return {k: dict(v.most_common()) for k, v in sorted(out.items())}
+
+
 def stored_weights(path: Path) -> dict[str, np.ndarray]:
     """Every weight matrix of the saved package as Core ML will use it (compressed ones dequantized by coremltools'
     own constexpr implementation), keyed by its PyTorch name with dots as underscores."""
@@ -405,12 +436,13 @@ def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, optio
         log("convert[ios]: int4 block-wise needs iOS 18; not built for min_ios 17 (recorded)")
     t0 = time.perf_counter()
     if options.min_ios >= 18:
-        base = {"prefill": convert_stateful(model, options.max_len, options.prefill_len),
-                "decode": convert_stateful(model, options.max_len, 1)}
+        base = {"prefill": convert_stateful(model, options.max_len, options.prefill_len, options.compute),
+                "decode": convert_stateful(model, options.max_len, 1, options.compute)}
     else:
-        base = {"main": convert_stateless(model, options.max_len, options.prefill_len)}
+        base = {"main": convert_stateless(model, options.max_len, options.prefill_len, options.compute)}
     convert_s = time.perf_counter() - t0
-    log(f"convert[ios]: traced and converted to Core ML (iOS {options.min_ios}) in {convert_s:.1f}s")
+    log(f"convert[ios]: traced and converted to Core ML (iOS {options.min_ios}, {options.compute} compute) in "
+        f"{convert_s:.1f}s")
 
     results = {}
     with atomic_dir(out_dir) as tmp:
@@ -432,7 +464,8 @@ def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, optio
             in_pytorch = weights_in_pytorch(model, path, heldout_ids, options)
             results[variant] = {
                 "path": f"{variant}/{PACKAGE}", "bytes": package_bytes(path), "build_seconds": round(build_s, 1),
-                "spec": info, "weights": precisions, "weights_in_pytorch": in_pytorch,
+                "spec": info, "compute_dtypes": compute_dtypes(path), "weights": precisions,
+                "weights_in_pytorch": in_pytorch,
                 "kept_fp16": kept_fp16(next(iter(base.values())), variant, model.cfg.vocab_size),
                 "weights_stored": dict(collections.Counter(
                     f"{w['stored']} ({w['op']})" for w in precisions)),
@@ -446,7 +479,8 @@ def _run_coreml(student_dir: Path, out_dir: Path, heldout_ids: np.ndarray, optio
         record = {
             "stage": "convert[coreml]", "source": {"model_dir": str(student_dir),
                                                 "fingerprint": folder_fingerprint(Path(student_dir))},
-            "min_ios": options.min_ios, "stateful": options.min_ios >= 18, "convert_seconds": round(convert_s, 1),
+            "min_ios": options.min_ios, "stateful": options.min_ios >= 18, "compute": options.compute,
+            "convert_seconds": round(convert_s, 1),
             "prefill_len": options.prefill_len, "max_len": options.max_len,
             "variants": results,
             "not_built": {"int4": "int4 block-wise weights need iOS 18"} if options.min_ios < 18 else {},
@@ -493,6 +527,7 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
             "created_by": f"edgedistil {__version__}",
             "runtime": {"name": "Core ML", "format": "mlprogram", "min_ios": coreml["min_ios"],
                         "deployment_target": info["deployment_target"], "stateful": coreml["stateful"],
+                        "compute": coreml.get("compute", "fp16"),
                         "default_function": info["default_function"], "prefill_len": coreml["prefill_len"]},
             "min_ios": coreml["min_ios"],
             "files": files,

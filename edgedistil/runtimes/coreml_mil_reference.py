@@ -28,17 +28,27 @@ def _sigmoid(x):
 def _as_fp32_product(a, b):
     # numpy's float16 matmul has no BLAS path (about 80x slower than fp32 here), and the MIL spec does not fix an
     # accumulation precision: multiply fp16 values with fp32 accumulation, then round to the op's fp16 type below.
-    return np.matmul(a.astype(np.float32), b.astype(np.float32))
+    return np.matmul(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False))
 
 
-def _linear(op, env):
-    x, w = env[op.x], env[op.weight]
+def _fp32_weight(var, env, weights: dict):
+    """A weight's value in fp32, converted once per function: converting every matrix again on every call took
+    60% of a decode step."""
+    if var.op is None or not (var.op.op_type == "const" or var.op.op_type.startswith("constexpr_")):
+        return env[var]
+    if var not in weights:
+        weights[var] = np.asarray(env[var], dtype=np.float32)
+    return weights[var]
+
+
+def _linear(op, env, weights):
+    x, w = env[op.x], _fp32_weight(op.weight, env, weights)
     y = _as_fp32_product(x, np.swapaxes(w, -1, -2))
     return y + env[op.bias].astype(np.float32) if op.bias is not None else y
 
 
-def _matmul(op, env):
-    x, y = env[op.x], env[op.y]
+def _matmul(op, env, weights):
+    x, y = _fp32_weight(op.x, env, weights), _fp32_weight(op.y, env, weights)
     if op.transpose_x.val:
         x = np.swapaxes(x, -1, -2)
     if op.transpose_y.val:
@@ -46,21 +56,21 @@ def _matmul(op, env):
     return _as_fp32_product(x, y)
 
 
-def _silu(op, env):
+def _silu(op, env, weights):
     x = env[op.x]
     return x.astype(np.float32) * _sigmoid(x.astype(np.float32))
 
 
-def _select(op, env):
+def _select(op, env, weights):
     # coremltools' value_inference assumes a scalar result when a and b are scalars; broadcast as the spec says
     return np.where(env[op.cond], env[op.a], env[op.b])
 
 
-def _shape(op, env):
+def _shape(op, env, weights):
     return np.array(env[op.x].shape, dtype=np.int32)
 
 
-def _scatter(op, env):
+def _scatter(op, env, weights):
     # coremltools has no value_inference for scatter; MIL: output[.., indices[i], ..] = updates[.., i, ..] on axis
     data, indices, updates = env[op.data].copy(), env[op.indices], env[op.updates]
     mode = op.mode.val if op.mode is not None else "update"
@@ -73,7 +83,7 @@ def _scatter(op, env):
     return data
 
 
-# op type -> (op, env) -> value, for ops coremltools cannot evaluate on runtime values (or only slowly)
+# op type -> (op, env, fp32 weights) -> value, for ops coremltools cannot evaluate on runtime values (or only slowly)
 _OWN_OPS = {"linear": _linear, "matmul": _matmul, "silu": _silu, "select": _select, "shape": _shape,
             "scatter": _scatter}
 _STATE_OPS = ("read_state", "coreml_update_state")
@@ -150,6 +160,7 @@ class MilFunction:
         self.state_names = [n for n, v in function.inputs.items() if types.is_state(v.sym_type)]
         self.input_names = [n for n in function.inputs if n not in self.state_names]
         self._dequantized: dict[str, list] = {}
+        self._fp32_weights: dict = {}
         self._dtypes: dict = {}
         self._unsupported = sorted({op.op_type for op in function.operations if not _has_reference(op)})
 
@@ -211,7 +222,7 @@ class MilFunction:
             state[name][...] = env[op.value].astype(state[name].dtype)
             return [state[name]]
         if t in _OWN_OPS:
-            return [_OWN_OPS[t](op, env)]
+            return [_OWN_OPS[t](op, env, self._fp32_weights)]
         for var in op.get_flattened_inputs():
             if var in env and var not in state_of and (var.op is None or var.op.op_type != "const"):
                 _bind(var, env[var])  # consts already carry their value
