@@ -50,7 +50,7 @@ def test_bundle_has_both_signatures_with_names_read_back_from_the_file(android_r
         assert ins["input_ids"]["shape"] == [1, t] and ins["input_ids"]["dtype"] == "int32"
         assert ins["k_cache"]["shape"] == manifest["kv_cache"]["shape"] == outs["k_cache_out"]["shape"]
         assert outs["logits"]["shape"][:2] == [1, t]
-    assert manifest["quantization"]["method"] == "dynamic_int8"
+    assert manifest["quantization"]["method"] == "weight_only_int8"
     assert "runSignature" in (bundle / "USAGE.md").read_text()
 
 
@@ -62,7 +62,15 @@ def test_every_variant_is_measured_and_fp32_matches_pytorch(android_run):
     assert fp32["greedy_tokens_matching"] == fp32["greedy_tokens"] == 64
     assert fp32["top1_agreement"] == 1.0 and fp32["kl_mean"] < 1e-6 and fp32["meets_floors"]
     sizes = {v: r["bytes"] for v, r in record["variants"].items()}
-    assert sizes["dynamic_int8"] < sizes["fp16"] < sizes["fp32"]
+    assert sizes["dynamic_int8"] < sizes["weight_only_int8"] < sizes["fp16"] < sizes["fp32"]
+    # read back from each file: every matrix once (the tied embedding/LM head shared), in the variant's types
+    layers = json.loads((out / "distill" / "student" / "config.json").read_text())["num_hidden_layers"]
+    types = {v: r["weight_types"] for v, r in record["variants"].items()}
+    assert types["fp32"] == {"float32": 7 * layers + 1}
+    assert types["dynamic_int8"] == {"int8": 7 * layers + 1}
+    # weight-only int8 keeps the vocabulary matrix and every down_proj fp16, nothing left fp32
+    assert types["weight_only_int8"] == {"float16": layers + 1, "int8": 6 * layers}
+    assert record["variants"]["weight_only_int8"]["kept_fp16"] == ["down_proj", "vocabulary matrix (embedding/LM head)"]
     for r in record["variants"].values():  # int8 on the tiny random model is looser; measured, never assumed
         assert r["fidelity"]["top1_agreement"] > 0.8
         assert isinstance(r["fidelity"]["meets_floors"], bool)
