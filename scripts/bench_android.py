@@ -8,15 +8,19 @@ Each conversion (fp32 and dynamic int8, prefill + decode signatures) runs in a f
 estimate edgedistil.convert.android.converter_peak_bytes gives for the same parameter count.
 
 --int8-schemes quantizes RUN's litert/student/fp32/model.tflite with ai-edge-quantizer in several int8 schemes and
-measures each like the convert stage does (LiteRT against the fp32 PyTorch student on held-out text), written to
-docs/results/android_int8_schemes.json: the search for a scheme that meets the int8 floors.
+measures each like the convert stage does (LiteRT against the fp32 PyTorch student on 16 held-out segments), and
+times its decode (1 thread) and peak memory in a fresh process, one after the other in one run, with the fp32 file
+as the first row; written to docs/results/android_int8_schemes.json: the search for a scheme that meets the int8
+floors, and what each costs in speed and memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,22 @@ from edgedistil.model import load_hf_folder
 model = load_hf_folder(sys.argv[1], max_len=256).eval()
 convert_tflite(model, sys.argv[2], sys.argv[3], prefill_len=64, max_len=256)
 print(sum(p.numel() for p in model.parameters()), status_mb("VmHWM"))
+"""
+
+# decode speed and peak memory of one .tflite in a fresh process: a 64-token prefill, then 40 decode steps (the
+# first 8 are warm-up), 1 thread, the Interpreter binding the fidelity check uses
+DECODE = """
+import sys, time, numpy as np
+from edgedistil.bench.ort_worker import status_mb
+from edgedistil.runtimes.litert import LiteRtLM
+lm = LiteRtLM(sys.argv[1], threads=1)
+_, cache = lm.step(list(range(1, 65)), 0, lm.empty_cache())
+times = []
+for i in range(40):
+    t = time.perf_counter()
+    _, cache = lm.step([5], 64 + i, cache)
+    times.append(time.perf_counter() - t)
+print(1 / np.median(times[8:]), status_mb("VmHWM"))
 """
 
 
@@ -78,6 +98,7 @@ def int8_schemes(run: Path, dest: Path) -> None:
     from ai_edge_quantizer import quantizer, qtyping
 
     from edgedistil.build import Run
+    from edgedistil.convert.android import KEPT_FP16, _bytes_tensor_names, weight_only_int8_recipe
     from edgedistil.config import load_recipe
     from edgedistil.fidelity import measure_fidelity
     from edgedistil.model import load_hf_folder
@@ -92,28 +113,46 @@ def int8_schemes(run: Path, dest: Path) -> None:
     not_head = "^(?!.*logits).*$"  # the LM head's output is the signature output `logits`
     hadamard = Path(quantizer.__file__).parent / "recipes" / "dynamic_wi8_afp32_hadamard_recipe.json"
     schemes = {
+        "fp32 (no quantization)": None,
         "dynamic_int8 (channelwise)": lambda q: q.add_dynamic_config(".*", ops, 8),
         "dynamic_int8 + Hadamard rotation": lambda q: q.load_quantization_recipe(str(hadamard)),
         "dynamic_int8, LM head float": lambda q: q.add_dynamic_config(not_head, ops, 8),
-        "weight_only_int8 (channelwise)": lambda q: q.add_weight_only_config(".*", ops, 8),
+        "dynamic_int8 + Hadamard rotation, vocabulary matrix fp16": lambda q: q.load_quantization_recipe(
+            json.loads(hadamard.read_text()) + weight_only_int8_recipe()[1:2]),
+        "weight_only_int8 (channelwise), all int8": lambda q: q.load_quantization_recipe(
+            weight_only_int8_recipe()[:1]),
+        "weight_only_int8, vocabulary matrix fp16": lambda q: q.load_quantization_recipe(
+            weight_only_int8_recipe()[:1] + [{**weight_only_int8_recipe()[1],
+                                              "regex": KEPT_FP16["vocabulary matrix (embedding/LM head)"]}]),
+        "weight_only_int8, vocabulary matrix and down_proj fp16 (shipped)": lambda q: q.load_quantization_recipe(
+            weight_only_int8_recipe()),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, configure in schemes.items():
-            q = quantizer.Quantizer(str(src))
-            configure(q)
             path = Path(tmp) / "q.tflite"
-            with quiet_stderr():
-                q.quantize().export_model(str(path), overwrite=True)
-            f = measure_fidelity(reference, LiteRtLM(path), heldout, 64, segments=4, greedy_tokens=64)
+            if configure is None:
+                shutil.copy(src, path)
+            else:
+                q = quantizer.Quantizer(str(src))
+                configure(q)
+                with quiet_stderr(), _bytes_tensor_names():
+                    q.quantize().export_model(str(path), overwrite=True)
+            timed = subprocess.run([sys.executable, "-c", DECODE, str(path)], capture_output=True, text=True)
+            if timed.returncode != 0:
+                sys.exit(f"{name}: {timed.stderr[-2000:]}")
+            decode, peak_mb = (float(x) for x in timed.stdout.split()[-2:])
+            f = measure_fidelity(reference, LiteRtLM(path), heldout, 64, segments=16, greedy_tokens=64)
             row = {"scheme": name, "mb": round(path.stat().st_size / 1e6, 1), "top1_agreement": round(f["top1_agreement"], 4),
                    "kl_mean": f["kl_mean"], "greedy_tokens_matching": f["greedy_tokens_matching"],
                    "near_tie_share": round(f["near_tie_share"], 4),
                    "top1_agreement_outside_near_ties": round(f["top1_agreement_outside_near_ties"], 4),
-                   "perplexity_change": round(f["perplexity_change"], 4)}
+                   "perplexity_change": round(f["perplexity_change"], 4),
+                   "decode_tokens_per_s_1_thread": round(decode, 1), "peak_rss_mb": round(peak_mb)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     dest.write_text(json.dumps({"command": "python scripts/bench_android.py --run RUN --int8-schemes",
+                                "machine": {"cpus": os.cpu_count(), "loadavg_1m_after": os.getloadavg()[0]},
                                 "floors": {"top1_agreement_min": 0.98, "kl_mean_max": 0.02}, "rows": rows},
                                indent=2) + "\n")
     print(f"wrote {dest}")
