@@ -115,6 +115,28 @@ def test_gqa_layout_updates_per_layer_caches_in_place(exported, exported_gqa):
     assert np.abs(after[0].numpy()[0, :, :3]).sum() > 0 and not after[0].numpy()[0, :, 3:].any()
     # the tied embedding is stored once (the full trace stores the Gather table and the head's transpose)
     assert record["bytes"] < exported[3]["bytes"] - 0.9 * VOCAB * 64 * 4
+    # q/k/v packed into one MatMul (GroupQueryAttention splits it), gate/up into one: 4 per layer, and the head
+    assert record["ops"]["MatMul"] == 4 * 2 + 1 and record["ops"]["Split"] == 2
+
+
+def test_gqa_layout_with_qkv_biases_matches_pytorch(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LEN,
+                      tie_word_embeddings=False)
+    torch.manual_seed(1)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # q/k/v biases large enough that dropping or misplacing one shows in the logits
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn(p.shape) if "norm" in name else 0.15 * torch.randn(p.shape))
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    heldout = np.random.default_rng(1).integers(0, VOCAB, 600)
+    record = run_export(tmp_path / "hf", tmp_path / "gqa", heldout, MAX_LEN, CHUNK, "student", log=lambda m: None,
+                        cache="gqa")
+    assert record["ops"]["Add"] >= 2  # the packed q/k/v bias, once per layer
+    assert record["fidelity"]["top1_agreement"] == 1.0 and record["fidelity"]["max_abs_diff"] < 1e-3
+    assert record["fidelity"]["greedy_tokens_matching"] == 64
 
 
 def test_near_ties_are_reported_beside_top1():

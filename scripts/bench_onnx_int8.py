@@ -1,0 +1,133 @@
+"""Which int8 scheme meets the int8 floors on ONNX Runtime, and what each costs in speed and memory.
+
+    python scripts/bench_onnx_int8.py --run RUN     # RUN: a build folder with distill/ and export/student/
+
+Each row quantizes RUN's fp32 student export (export/student/model.onnx) with edgedistil's own quantize methods
+(edgedistil.quantize.onnx.quantize_file), some with layers kept float (`keep_float`), measures its fidelity against
+the fp32 PyTorch student like the quantize stage does (16 held-out segments, 64 greedy tokens), then times decode
+(1 thread, a 64-token prefill, then 40 steps, the first 8 warm-up) and reads the peak RSS in a fresh process. The
+rows run one after the other in one run, so their speeds compare. One row runs MatMulNBits 8-bit at
+accuracy_level 1 (fp32 compute) instead of 4 (int8 activations): the quantize stage does not offer it, because
+it is slow. Writes docs/results/onnx_int8_schemes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DECODE = """
+import sys, time, numpy as np
+from edgedistil.bench.ort_worker import status_mb
+from edgedistil.runtimes.ort import OrtLM
+lm = OrtLM(sys.argv[1], threads=1)
+_, cache = lm.step(list(range(1, 65)), 0, lm.empty_cache())
+times = []
+for i in range(40):
+    t = time.perf_counter()
+    _, cache = lm.step([5], 64 + i, cache)
+    times.append(time.perf_counter() - t)
+print(1 / np.median(times[8:]), status_mb("VmHWM"))
+"""
+
+
+def int8_wo_fp32_compute(src: Path, dst: Path, keep: list[str]) -> None:
+    """MatMulNBits 8-bit, blocks of 32, accuracy_level 1 (fp32 compute), embedding Gather int8."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from edgedistil.quantize.onnx import _nodes_matching
+
+    excluded = _nodes_matching(src, keep)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=1, bits=8,
+                                          op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=1,
+                             nodes_to_exclude=excluded, algo_config=config, op_types_to_quantize=("MatMul",))
+    q.process()
+    q.model.save_model_to_file(str(dst), False)
+    quantize_dynamic(str(dst), str(dst), op_types_to_quantize=["Gather"], per_channel=True,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "onnx_int8_schemes.json"))
+    args = ap.parse_args()
+
+    import logging
+
+    import torch
+
+    from edgedistil.build import Run
+    from edgedistil.config import load_recipe
+    from edgedistil.fidelity import measure_fidelity
+    from edgedistil.model import load_hf_folder
+    from edgedistil.quantize.onnx import quantize_file
+    from edgedistil.runtimes.ort import OrtLM
+    from edgedistil.runtimes.torch_step import TorchLM
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    run = Path(args.run)
+    src = run / "export" / "student" / "model.onnx"
+    if not src.is_file():
+        sys.exit(f"{src} does not exist: run `edgedistil export --out {run}` first")
+    heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
+    reference = TorchLM(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256)
+    head_down = ["lm_head", "down_proj"]
+    schemes = {
+        "fp32 export": None,
+        "int8: dynamic, per channel (MatMulInteger)": ("int8", []),
+        "int8_wo: MatMulNBits 8-bit, accuracy_level 4": ("int8_wo", []),
+        "int8_wo, lm_head fp32": ("int8_wo", ["lm_head"]),
+        "int8_wo, lm_head and down_proj fp32": ("int8_wo", head_down),
+        "int8_wo at accuracy_level 1 (fp32 compute), lm_head and down_proj fp32": "fp32_compute",
+        "int8: dynamic, lm_head and down_proj fp32": ("int8", head_down),
+        "fp16 weights (compute fp32)": ("fp16", []),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, how in schemes.items():
+            path = Path(tmp) / "q.onnx"
+            for old in Path(tmp).iterdir():
+                old.unlink()
+            if how is None:
+                shutil.copy(src, path)
+            elif how == "fp32_compute":
+                int8_wo_fp32_compute(src, path, head_down)
+            else:
+                quantize_file(src, path, how[0], how[1], 32, heldout, 64)
+            f = measure_fidelity(reference, OrtLM(path), heldout, 64, segments=16, greedy_tokens=64)
+            timed = subprocess.run([sys.executable, "-c", DECODE, str(path)], capture_output=True, text=True,
+                                   cwd=REPO)
+            if timed.returncode != 0:
+                sys.exit(f"{name}: {timed.stderr[-2000:]}")
+            decode, peak_mb = (float(x) for x in timed.stdout.split()[-2:])
+            row = {"scheme": name, "mb": round(sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6, 1),
+                   "top1_agreement": round(f["top1_agreement"], 4), "kl_mean": f["kl_mean"],
+                   "greedy_tokens_matching": f["greedy_tokens_matching"],
+                   "top1_agreement_outside_near_ties": round(f["top1_agreement_outside_near_ties"], 4),
+                   "near_tie_share": round(f["near_tie_share"], 4), "positions": f["positions_compared"],
+                   "decode_tokens_per_s_1_thread": round(decode, 1), "peak_rss_mb": round(peak_mb)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = {"command": "python scripts/bench_onnx_int8.py --run RUN",
+           "machine": {"cpus": os.cpu_count(), "loadavg_1m_after": os.getloadavg()[0]},
+           "floors": {"top1_agreement_min": 0.98, "kl_mean_max": 0.02}, "rows": rows}
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
