@@ -39,21 +39,6 @@ convert_tflite(model, sys.argv[2], sys.argv[3], prefill_len=64, max_len=256)
 print(sum(p.numel() for p in model.parameters()), status_mb("VmHWM"))
 """
 
-# decode speed and peak memory of one .tflite in a fresh process: a 64-token prefill, then 40 decode steps (the
-# first 8 are warm-up), 1 thread, the Interpreter binding the fidelity check uses
-DECODE = """
-import sys, time, numpy as np
-from edgedistil.bench.ort_worker import status_mb
-from edgedistil.runtimes.litert import LiteRtLM
-lm = LiteRtLM(sys.argv[1], threads=1)
-_, cache = lm.step(list(range(1, 65)), 0, lm.empty_cache())
-times = []
-for i in range(40):
-    t = time.perf_counter()
-    _, cache = lm.step([5], 64 + i, cache)
-    times.append(time.perf_counter() - t)
-print(1 / np.median(times[8:]), status_mb("VmHWM"))
-"""
 
 
 def main() -> None:
@@ -138,7 +123,8 @@ def int8_schemes(run: Path, dest: Path) -> None:
                 configure(q)
                 with quiet_stderr(), _bytes_tensor_names():
                     q.quantize().export_model(str(path), overwrite=True)
-            timed = subprocess.run([sys.executable, "-c", DECODE, str(path)], capture_output=True, text=True)
+            timed = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "litert", str(path)],
+                                   capture_output=True, text=True)
             if timed.returncode != 0:
                 sys.exit(f"{name}: {timed.stderr[-2000:]}")
             decode, peak_mb = (float(x) for x in timed.stdout.split()[-2:])

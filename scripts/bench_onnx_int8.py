@@ -25,19 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DECODE = """
-import sys, time, numpy as np
-from edgedistil.bench.ort_worker import status_mb
-from edgedistil.runtimes.ort import OrtLM
-lm = OrtLM(sys.argv[1], threads=1)
-_, cache = lm.step(list(range(1, 65)), 0, lm.empty_cache())
-times = []
-for i in range(40):
-    t = time.perf_counter()
-    _, cache = lm.step([5], 64 + i, cache)
-    times.append(time.perf_counter() - t)
-print(1 / np.median(times[8:]), status_mb("VmHWM"))
-"""
 
 
 def int8_wo_fp32_compute(src: Path, dst: Path, keep: list[str]) -> None:
@@ -109,8 +96,8 @@ def main() -> None:
             else:
                 quantize_file(src, path, how[0], how[1], 32, heldout, 64)
             f = measure_fidelity(reference, OrtLM(path), heldout, 64, segments=16, greedy_tokens=64)
-            timed = subprocess.run([sys.executable, "-c", DECODE, str(path)], capture_output=True, text=True,
-                                   cwd=REPO)
+            timed = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
+                                   capture_output=True, text=True, cwd=REPO)
             if timed.returncode != 0:
                 sys.exit(f"{name}: {timed.stderr[-2000:]}")
             decode, peak_mb = (float(x) for x in timed.stdout.split()[-2:])
