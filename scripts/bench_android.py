@@ -83,7 +83,7 @@ def int8_schemes(run: Path, dest: Path) -> None:
     from ai_edge_quantizer import quantizer, qtyping
 
     from edgedistil.build import Run
-    from edgedistil.convert.android import KEPT_FP16, _bytes_tensor_names, weight_only_int8_recipe
+    from edgedistil.convert.android import _bytes_tensor_names, weight_only_int8_recipe
     from edgedistil.config import load_recipe
     from edgedistil.fidelity import measure_fidelity
     from edgedistil.model import load_hf_folder
@@ -107,8 +107,7 @@ def int8_schemes(run: Path, dest: Path) -> None:
         "weight_only_int8 (channelwise), all int8": lambda q: q.load_quantization_recipe(
             weight_only_int8_recipe()[:1]),
         "weight_only_int8, vocabulary matrix fp16": lambda q: q.load_quantization_recipe(
-            weight_only_int8_recipe()[:1] + [{**weight_only_int8_recipe()[1],
-                                              "regex": KEPT_FP16["vocabulary matrix (embedding/LM head)"]}]),
+            weight_only_int8_recipe()[:2]),  # KEPT_FP16's first entry is the vocabulary matrix
         "weight_only_int8, vocabulary matrix and down_proj fp16 (shipped)": lambda q: q.load_quantization_recipe(
             weight_only_int8_recipe()),
     }

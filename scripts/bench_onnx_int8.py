@@ -7,8 +7,7 @@ Each row quantizes RUN's fp32 student export (export/student/model.onnx) with ed
 the fp32 PyTorch student like the quantize stage does (16 held-out segments, 64 greedy tokens), then times decode
 (1 thread, a 64-token prefill, then 40 steps, the first 8 warm-up) and reads the peak RSS in a fresh process. The
 rows run one after the other in one run, so their speeds compare. One row runs MatMulNBits 8-bit at
-accuracy_level 1 (fp32 compute) instead of 4 (int8 activations): the quantize stage does not offer it, because
-it is slow. Writes docs/results/onnx_int8_schemes.json.
+accuracy_level 1 (fp32 compute) instead of 4 (int8 activations): the quantize stage keeps 4, because 1 is slow. Writes docs/results/onnx_int8_schemes.json.
 """
 
 from __future__ import annotations
@@ -25,25 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-
-def int8_wo_fp32_compute(src: Path, dst: Path, keep: list[str]) -> None:
-    """MatMulNBits 8-bit, blocks of 32, accuracy_level 1 (fp32 compute), embedding Gather int8."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    from edgedistil.quantize.onnx import _nodes_matching
-
-    excluded = _nodes_matching(src, keep)
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=1, bits=8,
-                                          op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=32, is_symmetric=True, accuracy_level=1,
-                             nodes_to_exclude=excluded, algo_config=config, op_types_to_quantize=("MatMul",))
-    q.process()
-    q.model.save_model_to_file(str(dst), False)
-    quantize_dynamic(str(dst), str(dst), op_types_to_quantize=["Gather"], per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
 
 
 def main() -> None:
@@ -79,7 +59,7 @@ def main() -> None:
         "int8_wo: MatMulNBits 8-bit, accuracy_level 4": ("int8_wo", []),
         "int8_wo, lm_head fp32": ("int8_wo", ["lm_head"]),
         "int8_wo, lm_head and down_proj fp32": ("int8_wo", head_down),
-        "int8_wo at accuracy_level 1 (fp32 compute), lm_head and down_proj fp32": "fp32_compute",
+        "int8_wo at accuracy_level 1 (fp32 compute), lm_head and down_proj fp32": ("int8_wo", head_down, 1),
         "int8: dynamic, lm_head and down_proj fp32": ("int8", head_down),
         "fp16 weights (compute fp32)": ("fp16", []),
     }
@@ -91,10 +71,9 @@ def main() -> None:
                 old.unlink()
             if how is None:
                 shutil.copy(src, path)
-            elif how == "fp32_compute":
-                int8_wo_fp32_compute(src, path, head_down)
             else:
-                quantize_file(src, path, how[0], how[1], 32, heldout, 64)
+                method, keep, *level = how
+                quantize_file(src, path, method, keep, 32, heldout, 64, accuracy_level=level[0] if level else 4)
             f = measure_fidelity(reference, OrtLM(path), heldout, 64, segments=16, greedy_tokens=64)
             timed = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
                                    capture_output=True, text=True, cwd=REPO)

@@ -10,6 +10,12 @@
   between them (the residual stream, RMSNorm, softmax, RoPE, SiLU) in fp32, for the GPU and CPU. Weights are fp16
   either way. A distilled SmolLM2's residual stream reaches |x| ~ 260, where fp16 steps by 0.25, so "mixed"
   flips fewer near-tied tokens; each build's coreml/record.json has the figures for the one it used.
+
+Every variant (fp16; int8 block-wise on iOS 18, per channel on iOS 17, with the vocabulary-sized embedding/LM head
+kept fp16; int4 block-wise; 4-bit palettization; the RoPE tables always stay fp16) is read back from disk: its spec
+(functions, I/O, states, op histogram, deployment target), the precision of each weight as stored, the float type
+each op computes in, and its numbers, run with the MIL reference (edgedistil.runtimes.coreml_mil_reference)
+against the fp32 PyTorch student on held-out text. Core ML itself, and so speed, needs a Mac (`bench --target ios`).
 """
 
 from __future__ import annotations
