@@ -115,6 +115,8 @@ class QuantizeConfig:
     block_size: int = 32  # int4 (MatMulNBits): weights per scale along the input axis, a power of two >= 16
     # parts of layer names kept fp32 on purpose (e.g. "lm_head"); "auto" = the method's measured default
     keep_float: list = field(default_factory=lambda: ["auto"])
+    # int4 and int8_wo weights: "gptq" (error-compensating, calibrated on held-out text) or "nearest"
+    rounding: str = "gptq"
 
 
 @dataclass
@@ -351,6 +353,8 @@ def _validate(r: Recipe, where: str) -> None:
                  f"must be a power of two >= 16, got {qz.block_size}")
     _check_range(f"{where} [quantize]", "keep_float", all(isinstance(k, str) and k for k in qz.keep_float),
                  f"must be a list of layer-name parts like [\"lm_head\"], got {qz.keep_float!r}")
+    _check_range(f"{where} [quantize]", "rounding", qz.rounding in ("gptq", "nearest"),
+                 f"must be \"gptq\" or \"nearest\", got {qz.rounding!r}")
     _check_range(f"{where} [bench]", "new_tokens", b.new_tokens >= 1, f"must be >= 1, got {b.new_tokens}")
     _check_range(f"{where} [bench]", "repeats", b.repeats >= 1, f"must be >= 1, got {b.repeats}")
     _check_range(f"{where} [bench]", "new_tokens", e.prefill_len + b.new_tokens <= e.max_len,

@@ -79,6 +79,15 @@ def perplexity(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.exp(-lp[np.arange(len(targets)), targets].mean()))
 
 
+def fidelity_segments(n_ids: int, chunk: int, max_len: int, segments: int = 16,
+                      decode_tokens: int = 16) -> list[tuple[int, int]]:
+    """The [start, end) spans of held-out ids that `measure_fidelity` scores: `segments` spans of a prefill chunk
+    plus `decode_tokens`, spread evenly. Calibration (GPTQ, static int8) reads only the text between them."""
+    seg_len = min(chunk + decode_tokens, max_len)
+    stride = max(seg_len, (n_ids - seg_len) // max(1, segments))
+    return [(s * stride, s * stride + seg_len) for s in range(segments) if s * stride + seg_len <= n_ids]
+
+
 def measure_fidelity(reference, candidate, heldout_ids: np.ndarray, chunk: int, segments: int = 16,
                      decode_tokens: int = 16, greedy_tokens: int = 64) -> dict:
     """Compare `candidate` (any runtime with .step/.empty_cache/.max_len) against `reference` (the PyTorch source).
@@ -86,16 +95,9 @@ def measure_fidelity(reference, candidate, heldout_ids: np.ndarray, chunk: int, 
     16 segments of chunk + 16 tokens score 1,264 positions for chunk 64: at 2-4 segments one position moved top-1
     by 0.3-0.6%, more than some variants' margin to their floor."""
     max_len = min(reference.max_len, candidate.max_len)
-    seg_len = chunk + decode_tokens
-    if seg_len > max_len:
-        decode_tokens = max_len - chunk
-        seg_len = max_len
     ref_rows, got_rows, targets = [], [], []
-    stride = max(seg_len, (len(heldout_ids) - seg_len) // max(1, segments))
-    for s in range(segments):
-        seg = heldout_ids[s * stride: s * stride + seg_len].tolist()
-        if len(seg) < seg_len:
-            break
+    for start, end in fidelity_segments(len(heldout_ids), chunk, max_len, segments, decode_tokens):
+        seg = heldout_ids[start:end].tolist()
         for runtime, rows in ((reference, ref_rows), (candidate, got_rows)):
             logits_p, cache = prefill(runtime.step, runtime.empty_cache(), seg[:chunk], chunk, max_len)
             logits_d, _ = decode(runtime.step, cache, seg[chunk:], chunk)

@@ -60,7 +60,10 @@ def _time(fn) -> float:
 
 
 def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]:
-    """The graphs to bench; int4 and gqa variants are made here from the run's exports when absent."""
+    """The graphs to bench; int4 and gqa variants are made here from the run's exports when absent, quantized as the
+    quantize stage does (GPTQ on the run's held-out text)."""
+    from edgedistil.build import Run
+    from edgedistil.config import load_recipe
     from edgedistil.export.gqa import build_gqa_graph
     from edgedistil.model import load_hf_folder
     from edgedistil.quantize.onnx import quantize_file
@@ -68,9 +71,10 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
 
     models = {"ours fp32 (full cache)": run / "export/student/model.onnx",
               "ours int8 (full cache, web bundle)": run / "quantize/int8/model.onnx"}
+    heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
     int4 = work / "student-int4.onnx"
     if not int4.is_file():
-        quantize_file(run / "export/student/model.onnx", int4, "int4", ["embed_tokens"], 32, np.zeros(0), 64)
+        quantize_file(run / "export/student/model.onnx", int4, "int4", ["embed_tokens"], 32, heldout, 64)
     models["ours int4 (full cache)"] = int4
     max_len = onnx.load(str(run / "export/student/model.onnx"), load_external_data=False).graph.input[2] \
         .type.tensor_type.shape.dim[3].dim_value
@@ -84,11 +88,11 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
         models[f"{'ours' if role == 'student' else 'teacher'} fp32 (gqa, in place)"] = path
     gqa4 = work / "student-gqa-int4.onnx"
     if not gqa4.is_file():
-        quantize_file(work / "student-gqa.onnx", gqa4, "int4", ["embed_tokens"], 32, np.zeros(0), 64)
+        quantize_file(work / "student-gqa.onnx", gqa4, "int4", ["embed_tokens"], 32, heldout, 64)
     models["ours int4 (gqa, in place)"] = gqa4
     gqa8 = work / "student-gqa-int8_wo.onnx"  # MatMulNBits 8-bit: the dynamic int8 quantizer mishandles the shared head
     if not gqa8.is_file():
-        quantize_file(work / "student-gqa.onnx", gqa8, "int8_wo", [], 32, np.zeros(0), 64)
+        quantize_file(work / "student-gqa.onnx", gqa8, "int8_wo", [], 32, heldout, 64)
     models["ours int8_wo (gqa, in place)"] = gqa8
     models["teacher fp32 (full cache)"] = run / "export/teacher/model.onnx"
     return models

@@ -104,3 +104,80 @@ def test_top1_interval_is_wilson_and_recorded():
     a = logits_agreement(ref, got)
     assert a["top1_agreement_ci95"] == wilson_interval(int(round(a["top1_agreement"] * 50)), 50)
     assert a["top1_agreement_ci95"][0] < a["top1_agreement"] < a["top1_agreement_ci95"][1]
+
+
+def _matmul_nbits_session(packed: dict, k: int, n: int, bits: int, block: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(arr, name) for name, arr in packed.items()]
+    node = helper.make_node("MatMulNBits", ["x", *packed], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block, accuracy_level=1)  # fp32 compute: the packing alone is under test
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, False), (8, True)])
+def test_matmul_nbits_packing_runs_as_the_dequantized_weights(bits, symmetric):
+    from edgedistil.quantize.gptq import dequantize, gptq, pack_matmul_nbits
+
+    rng = np.random.default_rng(0)
+    k, n, block = 40, 24, 16  # K not a multiple of the block: the last block is padded
+    w = rng.normal(size=(n, k))
+    codes, scales, zeros = gptq(w, None, bits, block, symmetric)
+    deq = dequantize(codes, scales, zeros, block)
+    # round to nearest: every weight within half a step of its grid point
+    assert np.all(np.abs(w - deq) <= np.repeat(scales, block, 1)[:, :k] / 2 + 1e-9)
+    x = rng.normal(size=(3, k)).astype(np.float32)
+    got = _matmul_nbits_session(pack_matmul_nbits(codes, scales, zeros, bits, block, symmetric), k, n, bits,
+                                block).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ deq.T.astype(np.float32), rtol=1e-4, atol=1e-4)
+
+
+def test_gptq_lowers_the_layer_output_error_below_round_to_nearest():
+    from edgedistil.quantize.gptq import dequantize, gptq
+
+    rng = np.random.default_rng(1)
+    k, n, block = 64, 32, 32
+    # correlated inputs with a few outlier channels, as after an RMSNorm
+    x = rng.normal(size=(512, 8)) @ rng.normal(size=(8, k)) + 0.1 * rng.normal(size=(512, k))
+    x[:, :3] *= 8
+    w = rng.normal(size=(n, k))
+    h = 2 * x.T @ x / len(x)
+
+    def output_error(hessian):
+        codes, scales, zeros = gptq(w, hessian, 4, block, symmetric=False)
+        return np.linalg.norm(x @ (w - dequantize(codes, scales, zeros, block)).T)
+
+    nearest = output_error(None)
+    assert output_error(h) < 0.5 * nearest
+    # with an identity Hessian no error moves between columns: GPTQ is round-to-nearest
+    assert np.array_equal(gptq(w, np.eye(k), 4, block, False)[0], gptq(w, None, 4, block, False)[0])
+
+
+def test_gptq_calibrates_between_the_fidelity_segments():
+    from edgedistil.fidelity import fidelity_segments
+    from edgedistil.quantize.gptq import calibration_windows
+
+    ids = np.arange(800)
+    spans = fidelity_segments(len(ids), CHUNK, MAX_LEN)
+    windows = calibration_windows(ids, CHUNK, MAX_LEN)
+    assert len(spans) == 16 and len(windows) >= 15
+    scored = {i for start, end in spans for i in range(start, end)}
+    for w in windows:
+        assert len(w) % CHUNK == 0 and 0 < len(w) <= MAX_LEN and not scored & set(w.tolist())
+
+
+def test_int4_gptq_beats_round_to_nearest_and_records_it(source):
+    hf, src, heldout, root = source
+    gptq_rec = run_quantize(src, hf, root / "int4-gptq", heldout, CHUNK, "int4", block_size=16, **QUIET)
+    nearest = run_quantize(src, hf, root / "int4-rtn", heldout, CHUNK, "int4", block_size=16, rounding="nearest",
+                           **QUIET)
+    assert gptq_rec["rounding"] == "gptq" and "gptq rounding" in gptq_rec["scheme"] and nearest["rounding"] == "nearest"
+    assert gptq_rec["fidelity"]["kl_mean"] < nearest["fidelity"]["kl_mean"]
+    with pytest.raises(EdgeError, match="GPTQ calibration"):
+        run_quantize(src, hf, root / "int4-short", heldout[:100], CHUNK, "int4", **QUIET)
+    assert not (root / "int4-short").exists()

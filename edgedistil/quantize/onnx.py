@@ -11,8 +11,11 @@ Methods (all onnxruntime.quantization):
   activations are what costs `int8` its accuracy on SmolLM2's outlier activations.
 - `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
   cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
-- `int4`: weight-only MatMulNBits, symmetric blocks of `block_size` (default 32) along the input axis; the
+- `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis; the
   embedding stays fp32 (onnxruntime-web runs no GatherBlockQuantized).
+
+MatMulNBits weights (int4, int8_wo) are rounded with GPTQ, calibrated on held-out text between the fidelity
+segments (quantize/gptq.py), unless `rounding="nearest"`.
 
 Layers named in `keep_float` (substrings of node or weight names, e.g. "lm_head") stay fp32 on purpose; every
 other weight-bearing layer that ends in float is a warning in the record (`precision`).
@@ -30,6 +33,7 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.export.onnx import op_histogram
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import load_hf_folder
+from edgedistil.quantize.gptq import input_hessians, quantize_matmuls
 from edgedistil.quantize.precision import layer_precisions, precision_report
 from edgedistil.records import sha256_file, versions
 from edgedistil.runtimes.ort import OrtLM
@@ -44,10 +48,11 @@ SCHEME = {
     "int8": "onnxruntime quantize_dynamic: MatMul and Gather weights int8 per channel, dynamic activations",
     "int8_static": "onnxruntime quantize_static QDQ: weight MatMuls int8 per channel, activations int8 calibrated "
                    "(MinMax) on held-out decoding traces from position 0",
-    "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4; "
-               "embedding Gather int8 per channel (quantize_dynamic)",
+    "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4, "
+               "{rounding} rounding; embedding Gather int8 per channel (quantize_dynamic)",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
-    "int4": "onnxruntime MatMulNBits: weight-only int4, symmetric, block {block_size} along K, accuracy_level 4",
+    "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
+            "{rounding} rounding",
 }
 
 
@@ -119,14 +124,13 @@ def fp16_weights(src: Path, dst: Path, excluded: list[str]) -> None:
 
 
 def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], block_size: int,
-                  heldout_ids: np.ndarray, prefill_len: int, accuracy_level: int = 4) -> None:
+                  heldout_ids: np.ndarray, prefill_len: int, accuracy_level: int = 4, rounding: str = "gptq") -> None:
     """Write the `method` quantization of `src` to `dst`. `accuracy_level` is MatMulNBits' (int4, int8_wo): 4
     quantizes activations per block; 1 computes in fp32, which ONNX Runtime 1.32 runs slowly for 8 bits
-    (scripts/bench_onnx_int8.py), so the stage keeps 4."""
+    (scripts/bench_onnx_quant.py), so the stage keeps 4. `rounding` ("gptq" or "nearest") is theirs too."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     excluded = _nodes_matching(src, keep_float)
     with _QuietQuantizer():
@@ -156,22 +160,16 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
         elif method == "fp16":
             fp16_weights(src, dst, excluded)
         elif method in ("int4", "int8_wo"):
-            bits = 4 if method == "int4" else 8
-            config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
-                                                  accuracy_level=accuracy_level,
-                                                  bits=bits, op_types_to_quantize=("MatMul",))
-            q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=accuracy_level, nodes_to_exclude=excluded, algo_config=config,
-                                     op_types_to_quantize=("MatMul",))
-            q.process()
-            q.model.save_model_to_file(str(dst), False)
+            hessians = input_hessians(src, heldout_ids, prefill_len) if rounding == "gptq" else None
+            quantize_matmuls(src, dst, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians)
             if method == "int8_wo":  # MatMulNBits has no 8-bit Gather: the embedding goes through quantize_dynamic
                 quantize_dynamic(str(dst), str(dst), op_types_to_quantize=["Gather"], per_channel=True,
                                  weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
 
 
 def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, prefill_len: int,
-                 method: str = "int8", log=print, block_size: int = 32, keep_float: list[str] | None = None) -> dict:
+                 method: str = "int8", log=print, block_size: int = 32, keep_float: list[str] | None = None,
+                 rounding: str = "gptq") -> dict:
     if method not in METHODS:
         raise EdgeError(f"unknown quantization '{method}'", f"use one of: {', '.join(METHODS)}")
     if block_size < 16 or block_size & (block_size - 1):
@@ -185,7 +183,7 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
     with atomic_dir(out_dir) as tmp:
         path = tmp / "model.onnx"
         t0 = time.perf_counter()
-        quantize_file(src_onnx, path, method, keep_float, block_size, heldout_ids, prefill_len)
+        quantize_file(src_onnx, path, method, keep_float, block_size, heldout_ids, prefill_len, rounding=rounding)
         seconds = time.perf_counter() - t0
         precision = precision_report(path, PRECISION[method], keep_float)
         model = load_hf_folder(source_model_dir, max_len=reference.max_len).eval()
@@ -194,8 +192,10 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
         fidelity["meets_floors"] = floors["passed"]
         write_json(tmp / "verify.json", fidelity)
         record = {
-            "stage": "quantize", "method": method, "scheme": SCHEME[method].format(block_size=block_size),
-            "block_size": block_size if method == "int4" else None,
+            "stage": "quantize", "method": method,
+            "scheme": SCHEME[method].format(block_size=block_size, rounding=rounding),
+            "block_size": block_size if method in ("int4", "int8_wo") else None,
+            "rounding": rounding if method in ("int4", "int8_wo") else None,
             "source": {"file": str(src_onnx), "sha256": sha256_file(src_onnx)},
             "file": "model.onnx", "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "source_bytes": src_onnx.stat().st_size, "quantize_seconds": round(seconds, 2),

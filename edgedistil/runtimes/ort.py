@@ -61,28 +61,31 @@ class OrtLM:
                     for _ in range(2 * self.layers)]
         return np.zeros(self.cache_shape, np.float32), np.zeros(self.cache_shape, np.float32)
 
-    def step_gqa(self, ids: list[int], position: int, cache):
-        """Each past cache and its present output are bound to one OrtValue, so GroupQueryAttention writes the new
-        rows in place and nothing else moves. The returned cache is the same (mutated) list."""
+    def step_with_taps(self, ids: list[int], position: int, cache, taps: list[str] = ()):
+        """One step, also returning the graph outputs named in `taps` (intermediate tensors a calibration pass
+        exposed as outputs). In the gqa layout each past cache and its present output are bound to one OrtValue,
+        so GroupQueryAttention writes the new rows in place and nothing else moves; the returned cache is the
+        same (mutated) list."""
+        ids_arr, pos_arr = np.asarray([ids], dtype=np.int32), np.asarray([position], dtype=np.int32)
+        if self.layout == "full":
+            k, v = cache
+            logits, k, v, *tapped = self.session.run(["logits", "k_cache_out", "v_cache_out", *taps], {
+                "input_ids": ids_arr, "position": pos_arr, "k_cache": k, "v_cache": v})
+            return logits[0], (k, v), dict(zip(taps, tapped))
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int32))
-        binding.bind_cpu_input("position", np.asarray([position], dtype=np.int32))
-        binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
+        binding.bind_cpu_input("input_ids", ids_arr)
+        binding.bind_cpu_input("position", pos_arr)
+        for name in ("logits", *taps):  # first: get_outputs() lists outputs in binding order
+            binding.bind_output(name)
         for i in range(self.layers):
             for j, kind in enumerate(("key", "value")):
                 buf = cache[2 * i + j]
                 binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
                 binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[0], cache
+        logits, *tapped = (o.numpy() for o in binding.get_outputs()[:1 + len(taps)])
+        return logits[0], cache, dict(zip(taps, tapped))
 
     def step(self, ids: list[int], position: int, cache):
-        if self.layout == "gqa":
-            return self.step_gqa(ids, position, cache)
-        k, v = cache
-        logits, k, v = self.session.run(["logits", "k_cache_out", "v_cache_out"], {
-            "input_ids": np.asarray([ids], dtype=np.int32),
-            "position": np.asarray([position], dtype=np.int32),
-            "k_cache": k, "v_cache": v,
-        })
-        return logits[0], (k, v)
+        logits, cache, _ = self.step_with_taps(ids, position, cache)
+        return logits, cache

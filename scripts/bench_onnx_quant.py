@@ -1,13 +1,14 @@
-"""Which int8 scheme meets the int8 floors on ONNX Runtime, and what each costs in speed and memory.
+"""Which int8 and int4 schemes meet their floors on ONNX Runtime, and what each costs in speed and memory.
 
-    python scripts/bench_onnx_int8.py --run RUN     # RUN: a build folder with distill/ and export/student/
+    python scripts/bench_onnx_quant.py --run RUN     # RUN: a build folder with distill/ and export/student/
 
 Each row quantizes RUN's fp32 student export (export/student/model.onnx) with edgedistil's own quantize methods
-(edgedistil.quantize.onnx.quantize_file), some with layers kept float (`keep_float`), measures its fidelity against
-the fp32 PyTorch student like the quantize stage does (16 held-out segments, 64 greedy tokens), then times decode
-(1 thread, a 64-token prefill, then 40 steps, the first 8 warm-up) and reads the peak RSS in a fresh process. The
-rows run one after the other in one run, so their speeds compare. One row runs MatMulNBits 8-bit at
-accuracy_level 1 (fp32 compute) instead of 4 (int8 activations): the quantize stage keeps 4, because 1 is slow. Writes docs/results/onnx_int8_schemes.json.
+(edgedistil.quantize.onnx.quantize_file): MatMulNBits weights rounded to nearest or with GPTQ (the stage's
+default), at accuracy_level 4 (int8 activations, the stage's) or 1 (fp32 compute), some layers kept float
+(`keep_float`). It measures each row's fidelity against the fp32 PyTorch student like the quantize stage does (16
+held-out segments, 64 greedy tokens), then times decode (1 thread, a 64-token prefill, then 40 steps, the first 8
+warm-up) and reads the peak RSS in a fresh process. The rows run one after the other in one run, so their speeds
+compare. Writes docs/results/onnx_quant_schemes.json.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
-    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "onnx_int8_schemes.json"))
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "onnx_quant_schemes.json"))
     args = ap.parse_args()
 
     import logging
@@ -38,7 +39,7 @@ def main() -> None:
 
     from edgedistil.build import Run
     from edgedistil.config import load_recipe
-    from edgedistil.fidelity import measure_fidelity
+    from edgedistil.fidelity import FLOORS, measure_fidelity
     from edgedistil.model import load_hf_folder
     from edgedistil.quantize.onnx import quantize_file
     from edgedistil.runtimes.ort import OrtLM
@@ -53,15 +54,19 @@ def main() -> None:
     heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
     reference = TorchLM(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256)
     head_down = ["lm_head", "down_proj"]
+    # name -> (method, keep_float, accuracy_level, rounding)
     schemes = {
         "fp32 export": None,
-        "int8: dynamic, per channel (MatMulInteger)": ("int8", []),
-        "int8_wo: MatMulNBits 8-bit, accuracy_level 4": ("int8_wo", []),
-        "int8_wo, lm_head fp32": ("int8_wo", ["lm_head"]),
-        "int8_wo, lm_head and down_proj fp32": ("int8_wo", head_down),
-        "int8_wo at accuracy_level 1 (fp32 compute), lm_head and down_proj fp32": ("int8_wo", head_down, 1),
-        "int8: dynamic, lm_head and down_proj fp32": ("int8", head_down),
-        "fp16 weights (compute fp32)": ("fp16", []),
+        "int8: dynamic, per channel (MatMulInteger)": ("int8", [], 4, "nearest"),
+        "int8: dynamic, lm_head and down_proj fp32": ("int8", head_down, 4, "nearest"),
+        "int8_wo: MatMulNBits 8-bit, nearest": ("int8_wo", [], 4, "nearest"),
+        "int8_wo: MatMulNBits 8-bit, GPTQ": ("int8_wo", [], 4, "gptq"),
+        "int8_wo, lm_head and down_proj fp32, nearest": ("int8_wo", head_down, 4, "nearest"),
+        "int8_wo, GPTQ, fp32 compute (accuracy_level 1)": ("int8_wo", [], 1, "gptq"),
+        "int4: MatMulNBits 4-bit, nearest": ("int4", ["embed_tokens"], 4, "nearest"),
+        "int4: MatMulNBits 4-bit, GPTQ": ("int4", ["embed_tokens"], 4, "gptq"),
+        "int4, GPTQ, fp32 compute (accuracy_level 1)": ("int4", ["embed_tokens"], 1, "gptq"),
+        "fp16 weights (compute fp32)": ("fp16", [], 4, "nearest"),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,8 +77,8 @@ def main() -> None:
             if how is None:
                 shutil.copy(src, path)
             else:
-                method, keep, *level = how
-                quantize_file(src, path, method, keep, 32, heldout, 64, accuracy_level=level[0] if level else 4)
+                method, keep, level, rounding = how
+                quantize_file(src, path, method, keep, 32, heldout, 64, accuracy_level=level, rounding=rounding)
             f = measure_fidelity(reference, OrtLM(path), heldout, 64, segments=16, greedy_tokens=64)
             timed = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
                                    capture_output=True, text=True, cwd=REPO)
@@ -88,9 +93,9 @@ def main() -> None:
                    "decode_tokens_per_s_1_thread": round(decode, 1), "peak_rss_mb": round(peak_mb)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = {"command": "python scripts/bench_onnx_int8.py --run RUN",
+    out = {"command": "python scripts/bench_onnx_quant.py --run RUN",
            "machine": {"cpus": os.cpu_count(), "loadavg_1m_after": os.getloadavg()[0]},
-           "floors": {"top1_agreement_min": 0.98, "kl_mean_max": 0.02}, "rows": rows}
+           "floors": {p: FLOORS[p] for p in ("int8", "int4", "fp16")}, "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")
 

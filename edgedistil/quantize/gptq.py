@@ -1,0 +1,187 @@
+"""Weight-only MatMulNBits quantization with GPTQ rounding, calibrated on held-out text.
+
+Round-to-nearest puts each weight on its nearest grid point; GPTQ (Frantar et al., 2022) rounds one input column
+at a time and moves the rounding error onto the columns not yet rounded, weighted by the inverse Hessian of the
+layer's inputs (H = 2 X^T X over calibration activations), so the layer's output error is what it minimises, not
+each weight's. On the embedded default (scripts/bench_onnx_quant.py) it is the difference between int4 missing its
+KL floor 20x and meeting it, and it brings int8 weights to fp16-level agreement when activations stay fp32.
+
+Everything happens on the ONNX graph, so it works for either cache layout and for any exporter's names: the
+inputs of each weight MatMul are tapped as extra graph outputs and read while the fp32 graph runs chunked
+prefill over held-out windows that lie between the segments fidelity scores (never on them). GPTQ treats each
+output row independently given H, so a MatMul that packs q/k/v (or gate/up) is quantized exactly as its parts.
+The codes are packed here in MatMulNBits' layout (per output row, blocks of `block_size` along the input axis, 4-bit
+codes two to a byte, low nibble first), with symmetric 8-bit (zero point 128, implicit) and asymmetric 4-bit
+(explicit zero points), which ONNX Runtime and onnxruntime-web both run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgedistil.errors import EdgeError
+from edgedistil.fidelity import fidelity_segments
+
+
+def weight_matmuls(model) -> list:
+    """The MatMul nodes whose B input is an initializer (the layers; attention's own MatMuls read activations)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+
+
+def calibration_windows(heldout_ids: np.ndarray, chunk: int, max_len: int) -> list[np.ndarray]:
+    """Held-out windows between the fidelity segments, each a whole number of prefill chunks (at most max_len)."""
+    spans = fidelity_segments(len(heldout_ids), chunk, max_len) + [(len(heldout_ids), len(heldout_ids))]
+    windows = []
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        length = min(max_len, next_start - end) // chunk * chunk
+        if length:
+            windows.append(np.asarray(heldout_ids[end:end + length]))
+    return windows
+
+
+def input_hessians(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 256) -> dict[str, np.ndarray]:
+    """H = 2/n X^T X for every distinct input X of a weight MatMul of `src`, over chunked prefill of the calibration
+    windows with the cache fed back (so attention outputs see real context)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgedistil.runtimes.ort import OrtLM
+
+    model = onnx.load(str(src))
+    taps = sorted({n.input[0] for n in weight_matmuls(model)})
+    for name in taps:
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    tapped = Path(str(src) + ".taps.onnx")
+    try:
+        onnx.save(model, str(tapped))
+        lm = OrtLM(tapped)
+        sums = {name: np.zeros((0, 0)) for name in taps}
+        tokens = 0
+        for window in calibration_windows(heldout_ids, chunk, lm.max_len):
+            cache = lm.empty_cache()
+            for pos in range(0, len(window), chunk):
+                _, cache, acts = lm.step_with_taps(window[pos:pos + chunk].tolist(), pos, cache, taps)
+                for name, x in acts.items():
+                    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+                    sums[name] = x.T @ x + (sums[name] if sums[name].size else 0)
+                tokens += chunk
+    finally:
+        tapped.unlink(missing_ok=True)
+    if tokens < min_tokens:
+        raise EdgeError(f"{len(heldout_ids)} held-out tokens leave {tokens} for GPTQ calibration (needs "
+                        f"{min_tokens})", "use a larger corpus or heldout_fraction, or rounding = \"nearest\"")
+    return {name: 2.0 * s / tokens for name, s in sums.items()}
+
+
+def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: int, symmetric: bool,
+         damp: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round `weight` [N out, K in] to `bits` in blocks of `block_size` along K. `hessian` None rounds to nearest.
+    Returns codes [N, K] (unsigned, 0..2^bits-1), scales and zero points [N, ceil(K / block_size)];
+    weight ~= (codes - zero_point) * scale blockwise."""
+    import torch
+
+    w = torch.from_numpy(np.asarray(weight, np.float64)).clone()
+    n, k = w.shape
+    if hessian is None:
+        hinv = torch.eye(k, dtype=torch.float64)  # no error feedback: round to nearest
+    else:
+        h = torch.from_numpy(np.asarray(hessian, np.float64)).clone()
+        dead = torch.diag(h) == 0  # an input that is always 0: its weights cannot matter
+        h[dead, dead] = 1.0
+        w[:, dead] = 0.0
+        h += damp * torch.diag(h).mean() * torch.eye(k, dtype=torch.float64)
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    levels = 2 ** bits - 1
+    groups = -(-k // block_size)
+    codes = torch.zeros(n, k, dtype=torch.int64)
+    scales = torch.zeros(n, groups, dtype=torch.float64)
+    zeros = torch.zeros(n, groups, dtype=torch.int64)
+    lazy = max(128, block_size)  # columns updated together before the error reaches the rest of the matrix
+    for c1 in range(0, k, lazy):
+        c2 = min(c1 + lazy, k)
+        w1, err1, hinv1 = w[:, c1:c2].clone(), torch.zeros(n, c2 - c1, dtype=torch.float64), hinv[c1:c2, c1:c2]
+        for i in range(c2 - c1):
+            col, g = c1 + i, (c1 + i) // block_size
+            if col % block_size == 0:  # a new block: its scale from the weights as the error has left them
+                block = w1[:, i:i + block_size]
+                if symmetric:
+                    scales[:, g] = block.abs().amax(1).clamp(min=1e-12) / (2 ** (bits - 1) - 1)
+                    zeros[:, g] = 2 ** (bits - 1)
+                else:
+                    lo, hi = block.amin(1).clamp(max=0), block.amax(1).clamp(min=0)
+                    scales[:, g] = ((hi - lo) / levels).clamp(min=1e-12)
+                    zeros[:, g] = torch.round(-lo / scales[:, g]).clamp(0, levels).to(torch.int64)
+            q = torch.clamp(torch.round(w1[:, i] / scales[:, g]) + zeros[:, g], 0, levels)
+            codes[:, col] = q.to(torch.int64)
+            err = (w1[:, i] - (q - zeros[:, g]) * scales[:, g]) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, c2:] -= err1 @ hinv[c1:c2, c2:]
+    return codes.numpy(), scales.numpy(), zeros.numpy()
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, block_size: int) -> np.ndarray:
+    k = codes.shape[1]
+    return (codes - np.repeat(zeros, block_size, 1)[:, :k]) * np.repeat(scales, block_size, 1)[:, :k]
+
+
+def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int, block_size: int,
+                      symmetric: bool) -> dict[str, np.ndarray]:
+    """MatMulNBits' inputs: B [N, blocks, block_size * bits / 8] uint8, scales [N * blocks] fp32, and for asymmetric
+    weights zero_points [N * ceil(blocks * bits / 8)] uint8 (4-bit: two per byte, low nibble first)."""
+    n, k = codes.shape
+    groups = scales.shape[1]
+    padded = np.repeat(zeros, block_size, 1).astype(np.uint8)  # padding columns hold the zero point: value 0
+    padded[:, :k] = codes
+    b = padded.reshape(n, groups, block_size)
+    if bits == 4:
+        b = b[..., 0::2] | (b[..., 1::2] << 4)
+    packed = {"B": np.ascontiguousarray(b, np.uint8), "scales": scales.astype(np.float32).reshape(-1)}
+    if not symmetric:
+        z = zeros.astype(np.uint8)
+        if bits == 4:
+            z = np.concatenate([z, np.zeros((n, groups % 2), np.uint8)], 1)
+            z = z[:, 0::2] | (z[:, 1::2] << 4)
+        packed["zero_points"] = np.ascontiguousarray(z, np.uint8).reshape(-1)
+    return packed
+
+
+def quantize_matmuls(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
+                     hessians: dict[str, np.ndarray] | None) -> None:
+    """Replace every weight MatMul of `src` not in `excluded` by MatMulNBits (GPTQ-rounded when `hessians` are
+    given, else rounded to nearest); write `dst`. A weight another node still reads (a tied embedding's Gather)
+    is kept for that node."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    symmetric = bits == 8  # 4-bit: a zero point per block buys the asymmetric range (measured: docs/benchmarks.md)
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, added, replaced = [], [], set()
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits or node.name in excluded:
+            nodes.append(node)
+            continue
+        a, b = node.input
+        weight = numpy_helper.to_array(inits[b]).T  # ONNX MatMul B is [K, N]; GPTQ rows are outputs
+        n_out, k_in = weight.shape
+        codes, scales, zeros = gptq(weight, None if hessians is None else hessians[a], bits, block_size, symmetric)
+        packed = pack_matmul_nbits(codes, scales, zeros, bits, block_size, symmetric)
+        names = {"B": f"{b}_Q{bits}", "scales": f"{b}_scales", "zero_points": f"{b}_zero_points"}
+        added += [numpy_helper.from_array(arr, names[key]) for key, arr in packed.items()]
+        nodes.append(helper.make_node("MatMulNBits", [a] + [names[key] for key in packed], list(node.output),
+                                      name=f"{node.name}_Q{bits}", domain="com.microsoft", K=k_in, N=n_out,
+                                      bits=bits, block_size=block_size, accuracy_level=accuracy_level))
+        replaced.add(b)
+    still_read = {x for n in nodes for x in n.input}
+    kept = [i for i in model.graph.initializer if i.name not in replaced or i.name in still_read]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + added)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(dst))
