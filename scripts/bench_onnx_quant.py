@@ -3,9 +3,9 @@
     python scripts/bench_onnx_quant.py --run RUN     # RUN: a build folder with distill/ and export/student/
 
 Each row quantizes RUN's fp32 student export (export/student/model.onnx) with edgedistil's own quantize methods
-(edgedistil.quantize.onnx.quantize_file): MatMulNBits weights rounded to nearest or with GPTQ (the stage's
-default), at accuracy_level 4 (int8 activations, the stage's) or 1 (fp32 compute), some layers kept float
-(`keep_float`). It measures each row's fidelity against the fp32 PyTorch student like the quantize stage does (16
+(edgedistil.quantize.onnx.quantize_file; one row quantizes the in-place gqa layout built from RUN's student):
+MatMulNBits weights rounded to nearest or with GPTQ (the stage's default), with or without smoothing, at
+accuracy_level 4 (int8 activations, the stage's) or 1 (fp32 compute), some layers kept float (`keep_float`). It measures each row's fidelity against the fp32 PyTorch student like the quantize stage does (16
 held-out segments, 64 greedy tokens), then times decode (1 thread, a 64-token prefill, then 40 steps, the first 8
 warm-up) and reads the peak RSS in a fresh process. The rows run one after the other in one run, so their speeds
 compare. Writes docs/results/onnx_quant_schemes.json.
@@ -35,9 +35,11 @@ def main() -> None:
 
     import logging
 
+    import onnx
     import torch
 
     from edgedistil.build import Run
+    from edgedistil.export.gqa import build_gqa_graph
     from edgedistil.config import load_recipe
     from edgedistil.fidelity import FLOORS, measure_fidelity
     from edgedistil.model import load_hf_folder
@@ -54,38 +56,46 @@ def main() -> None:
     heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
     reference = TorchLM(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256)
     head_down = ["lm_head", "down_proj"]
-    # name -> (method, keep_float, accuracy_level, rounding)
+    # name -> (graph, method, keep_float, accuracy_level, rounding, smooth_alpha); None = the method's default
     schemes = {
         "fp32 export": None,
-        "int8: dynamic, per channel (MatMulInteger)": ("int8", [], 4, "nearest"),
-        "int8: dynamic, lm_head and down_proj fp32": ("int8", head_down, 4, "nearest"),
-        "int8_wo: MatMulNBits 8-bit, nearest": ("int8_wo", [], 4, "nearest"),
-        "int8_wo: MatMulNBits 8-bit, GPTQ": ("int8_wo", [], 4, "gptq"),
-        "int8_wo, lm_head and down_proj fp32, nearest": ("int8_wo", head_down, 4, "nearest"),
-        "int8_wo, GPTQ, fp32 compute (accuracy_level 1)": ("int8_wo", [], 1, "gptq"),
-        "int4: MatMulNBits 4-bit, nearest": ("int4", ["embed_tokens"], 4, "nearest"),
-        "int4: MatMulNBits 4-bit, GPTQ": ("int4", ["embed_tokens"], 4, "gptq"),
-        "int4, GPTQ, fp32 compute (accuracy_level 1)": ("int4", ["embed_tokens"], 1, "gptq"),
-        "fp16 weights (compute fp32)": ("fp16", [], 4, "nearest"),
+        "int8: dynamic, per channel (MatMulInteger)": ("full", "int8", [], 4, "nearest", None),
+        "int8: dynamic, lm_head and down_proj fp32": ("full", "int8", head_down, 4, "nearest", None),
+        "int8_wo: MatMulNBits 8-bit, nearest": ("full", "int8_wo", [], 4, "nearest", None),
+        "int8_wo: GPTQ": ("full", "int8_wo", [], 4, "gptq", 0),
+        "int8_wo: GPTQ + smoothing (the stage's)": ("full", "int8_wo", [], 4, "gptq", None),
+        "int8_wo: GPTQ + smoothing, gqa layout": ("gqa", "int8_wo", [], 4, "gptq", None),
+        "int8_wo: GPTQ, fp32 compute (accuracy_level 1)": ("full", "int8_wo", [], 1, "gptq", 0),
+        "int4: MatMulNBits 4-bit, nearest": ("full", "int4", ["embed_tokens"], 4, "nearest", None),
+        "int4: GPTQ (the stage's)": ("full", "int4", ["embed_tokens"], 4, "gptq", None),
+        "int4: GPTQ + smoothing": ("full", "int4", ["embed_tokens"], 4, "gptq", 0.5),
+        "int4: GPTQ, fp32 compute (accuracy_level 1)": ("full", "int4", ["embed_tokens"], 1, "gptq", None),
+        "fp16 weights (compute fp32)": ("full", "fp16", [], 4, "nearest", None),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        gqa = Path(tmp) / "gqa" / "model.onnx"  # the in-place layout, from the same student
+        gqa.parent.mkdir()
+        onnx.save(build_gqa_graph(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256), str(gqa))
+        work = Path(tmp) / "q"
+        work.mkdir()
         for name, how in schemes.items():
-            path = Path(tmp) / "q.onnx"
-            for old in Path(tmp).iterdir():
+            path = work / "q.onnx"
+            for old in work.iterdir():
                 old.unlink()
             if how is None:
                 shutil.copy(src, path)
             else:
-                method, keep, level, rounding = how
-                quantize_file(src, path, method, keep, 32, heldout, 64, accuracy_level=level, rounding=rounding)
+                graph, method, keep, level, rounding, alpha = how
+                quantize_file(gqa if graph == "gqa" else src, path, method, keep, 32, heldout, 64,
+                              accuracy_level=level, rounding=rounding, smooth_alpha=alpha)
             f = measure_fidelity(reference, OrtLM(path), heldout, 64, segments=16, greedy_tokens=64)
             timed = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
                                    capture_output=True, text=True, cwd=REPO)
             if timed.returncode != 0:
                 sys.exit(f"{name}: {timed.stderr[-2000:]}")
             decode, peak_mb = (float(x) for x in timed.stdout.split()[-2:])
-            row = {"scheme": name, "mb": round(sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6, 1),
+            row = {"scheme": name, "mb": round(sum(p.stat().st_size for p in work.iterdir()) / 1e6, 1),
                    "top1_agreement": round(f["top1_agreement"], 4), "kl_mean": f["kl_mean"],
                    "greedy_tokens_matching": f["greedy_tokens_matching"],
                    "top1_agreement_outside_near_ties": round(f["top1_agreement_outside_near_ties"], 4),

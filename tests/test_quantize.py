@@ -74,8 +74,55 @@ def test_fp16_halves_the_file_and_keeps_the_io(source):
 def test_int8_weight_only_is_matmulnbits_8bit_with_int8_embedding(source):
     hf, src, heldout, root = source
     rec = run_quantize(src, hf, root / "int8wo", heldout, CHUNK, "int8_wo", **QUIET)
-    assert rec["ops"].get("MatMulNBits") == 15
+    assert rec["ops"].get("MatMulNBits") == 15 and rec["ops"].get("GatherBlockQuantized") == 1
     assert rec["precision"]["counts"] == {"int8": 16} and rec["warnings"] == []
+
+
+def test_int8_weight_only_on_the_gqa_layout_quantizes_the_tied_lookup(tmp_path):
+    """The gqa graph's embedding gathers columns of the tied head matrix: it becomes a row lookup of an int8 copy,
+    so no fp32 copy of the matrix is left behind and smoothing may scale the head."""
+    import onnx
+
+    from tests.test_export import make_llama as make
+
+    hf = make(tmp_path / "hf", seed=4)
+    heldout = np.random.default_rng(5).integers(0, VOCAB, 800)
+    run_export(hf, tmp_path / "gqa", heldout, MAX_LEN, CHUNK, "student", cache="gqa", **QUIET)
+    rec = run_quantize(tmp_path / "gqa" / "model.onnx", hf, tmp_path / "q", heldout, CHUNK, "int8_wo", **QUIET)
+    assert rec["precision"]["counts"] == {"int8": rec["precision"]["counts"]["int8"]} and rec["warnings"] == []
+    m = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    assert not [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and VOCAB * 64 in
+                [int(np.prod(i.dims))]]  # the [64, VOCAB] table in fp32
+    assert "Transpose" not in {n.op_type for n in m.graph.node if "embed" in n.name}
+    # the same quantization as on the full layout's graph, so the same fidelity up to kernel rounding
+    run_export(hf, tmp_path / "full", heldout, MAX_LEN, CHUNK, "student", **QUIET)
+    full = run_quantize(tmp_path / "full" / "model.onnx", hf, tmp_path / "qf", heldout, CHUNK, "int8_wo", **QUIET)
+    assert abs(rec["fidelity"]["kl_mean"] - full["fidelity"]["kl_mean"]) < 0.25 * full["fidelity"]["kl_mean"]
+
+
+def test_smoothing_is_exact_in_fp32(source):
+    import onnx
+    import onnxruntime as ort
+
+    from edgedistil.quantize.blockwise import calibrate, smooth_norm_inputs
+
+    hf, src, heldout, root = source
+    calib = calibrate(src, heldout, CHUNK)
+    model = onnx.load(str(src))
+    before = {i.name: onnx.numpy_helper.to_array(i).copy() for i in model.graph.initializer}
+    smoothed = smooth_norm_inputs(model, calib, 0.5)
+    changed = [i.name for i in model.graph.initializer
+               if not np.array_equal(onnx.numpy_helper.to_array(i), before[i.name])]
+    # 2 layers x (input and post-attention norms) + the final norm, each with the MatMuls it feeds
+    assert len([c for c in changed if "norm" in c]) == 5 and len(changed) == 5 + 2 * 5 + 1
+    assert any(not np.allclose(smoothed.hessians[t], calib.hessians[t]) for t in calib.hessians)
+    feed = {"input_ids": np.asarray([heldout[:CHUNK]], np.int32), "position": np.asarray([0], np.int32)}
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (onnx.load(str(src)), model)]
+    for s in sessions:
+        feed.update({i.name: np.zeros(i.shape, np.float32) for i in s.get_inputs() if "cache" in i.name})
+    a, b = (s.run(["logits"], feed)[0] for s in sessions)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("text, key", [('[export]\ncache = "paged"\n', "cache"),
@@ -122,7 +169,7 @@ def _matmul_nbits_session(packed: dict, k: int, n: int, bits: int, block: int):
 
 @pytest.mark.parametrize("bits, symmetric", [(4, False), (8, True)])
 def test_matmul_nbits_packing_runs_as_the_dequantized_weights(bits, symmetric):
-    from edgedistil.quantize.gptq import dequantize, gptq, pack_matmul_nbits
+    from edgedistil.quantize.blockwise import dequantize, gptq, pack_matmul_nbits
 
     rng = np.random.default_rng(0)
     k, n, block = 40, 24, 16  # K not a multiple of the block: the last block is padded
@@ -138,7 +185,7 @@ def test_matmul_nbits_packing_runs_as_the_dequantized_weights(bits, symmetric):
 
 
 def test_gptq_lowers_the_layer_output_error_below_round_to_nearest():
-    from edgedistil.quantize.gptq import dequantize, gptq
+    from edgedistil.quantize.blockwise import dequantize, gptq
 
     rng = np.random.default_rng(1)
     k, n, block = 64, 32, 32
@@ -160,7 +207,7 @@ def test_gptq_lowers_the_layer_output_error_below_round_to_nearest():
 
 def test_gptq_calibrates_between_the_fidelity_segments():
     from edgedistil.fidelity import fidelity_segments
-    from edgedistil.quantize.gptq import calibration_windows
+    from edgedistil.quantize.blockwise import calibration_windows
 
     ids = np.arange(800)
     spans = fidelity_segments(len(ids), CHUNK, MAX_LEN)

@@ -1,21 +1,25 @@
 """The quantize stage: model.onnx -> quantized model.onnx + verify.json against the fp32 PyTorch source.
 
-Methods (all onnxruntime.quantization):
+Methods (onnxruntime.quantization; for MatMulNBits and GatherBlockQuantized, edgedistil's own rounding and packing in
+quantize/blockwise.py):
 - `int8`: dynamic quantization, weights int8 per output channel, activations quantized on the fly (MatMulInteger).
   The embedding table (Gather) is int8 too: with a large vocabulary it is most of a small student's bytes.
 - `int8_static`: QDQ, weights per channel and activations with ranges calibrated on real decoding traces of
   held-out text (chunked prefill from position 0, then decode with the cache fed back): random positions or
   zero caches give ranges the model never sees.
 - `int8_wo`: weight-only int8 MatMulNBits (bits 8, symmetric blocks of `block_size`, accuracy_level 4: activations
-  quantized per block, not per tensor), and the embedding Gather int8 per channel as in `int8`. Per-tensor dynamic
-  activations are what costs `int8` its accuracy on SmolLM2's outlier activations.
+  quantized per block, not per tensor), and the embedding lookup int8 in blocks too (GatherBlockQuantized; ONNX
+  Runtime only). Before rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where
+  per-block activation quantization rounded them worst (the LM head's input most). The int8 method that holds the
+  int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
 - `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
   cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
 - `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis; the
-  embedding stays fp32 (onnxruntime-web runs no GatherBlockQuantized).
+  embedding stays fp32 by default (onnxruntime-web runs no GatherBlockQuantized); with `keep_float = []` it is an
+  int8 block lookup as in `int8_wo` (what the in-place gqa layout, ONNX Runtime only, wants).
 
 MatMulNBits weights (int4, int8_wo) are rounded with GPTQ, calibrated on held-out text between the fidelity
-segments (quantize/gptq.py), unless `rounding="nearest"`.
+segments (quantize/blockwise.py), unless `rounding="nearest"`.
 
 Layers named in `keep_float` (substrings of node or weight names, e.g. "lm_head") stay fp32 on purpose; every
 other weight-bearing layer that ends in float is a warning in the record (`precision`).
@@ -33,7 +37,7 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.export.onnx import op_histogram
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import load_hf_folder
-from edgedistil.quantize.gptq import input_hessians, quantize_matmuls
+from edgedistil.quantize.blockwise import calibrate, quantize_gathers, quantize_matmuls, smooth_norm_inputs
 from edgedistil.quantize.precision import layer_precisions, precision_report
 from edgedistil.records import sha256_file, versions
 from edgedistil.runtimes.ort import OrtLM
@@ -49,11 +53,18 @@ SCHEME = {
     "int8_static": "onnxruntime quantize_static QDQ: weight MatMuls int8 per channel, activations int8 calibrated "
                    "(MinMax) on held-out decoding traces from position 0",
     "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4, "
-               "{rounding} rounding; embedding Gather int8 per channel (quantize_dynamic)",
+               "{rounding} rounding (with GPTQ: RMSNorm outputs smoothed first); embedding GatherBlockQuantized int8, "
+               "block {block_size}",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
     "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
             "{rounding} rounding",
 }
+
+
+# SmoothQuant's migration strength for MatMulNBits at accuracy_level 4 (int8 activations), on every RMSNorm-fed
+# MatMul; 0 = off. From scripts/bench_onnx_quant.py on the embedded default: int8_wo top-1 0.968 -> 0.980, and int4
+# loses agreement with it.
+SMOOTH_ALPHA = {"int8_wo": 0.5, "int4": 0.0}
 
 
 def _nodes_matching(src: Path, patterns: list[str]) -> list[str]:
@@ -124,10 +135,13 @@ def fp16_weights(src: Path, dst: Path, excluded: list[str]) -> None:
 
 
 def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], block_size: int,
-                  heldout_ids: np.ndarray, prefill_len: int, accuracy_level: int = 4, rounding: str = "gptq") -> None:
+                  heldout_ids: np.ndarray, prefill_len: int, accuracy_level: int = 4, rounding: str = "gptq",
+                  smooth_alpha: float | None = None) -> None:
     """Write the `method` quantization of `src` to `dst`. `accuracy_level` is MatMulNBits' (int4, int8_wo): 4
     quantizes activations per block; 1 computes in fp32, which ONNX Runtime 1.32 runs slowly for 8 bits
-    (scripts/bench_onnx_quant.py), so the stage keeps 4. `rounding` ("gptq" or "nearest") is theirs too."""
+    (scripts/bench_onnx_quant.py), so the stage keeps 4. `rounding` ("gptq" or "nearest") is theirs too, and
+    with GPTQ `smooth_alpha` (None: the method's SMOOTH_ALPHA, 0: off) migrates activation outliers into the weights
+    first."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
@@ -160,11 +174,18 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
         elif method == "fp16":
             fp16_weights(src, dst, excluded)
         elif method in ("int4", "int8_wo"):
-            hessians = input_hessians(src, heldout_ids, prefill_len) if rounding == "gptq" else None
-            quantize_matmuls(src, dst, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians)
-            if method == "int8_wo":  # MatMulNBits has no 8-bit Gather: the embedding goes through quantize_dynamic
-                quantize_dynamic(str(dst), str(dst), op_types_to_quantize=["Gather"], per_channel=True,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+            model = onnx.load(str(src))
+            # the embedding lookup (unless kept float, as int4 does by default for onnxruntime-web): int8 blocks,
+            # first, so it no longer shares a tied head's matrix, which smoothing scales
+            quantize_gathers(model, block_size, excluded)
+            if rounding == "gptq":
+                calib = calibrate(src, heldout_ids, prefill_len)
+                alpha = SMOOTH_ALPHA[method] if smooth_alpha is None else smooth_alpha
+                hessians = (smooth_norm_inputs(model, calib, alpha) if alpha else calib).hessians
+            else:
+                hessians = None
+            quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians)
+            onnx.save(model, str(dst))
 
 
 def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, prefill_len: int,

@@ -1,10 +1,13 @@
-"""Weight-only MatMulNBits quantization with GPTQ rounding, calibrated on held-out text.
+"""Block-wise weight quantization for ONNX Runtime's MatMulNBits and GatherBlockQuantized: GPTQ rounding and
+SmoothQuant smoothing, calibrated on held-out text.
 
 Round-to-nearest puts each weight on its nearest grid point; GPTQ (Frantar et al., 2022) rounds one input column
 at a time and moves the rounding error onto the columns not yet rounded, weighted by the inverse Hessian of the
 layer's inputs (H = 2 X^T X over calibration activations), so the layer's output error is what it minimises, not
 each weight's. On the embedded default (scripts/bench_onnx_quant.py) it is the difference between int4 missing its
-KL floor 20x and meeting it, and it brings int8 weights to fp16-level agreement when activations stay fp32.
+KL floor 20x and meeting it. MatMulNBits at accuracy_level 4 also rounds activations to int8 per block; SmoothQuant
+(smooth_norm_inputs) divides each RMSNorm output channel by s and multiplies the weight rows it meets by s, exact
+in fp32, so outlier channels no longer set a whole block's activation scale.
 
 Everything happens on the ONNX graph, so it works for either cache layout and for any exporter's names: the
 inputs of each weight MatMul are tapped as extra graph outputs and read while the fp32 graph runs chunked
@@ -12,11 +15,13 @@ prefill over held-out windows that lie between the segments fidelity scores (nev
 output row independently given H, so a MatMul that packs q/k/v (or gate/up) is quantized exactly as its parts.
 The codes are packed here in MatMulNBits' layout (per output row, blocks of `block_size` along the input axis, 4-bit
 codes two to a byte, low nibble first), with symmetric 8-bit (zero point 128, implicit) and asymmetric 4-bit
-(explicit zero points), which ONNX Runtime and onnxruntime-web both run.
+(explicit zero points).
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +47,17 @@ def calibration_windows(heldout_ids: np.ndarray, chunk: int, max_len: int) -> li
     return windows
 
 
-def input_hessians(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 256) -> dict[str, np.ndarray]:
-    """H = 2/n X^T X for every distinct input X of a weight MatMul of `src`, over chunked prefill of the calibration
-    windows with the cache fed back (so attention outputs see real context)."""
+@dataclass
+class Calibration:
+    """Per distinct input X of a weight MatMul: H = 2/n X^T X (GPTQ) and each channel's largest |x| (smoothing)."""
+    hessians: dict[str, np.ndarray]
+    absmax: dict[str, np.ndarray]
+    tokens: int
+
+
+def calibrate(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 256) -> Calibration:
+    """Run `src` (fp32) by chunked prefill over the calibration windows, the cache fed back so attention outputs
+    see real context, and read every weight MatMul's input."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -54,12 +67,12 @@ def input_hessians(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: i
     taps = sorted({n.input[0] for n in weight_matmuls(model)})
     for name in taps:
         model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    tapped = Path(str(src) + ".taps.onnx")
-    try:
-        onnx.save(model, str(tapped))
-        lm = OrtLM(tapped)
-        sums = {name: np.zeros((0, 0)) for name in taps}
-        tokens = 0
+    sums = {name: np.zeros((0, 0)) for name in taps}
+    absmax = {name: np.zeros(0) for name in taps}
+    tokens = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(model, str(Path(tmp) / "taps.onnx"))
+        lm = OrtLM(Path(tmp) / "taps.onnx")
         for window in calibration_windows(heldout_ids, chunk, lm.max_len):
             cache = lm.empty_cache()
             for pos in range(0, len(window), chunk):
@@ -67,13 +80,12 @@ def input_hessians(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: i
                 for name, x in acts.items():
                     x = x.reshape(-1, x.shape[-1]).astype(np.float64)
                     sums[name] = x.T @ x + (sums[name] if sums[name].size else 0)
+                    absmax[name] = np.maximum(np.abs(x).max(0), absmax[name] if absmax[name].size else 0)
                 tokens += chunk
-    finally:
-        tapped.unlink(missing_ok=True)
     if tokens < min_tokens:
         raise EdgeError(f"{len(heldout_ids)} held-out tokens leave {tokens} for GPTQ calibration (needs "
                         f"{min_tokens})", "use a larger corpus or heldout_fraction, or rounding = \"nearest\"")
-    return {name: 2.0 * s / tokens for name, s in sums.items()}
+    return Calibration({name: 2.0 * s / tokens for name, s in sums.items()}, absmax, tokens)
 
 
 def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: int, symmetric: bool,
@@ -149,18 +161,16 @@ def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, 
     return packed
 
 
-def quantize_matmuls(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
+def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
                      hessians: dict[str, np.ndarray] | None) -> None:
-    """Replace every weight MatMul of `src` not in `excluded` by MatMulNBits (GPTQ-rounded when `hessians` are
-    given, else rounded to nearest); write `dst`. A weight another node still reads (a tied embedding's Gather)
-    is kept for that node."""
-    import onnx
+    """Replace every weight MatMul of `model` (an onnx ModelProto, changed in place) not in `excluded` by
+    MatMulNBits, GPTQ-rounded when `hessians` are given, else rounded to nearest. A weight another node still
+    reads (a tied embedding's Gather) is kept for that node."""
     from onnx import helper, numpy_helper
 
     symmetric = bits == 8  # 4-bit: a zero point per block buys the asymmetric range (measured: docs/benchmarks.md)
-    model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
-    nodes, added, replaced = [], [], set()
+    nodes, added = [], []
     for node in model.graph.node:
         if node.op_type != "MatMul" or node.input[1] not in inits or node.name in excluded:
             nodes.append(node)
@@ -175,13 +185,104 @@ def quantize_matmuls(src: Path, dst: Path, bits: int, block_size: int, accuracy_
         nodes.append(helper.make_node("MatMulNBits", [a] + [names[key] for key in packed], list(node.output),
                                       name=f"{node.name}_Q{bits}", domain="com.microsoft", K=k_in, N=n_out,
                                       bits=bits, block_size=block_size, accuracy_level=accuracy_level))
-        replaced.add(b)
-    still_read = {x for n in nodes for x in n.input}
-    kept = [i for i in model.graph.initializer if i.name not in replaced or i.name in still_read]
+    _rewrite(model, nodes, added)
+
+
+def _rewrite(model, nodes: list, added: list) -> None:
+    """Give `model` the node list `nodes` and the new initializers `added`, dropping the initializers no node reads
+    any more (a weight still read by another node, such as a tied embedding's Gather, stays)."""
+    from onnx import helper
+
+    still_read = {x for n in nodes for x in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in still_read]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + added)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(dst))
+
+
+def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5, only: tuple[str, ...] = ()) -> Calibration:
+    """SmoothQuant (Xiao et al., 2022) where it is free: for a MatMul input X = x_hat * g (an RMSNorm's output,
+    g its weight), divide g by s and multiply the weight rows by s, with s_j = max|X_j|^alpha / max|W_j|^(1-alpha).
+    Exact in fp32; it evens out the outlier channels that per-block int8 activation quantization rounds worst.
+    Skipped where g or a weight has another reader (a tied embedding's Gather). Returns the calibration of the
+    smoothed inputs. `only`: node-name parts to restrict it to."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    producer = {out: n for n in model.graph.node for out in n.output}
+    hessians, absmax = dict(calib.hessians), dict(calib.absmax)
+    for tap in calib.hessians:
+        mul, users = producer.get(tap), [u for u in readers.get(tap, []) if u.op_type != "Shape"]  # values unread
+        if mul is None or mul.op_type != "Mul" or not users:
+            continue
+        gain = next((x for x in mul.input if x in inits and len(inits[x].dims) == 1), None)
+        if gain is None or len(readers[gain]) != 1:
+            continue
+        if not all(u.op_type == "MatMul" and u.input[0] == tap and u.input[1] in inits and len(readers[u.input[1]]) == 1
+                   for u in users):
+            continue
+        if only and not any(p in u.name for u in users for p in only):
+            continue
+        weights = [numpy_helper.to_array(inits[u.input[1]]) for u in users]  # [K, N] each
+        wmax = np.max([np.abs(w).max(1) for w in weights], 0)
+        s = np.clip(np.maximum(absmax[tap], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha), 1e-2, 1e2)
+        g = numpy_helper.to_array(inits[gain])
+        inits[gain].CopyFrom(numpy_helper.from_array((g / s).astype(g.dtype), gain))
+        for u, w in zip(users, weights):
+            inits[u.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(w.dtype), u.input[1]))
+        hessians[tap] = calib.hessians[tap] / np.outer(s, s)
+        absmax[tap] = calib.absmax[tap] / s
+    return Calibration(hessians, absmax, calib.tokens)
+
+
+def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:
+    """Replace each embedding lookup of `model` (changed in place) not in `excluded` by GatherBlockQuantized: int8,
+    symmetric blocks of `block_size` along the hidden axis (per-row scales lose 1% top-1 on the embedded default).
+    A row Gather (axis 0) swaps one for one; the gqa layout's column Gather on the tied head matrix, followed by
+    the Transpose that moves the gathered axis first, becomes a row lookup of an int8 copy of that matrix
+    (GatherBlockQuantized gathers uint8 data on axis 0 only)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    folded, nodes, added = set(), [], []  # folded: outputs of the Transposes a row lookup replaces
+    for node in model.graph.node:
+        if node.output[0] in folded:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if node.op_type != "Gather" or node.input[0] not in inits or node.name in excluded:
+            nodes.append(node)
+            continue
+        table, output = numpy_helper.to_array(inits[node.input[0]]), node.output[0]
+        if axis == 1:
+            after = readers.get(output, [])
+            moves_gathered_axis_first = len(after) == 1 and after[0].op_type == "Transpose" and \
+                [list(a.ints) for a in after[0].attribute if a.name == "perm"] == [[1, 2, 0]]
+            if not moves_gathered_axis_first:
+                nodes.append(node)
+                continue
+            table, output = table.T, after[0].output[0]
+            folded.add(output)
+        elif axis != 0:
+            nodes.append(node)
+            continue
+        codes, scales, zeros = gptq(table, None, 8, block_size, symmetric=True)
+        base = node.input[0] + ("_rows" if axis == 1 else "")
+        packed = pack_matmul_nbits(codes, scales, zeros, 8, block_size, symmetric=True)
+        rows, width = table.shape
+        added += [numpy_helper.from_array(packed["B"].reshape(rows, -1)[:, :width].copy(), f"{base}_Q8"),
+                  numpy_helper.from_array(packed["scales"].reshape(rows, -1), f"{base}_scales")]
+        nodes.append(helper.make_node("GatherBlockQuantized", [f"{base}_Q8", node.input[1], f"{base}_scales"],
+                                      [output], name=f"{node.name}_Q8", domain="com.microsoft", bits=8,
+                                      block_size=block_size, gather_axis=0, quantize_axis=1))
+    _rewrite(model, nodes, added)
