@@ -203,7 +203,8 @@ def do_quantize(run: Run, method: str = "int8", src: Path | None = None, force: 
     key = stage_key("quantize", method, sha256_file(src), run.recipe.export.prefill_len, run.recipe.section("quantize"))
     return run.stage(f"quantize[{method}]", folder, key, lambda: run_quantize(
         src, model_dir, folder, run.heldout_ids(), run.recipe.export.prefill_len, method, log=run.log,
-        block_size=q.block_size, keep_float=keep_float, rounding=q.rounding), force)
+        block_size=q.block_size, keep_float=keep_float, rounding=q.rounding,
+        eight_bit=None if q.int4_eight_bit == ["auto"] else tuple(q.int4_eight_bit)), force)
 
 
 def bench_prompt(run: Run) -> list[int]:

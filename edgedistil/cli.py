@@ -145,9 +145,10 @@ def export(config, out, role, model, teacher):
 @config_option
 @out_option
 @click.option("--method", type=click.Choice(["int8", "int8_wo", "int8_static", "int4", "fp16"]), default="int8",
-              show_default=True, help="int8: dynamic, per channel; int8_wo: MatMulNBits 8-bit weight-only; "
-              "int8_static: QDQ calibrated on held-out decoding; int4: MatMulNBits weight-only (block size from the "
-              "recipe's [quantize] block_size); fp16: fp16 weight storage.")
+              show_default=True, help="int8: dynamic, per channel (runs in onnxruntime-web); int8_wo: MatMulNBits "
+              "8-bit, smoothed and GPTQ-rounded, int8 embedding lookup (ONNX Runtime); int8_static: QDQ calibrated on "
+              "held-out decoding; int4: MatMulNBits GPTQ-rounded (the recipe's [quantize] block_size and rounding); "
+              "fp16: fp16 weight storage.")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="Exported model.onnx (default: the run's "
               "student export).")
 def quantize(config, out, method, model):

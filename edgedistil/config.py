@@ -117,6 +117,8 @@ class QuantizeConfig:
     keep_float: list = field(default_factory=lambda: ["auto"])
     # int4 and int8_wo weights: "gptq" (error-compensating, calibrated on held-out text) or "nearest"
     rounding: str = "gptq"
+    # int4: layer-name parts kept at 8 bits; "auto" = the LM head and down_proj (measured), [] = every layer 4-bit
+    int4_eight_bit: list = field(default_factory=lambda: ["auto"])
 
 
 @dataclass
@@ -353,6 +355,8 @@ def _validate(r: Recipe, where: str) -> None:
                  f"must be a power of two >= 16, got {qz.block_size}")
     _check_range(f"{where} [quantize]", "keep_float", all(isinstance(k, str) and k for k in qz.keep_float),
                  f"must be a list of layer-name parts like [\"lm_head\"], got {qz.keep_float!r}")
+    _check_range(f"{where} [quantize]", "int4_eight_bit", all(isinstance(k, str) and k for k in qz.int4_eight_bit),
+                 f"must be a list of layer-name parts like [\"lm_head\"], got {qz.int4_eight_bit!r}")
     _check_range(f"{where} [quantize]", "rounding", qz.rounding in ("gptq", "nearest"),
                  f"must be \"gptq\" or \"nearest\", got {qz.rounding!r}")
     _check_range(f"{where} [bench]", "new_tokens", b.new_tokens >= 1, f"must be >= 1, got {b.new_tokens}")

@@ -9,7 +9,8 @@ Measured, each model in its own process, 1 thread, spinning off, every model onc
 so a slow stretch of a shared machine hits them all), keeping each model's median round: pp64/pp256 prefill,
 decode at depths 0/128/512 (null where the cache is too short), TTFT, load time, peak RSS, file size, CPU-ms per
 token; for
-- ours: student fp32 (full cache), int8 (the web bundle's), int4 (MatMulNBits, block 32, GPTQ), and the in-place
+- ours: student fp32 (full cache), int8 (the web bundle's), int4 (MatMulNBits, block 32, GPTQ, every MatMul
+  4-bit like genai's, not the stage's 8-bit head and down_proj), and the in-place
   "gqa" layout in fp32, int4 (embedding: an int8 lookup) and int8_wo (MatMulNBits 8-bit, GPTQ and smoothing, int8
   embedding lookup: the int8 that holds the int8 fidelity floor); the teacher fp32 (full and gqa);
 - PyTorch eager (transformers generate, greedy), onnxruntime-genai (its model builder, fp32 and int4, own venv) and
@@ -75,7 +76,8 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
     heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
     int4 = work / "student-int4.onnx"
     if not int4.is_file():
-        quantize_file(run / "export/student/model.onnx", int4, "int4", ["embed_tokens"], 32, heldout, 64)
+        quantize_file(run / "export/student/model.onnx", int4, "int4", ["embed_tokens"], 32, heldout, 64,
+                      eight_bit=())  # every MatMul 4-bit, as genai's int4
     models["ours int4 (full cache)"] = int4
     max_len = onnx.load(str(run / "export/student/model.onnx"), load_external_data=False).graph.input[2] \
         .type.tensor_type.shape.dim[3].dim_value
@@ -89,7 +91,7 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
         models[f"{'ours' if role == 'student' else 'teacher'} fp32 (gqa, in place)"] = path
     gqa4 = work / "student-gqa-int4.onnx"
     if not gqa4.is_file():
-        quantize_file(work / "student-gqa.onnx", gqa4, "int4", [], 32, heldout, 64)  # embedding: int8 lookup
+        quantize_file(work / "student-gqa.onnx", gqa4, "int4", [], 32, heldout, 64, eight_bit=())  # int8 lookup
     models["ours int4 (gqa, in place)"] = gqa4
     gqa8 = work / "student-gqa-int8_wo.onnx"
     if not gqa8.is_file():

@@ -47,8 +47,11 @@ def test_int4_is_matmulnbits_with_configurable_blocks(source):
     hf, src, heldout, root = source
     rec = run_quantize(src, hf, root / "int4", heldout, CHUNK, "int4", block_size=16, **QUIET)
     assert rec["ops"].get("MatMulNBits") == 15 and "block 16" in rec["scheme"] and rec["block_size"] == 16
-    assert rec["precision"]["counts"] == {"int4": 15, "fp32": 1}  # the embedding Gather is kept fp32 on purpose
-    assert rec["warnings"] == []
+    # the embedding Gather is kept fp32 on purpose, the LM head and down_proj at 8 bits
+    assert rec["precision"]["counts"] == {"int4": 12, "int8": 3, "fp32": 1} and rec["warnings"] == []
+    assert rec["int4_eight_bit"] == ["lm_head", "down_proj"]
+    assert {layer["node"].split("/")[1] for layer in rec["precision"]["layers"] if layer["intended"] == "int8"} \
+        == {"lm_head", "mlp"} and all(layer["precision"] == layer["intended"] for layer in rec["precision"]["layers"])
     assert rec["bytes"] < rec["source_bytes"]
     with pytest.raises(EdgeError, match="block_size"):
         run_quantize(src, hf, root / "int4-bad", heldout, CHUNK, "int4", block_size=24, **QUIET)
@@ -75,6 +78,8 @@ def test_int8_weight_only_is_matmulnbits_8bit_with_int8_embedding(source):
     hf, src, heldout, root = source
     rec = run_quantize(src, hf, root / "int8wo", heldout, CHUNK, "int8_wo", **QUIET)
     assert rec["ops"].get("MatMulNBits") == 15 and rec["ops"].get("GatherBlockQuantized") == 1
+    # 2 layers x 2 norms + the final norm smoothed, calibrated on held-out text between the fidelity segments
+    assert rec["calibration"]["tokens"] >= 256 and len(rec["calibration"]["smoothed_inputs"]) == 5
     assert rec["precision"]["counts"] == {"int8": 16} and rec["warnings"] == []
 
 
@@ -127,7 +132,9 @@ def test_smoothing_is_exact_in_fp32(source):
 
 @pytest.mark.parametrize("text, key", [('[export]\ncache = "paged"\n', "cache"),
                                        ("[quantize]\nblock_size = 24\n", "block_size"),
-                                       ("[quantize]\nkeep_float = [1]\n", "keep_float")])
+                                       ("[quantize]\nkeep_float = [1]\n", "keep_float"),
+                                       ('[quantize]\nrounding = "gptq4"\n', "rounding"),
+                                       ("[quantize]\nint4_eight_bit = [1]\n", "int4_eight_bit")])
 def test_recipe_rejects_bad_cache_layout_and_quantize_options(tmp_path, text, key):
     from edgedistil.config import load_recipe
 
@@ -220,9 +227,10 @@ def test_gptq_calibrates_between_the_fidelity_segments():
 
 def test_int4_gptq_beats_round_to_nearest_and_records_it(source):
     hf, src, heldout, root = source
-    gptq_rec = run_quantize(src, hf, root / "int4-gptq", heldout, CHUNK, "int4", block_size=16, **QUIET)
-    nearest = run_quantize(src, hf, root / "int4-rtn", heldout, CHUNK, "int4", block_size=16, rounding="nearest",
-                           **QUIET)
+    every4 = dict(block_size=16, eight_bit=(), **QUIET)  # every MatMul 4-bit
+    gptq_rec = run_quantize(src, hf, root / "int4-gptq", heldout, CHUNK, "int4", **every4)
+    nearest = run_quantize(src, hf, root / "int4-rtn", heldout, CHUNK, "int4", rounding="nearest", **every4)
+    assert gptq_rec["precision"]["counts"] == {"int4": 15, "fp32": 1} and gptq_rec["int4_eight_bit"] == []
     assert gptq_rec["rounding"] == "gptq" and "gptq rounding" in gptq_rec["scheme"] and nearest["rounding"] == "nearest"
     assert gptq_rec["fidelity"]["kl_mean"] < nearest["fidelity"]["kl_mean"]
     with pytest.raises(EdgeError, match="GPTQ calibration"):

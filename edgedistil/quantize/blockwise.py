@@ -53,6 +53,7 @@ class Calibration:
     hessians: dict[str, np.ndarray]
     absmax: dict[str, np.ndarray]
     tokens: int
+    smoothed: tuple[str, ...] = ()  # the inputs smooth_norm_inputs rescaled
 
 
 def calibrate(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 256) -> Calibration:
@@ -162,13 +163,14 @@ def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, 
 
 
 def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
-                     hessians: dict[str, np.ndarray] | None) -> None:
+                     hessians: dict[str, np.ndarray] | None, eight_bit: tuple[str, ...] = ()) -> None:
     """Replace every weight MatMul of `model` (an onnx ModelProto, changed in place) not in `excluded` by
-    MatMulNBits, GPTQ-rounded when `hessians` are given, else rounded to nearest. A weight another node still
-    reads (a tied embedding's Gather) is kept for that node."""
+    MatMulNBits, GPTQ-rounded when `hessians` are given, else rounded to nearest; nodes whose name holds a part in
+    `eight_bit` get 8 bits whatever `bits` is. A weight another node still reads (a tied embedding's Gather) is
+    kept for that node."""
     from onnx import helper, numpy_helper
 
-    symmetric = bits == 8  # 4-bit: a zero point per block buys the asymmetric range (measured: docs/benchmarks.md)
+    wanted = bits
     inits = {i.name: i for i in model.graph.initializer}
     nodes, added = [], []
     for node in model.graph.node:
@@ -176,6 +178,8 @@ def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, exc
             nodes.append(node)
             continue
         a, b = node.input
+        bits = 8 if any(p in node.name for p in eight_bit) else wanted
+        symmetric = bits == 8  # 4-bit: a zero point per block buys the asymmetric range (docs/benchmarks.md)
         weight = numpy_helper.to_array(inits[b]).T  # ONNX MatMul B is [K, N]; GPTQ rows are outputs
         n_out, k_in = weight.shape
         codes, scales, zeros = gptq(weight, None if hessians is None else hessians[a], bits, block_size, symmetric)
@@ -239,7 +243,8 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5, only: tupl
             inits[u.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(w.dtype), u.input[1]))
         hessians[tap] = calib.hessians[tap] / np.outer(s, s)
         absmax[tap] = calib.absmax[tap] / s
-    return Calibration(hessians, absmax, calib.tokens)
+    return Calibration(hessians, absmax, calib.tokens,
+                       tuple(t for t in calib.hessians if hessians[t] is not calib.hessians[t]))
 
 
 def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:

@@ -14,7 +14,8 @@ quantize/blockwise.py):
   int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
 - `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
   cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
-- `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis; the
+- `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis, with the
+  LM head and down_proj at 8 bits (INT4_EIGHT_BIT: all-4-bit misses the int4 top-1 floor on the embedded default); the
   embedding stays fp32 by default (onnxruntime-web runs no GatherBlockQuantized); with `keep_float = []` it is an
   int8 block lookup as in `int8_wo` (what the in-place gqa layout, ONNX Runtime only, wants).
 
@@ -57,7 +58,7 @@ SCHEME = {
                "block {block_size}",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
     "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
-            "{rounding} rounding",
+            "{rounding} rounding; lm_head and down_proj 8-bit",
 }
 
 
@@ -65,6 +66,9 @@ SCHEME = {
 # MatMul; 0 = off. From scripts/bench_onnx_quant.py on the embedded default: int8_wo top-1 0.968 -> 0.980, and int4
 # loses agreement with it.
 SMOOTH_ALPHA = {"int8_wo": 0.5, "int4": 0.0}
+# int4's layers kept at 8 bits (MatMulNBits either way), chosen like SMOOTH_ALPHA: with every MatMul 4-bit the
+# embedded default misses the int4 top-1 floor (0.939); the LM head and down_proj at 8 bits hold it.
+INT4_EIGHT_BIT = ("lm_head", "down_proj")
 
 
 def _nodes_matching(src: Path, patterns: list[str]) -> list[str]:
@@ -136,17 +140,19 @@ def fp16_weights(src: Path, dst: Path, excluded: list[str]) -> None:
 
 def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], block_size: int,
                   heldout_ids: np.ndarray, prefill_len: int, accuracy_level: int = 4, rounding: str = "gptq",
-                  smooth_alpha: float | None = None) -> None:
+                  smooth_alpha: float | None = None, eight_bit: tuple[str, ...] | None = None) -> dict:
     """Write the `method` quantization of `src` to `dst`. `accuracy_level` is MatMulNBits' (int4, int8_wo): 4
     quantizes activations per block; 1 computes in fp32, which ONNX Runtime 1.32 runs slowly for 8 bits
     (scripts/bench_onnx_quant.py), so the stage keeps 4. `rounding` ("gptq" or "nearest") is theirs too, and
     with GPTQ `smooth_alpha` (None: the method's SMOOTH_ALPHA, 0: off) migrates activation outliers into the weights
-    first."""
+    first; int4 keeps the `eight_bit` layers (None: INT4_EIGHT_BIT) at 8 bits. Returns what calibration did
+    (empty for the methods without it)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
     excluded = _nodes_matching(src, keep_float)
+    done: dict = {}
     with _QuietQuantizer():
         if method == "int8":
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
@@ -181,16 +187,21 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
             if rounding == "gptq":
                 calib = calibrate(src, heldout_ids, prefill_len)
                 alpha = SMOOTH_ALPHA[method] if smooth_alpha is None else smooth_alpha
-                hessians = (smooth_norm_inputs(model, calib, alpha) if alpha else calib).hessians
+                calib = smooth_norm_inputs(model, calib, alpha) if alpha else calib
+                hessians = calib.hessians
+                done = {"tokens": calib.tokens, "smooth_alpha": alpha, "smoothed_inputs": list(calib.smoothed)}
             else:
                 hessians = None
-            quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians)
+            wide = (INT4_EIGHT_BIT if eight_bit is None else eight_bit) if method == "int4" else ()
+            quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians,
+                             tuple(wide))
             onnx.save(model, str(dst))
+    return done
 
 
 def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, prefill_len: int,
                  method: str = "int8", log=print, block_size: int = 32, keep_float: list[str] | None = None,
-                 rounding: str = "gptq") -> dict:
+                 rounding: str = "gptq", eight_bit: tuple[str, ...] | None = None) -> dict:
     if method not in METHODS:
         raise EdgeError(f"unknown quantization '{method}'", f"use one of: {', '.join(METHODS)}")
     if block_size < 16 or block_size & (block_size - 1):
@@ -204,9 +215,11 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
     with atomic_dir(out_dir) as tmp:
         path = tmp / "model.onnx"
         t0 = time.perf_counter()
-        quantize_file(src_onnx, path, method, keep_float, block_size, heldout_ids, prefill_len, rounding=rounding)
+        eight_bit = (INT4_EIGHT_BIT if eight_bit is None else tuple(eight_bit)) if method == "int4" else ()
+        calibration = quantize_file(src_onnx, path, method, keep_float, block_size, heldout_ids, prefill_len,
+                                    rounding=rounding, eight_bit=eight_bit)
         seconds = time.perf_counter() - t0
-        precision = precision_report(path, PRECISION[method], keep_float)
+        precision = precision_report(path, PRECISION[method], keep_float, eight_bit)
         model = load_hf_folder(source_model_dir, max_len=reference.max_len).eval()
         fidelity = measure_fidelity(TorchLM(model, reference.max_len), OrtLM(path), heldout_ids, prefill_len)
         floors = floor_verdict(fidelity, PRECISION[method])
@@ -217,6 +230,8 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
             "scheme": SCHEME[method].format(block_size=block_size, rounding=rounding),
             "block_size": block_size if method in ("int4", "int8_wo") else None,
             "rounding": rounding if method in ("int4", "int8_wo") else None,
+            "int4_eight_bit": list(eight_bit) if method == "int4" else None,
+            "calibration": calibration or None,  # GPTQ: held-out tokens read, smoothing strength, inputs smoothed
             "source": {"file": str(src_onnx), "sha256": sha256_file(src_onnx)},
             "file": "model.onnx", "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "source_bytes": src_onnx.stat().st_size, "quantize_seconds": round(seconds, 2),

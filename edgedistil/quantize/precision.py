@@ -57,14 +57,16 @@ def _precision(node, init, via: str) -> str:
             "int4": "int4", "uint4": "int4"}.get(_dtype_name(init.data_type), _dtype_name(init.data_type))
 
 
-def precision_report(path: Path | str, intended: str, keep_float: list[str]) -> dict:
+def precision_report(path: Path | str, intended: str, keep_float: list[str], eight_bit: tuple[str, ...] = ()) -> dict:
     """Account for every layer of the quantized graph at `path` against the plan: layers matching a `keep_float`
-    pattern stay float on purpose; any other float layer was meant to be `intended` and is a warning."""
+    pattern stay float on purpose, those matching an `eight_bit` one are meant to be int8; any other float layer
+    was meant to be `intended` and is a warning."""
     layers = layer_precisions(path)
     warnings = []
     for layer in layers:
         kept = any(p in layer["node"] or p in layer["weight"] for p in keep_float)
-        layer["intended"] = "fp32" if kept else intended
+        wide = layer["op"] == "MatMulNBits" and any(p in layer["node"] for p in eight_bit)
+        layer["intended"] = "fp32" if kept else "int8" if wide else intended
         if not kept and layer["precision"] != intended and layer["precision"] in ("fp32", "fp16", "bf16"):
             warnings.append(f"{layer['node']} ({layer['weight']}, {layer['op']}) stayed {layer['precision']}, "
                             f"meant to be {intended}")
