@@ -3,12 +3,13 @@
     python scripts/bench_onnx_quant.py --run RUN     # RUN: a build folder with distill/ and export/student/
 
 Each row quantizes RUN's fp32 student export (export/student/model.onnx) with edgedistil's own quantize methods
-(edgedistil.quantize.onnx.quantize_file; one row quantizes the in-place gqa layout built from RUN's student):
+(edgedistil.quantize.onnx.quantize_file; the gqa rows quantize the in-place layout built from RUN's student):
 MatMulNBits weights rounded to nearest or with GPTQ (the stage's default), with or without smoothing, at
-accuracy_level 4 (int8 activations, the stage's) or 1 (fp32 compute), some layers kept float (`keep_float`). It measures each row's fidelity against the fp32 PyTorch student like the quantize stage does (16
-held-out segments, 64 greedy tokens), then times decode (1 thread, a 64-token prefill, then 40 steps, the first 8
-warm-up) and reads the peak RSS in a fresh process. The rows run one after the other in one run, so their speeds
-compare. Writes docs/results/onnx_quant_schemes.json.
+accuracy_level 4 (int8 activations, the stage's) or 1 (fp32 compute), int4 with some layers at 8 bits, some
+layers kept float (`keep_float`). It measures each row's fidelity against the fp32 PyTorch student like the
+quantize stage does (16 held-out segments, 64 greedy tokens), then times decode (1 thread, a 64-token prefill,
+then 40 steps, the first 8 warm-up) and reads the peak RSS in a fresh process. The rows run one after the other
+in one run, so their speeds compare. Writes docs/results/onnx_quant_schemes.json.
 """
 
 from __future__ import annotations
@@ -56,21 +57,26 @@ def main() -> None:
     heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
     reference = TorchLM(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256)
     head_down = ["lm_head", "down_proj"]
-    # name -> (graph, method, keep_float, accuracy_level, rounding, smooth_alpha); None = the method's default
+    # name -> (graph, method, keep_float, accuracy_level, rounding, smooth_alpha, int4's 8-bit layers);
+    # None = the method's default
+    emb, all4 = ["embed_tokens"], ()
     schemes = {
         "fp32 export": None,
-        "int8: dynamic, per channel (MatMulInteger)": ("full", "int8", [], 4, "nearest", None),
-        "int8: dynamic, lm_head and down_proj fp32": ("full", "int8", head_down, 4, "nearest", None),
-        "int8_wo: MatMulNBits 8-bit, nearest": ("full", "int8_wo", [], 4, "nearest", None),
-        "int8_wo: GPTQ": ("full", "int8_wo", [], 4, "gptq", 0),
-        "int8_wo: GPTQ + smoothing (the stage's)": ("full", "int8_wo", [], 4, "gptq", None),
-        "int8_wo: GPTQ + smoothing, gqa layout": ("gqa", "int8_wo", [], 4, "gptq", None),
-        "int8_wo: GPTQ, fp32 compute (accuracy_level 1)": ("full", "int8_wo", [], 1, "gptq", 0),
-        "int4: MatMulNBits 4-bit, nearest": ("full", "int4", ["embed_tokens"], 4, "nearest", None),
-        "int4: GPTQ (the stage's)": ("full", "int4", ["embed_tokens"], 4, "gptq", None),
-        "int4: GPTQ + smoothing": ("full", "int4", ["embed_tokens"], 4, "gptq", 0.5),
-        "int4: GPTQ, fp32 compute (accuracy_level 1)": ("full", "int4", ["embed_tokens"], 1, "gptq", None),
-        "fp16 weights (compute fp32)": ("full", "fp16", [], 4, "nearest", None),
+        "int8: dynamic, per channel (MatMulInteger)": ("full", "int8", [], 4, "nearest", None, None),
+        "int8: dynamic, lm_head and down_proj fp32": ("full", "int8", head_down, 4, "nearest", None, None),
+        "int8_wo: MatMulNBits 8-bit, nearest": ("full", "int8_wo", [], 4, "nearest", None, None),
+        "int8_wo: GPTQ": ("full", "int8_wo", [], 4, "gptq", 0, None),
+        "int8_wo: GPTQ + smoothing (the stage's)": ("full", "int8_wo", [], 4, "gptq", None, None),
+        "int8_wo: GPTQ + smoothing, gqa layout": ("gqa", "int8_wo", [], 4, "gptq", None, None),
+        "int8_wo: GPTQ, fp32 compute (accuracy_level 1)": ("full", "int8_wo", [], 1, "gptq", 0, None),
+        "int4: every MatMul 4-bit, nearest": ("full", "int4", emb, 4, "nearest", None, all4),
+        "int4: every MatMul 4-bit, GPTQ": ("full", "int4", emb, 4, "gptq", None, all4),
+        "int4: every MatMul 4-bit, GPTQ + smoothing": ("full", "int4", emb, 4, "gptq", 0.5, all4),
+        "int4: every MatMul 4-bit, GPTQ, fp32 compute (accuracy_level 1)": ("full", "int4", emb, 1, "gptq", None, all4),
+        "int4: GPTQ, lm_head 8-bit": ("full", "int4", emb, 4, "gptq", None, ("lm_head",)),
+        "int4: GPTQ, lm_head and down_proj 8-bit (the stage's)": ("full", "int4", emb, 4, "gptq", None, None),
+        "int4: GPTQ, lm_head and down_proj 8-bit, gqa layout": ("gqa", "int4", [], 4, "gptq", None, None),
+        "fp16 weights (compute fp32)": ("full", "fp16", [], 4, "nearest", None, None),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,9 +92,9 @@ def main() -> None:
             if how is None:
                 shutil.copy(src, path)
             else:
-                graph, method, keep, level, rounding, alpha = how
+                graph, method, keep, level, rounding, alpha, eight_bit = how
                 quantize_file(gqa if graph == "gqa" else src, path, method, keep, 32, heldout, 64,
-                              accuracy_level=level, rounding=rounding, smooth_alpha=alpha)
+                              accuracy_level=level, rounding=rounding, smooth_alpha=alpha, eight_bit=eight_bit)
             f = measure_fidelity(reference, OrtLM(path), heldout, 64, segments=16, greedy_tokens=64)
             timed = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
                                    capture_output=True, text=True, cwd=REPO)
