@@ -207,12 +207,12 @@ def _rewrite(model, nodes: list, added: list) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5, only: tuple[str, ...] = ()) -> Calibration:
+def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5) -> Calibration:
     """SmoothQuant (Xiao et al., 2022) where it is free: for a MatMul input X = x_hat * g (an RMSNorm's output,
     g its weight), divide g by s and multiply the weight rows by s, with s_j = max|X_j|^alpha / max|W_j|^(1-alpha).
     Exact in fp32; it evens out the outlier channels that per-block int8 activation quantization rounds worst.
     Skipped where g or a weight has another reader (a tied embedding's Gather). Returns the calibration of the
-    smoothed inputs. `only`: node-name parts to restrict it to."""
+    smoothed inputs."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -232,8 +232,6 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5, only: tupl
         if not all(u.op_type == "MatMul" and u.input[0] == tap and u.input[1] in inits and len(readers[u.input[1]]) == 1
                    for u in users):
             continue
-        if only and not any(p in u.name for u in users for p in only):
-            continue
         weights = [numpy_helper.to_array(inits[u.input[1]]) for u in users]  # [K, N] each
         wmax = np.max([np.abs(w).max(1) for w in weights], 0)
         s = np.clip(np.maximum(absmax[tap], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha), 1e-2, 1e2)
@@ -249,7 +247,7 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5, only: tupl
 
 def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:
     """Replace each embedding lookup of `model` (changed in place) not in `excluded` by GatherBlockQuantized: int8,
-    symmetric blocks of `block_size` along the hidden axis (per-row scales lose 1% top-1 on the embedded default).
+    symmetric blocks of `block_size` along the hidden axis, like the MatMul weights.
     A row Gather (axis 0) swaps one for one; the gqa layout's column Gather on the tied head matrix, followed by
     the Transpose that moves the gathered axis first, becomes a row lookup of an int8 copy of that matrix
     (GatherBlockQuantized gathers uint8 data on axis 0 only)."""
