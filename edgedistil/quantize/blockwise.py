@@ -68,8 +68,8 @@ def calibrate(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 
     taps = sorted({n.input[0] for n in weight_matmuls(model)})
     for name in taps:
         model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    sums = {name: np.zeros((0, 0)) for name in taps}
-    absmax = {name: np.zeros(0) for name in taps}
+    sums: dict[str, np.ndarray] = {}
+    absmax: dict[str, np.ndarray] = {}
     tokens = 0
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(model, str(Path(tmp) / "taps.onnx"))
@@ -80,8 +80,8 @@ def calibrate(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 
                 _, cache, acts = lm.step_with_taps(window[pos:pos + chunk].tolist(), pos, cache, taps)
                 for name, x in acts.items():
                     x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-                    sums[name] = x.T @ x + (sums[name] if sums[name].size else 0)
-                    absmax[name] = np.maximum(np.abs(x).max(0), absmax[name] if absmax[name].size else 0)
+                    sums[name] = sums.get(name, 0) + x.T @ x
+                    absmax[name] = np.maximum(absmax.get(name, 0), np.abs(x).max(0))
                 tokens += chunk
     if tokens < min_tokens:
         raise EdgeError(f"{len(heldout_ids)} held-out tokens leave {tokens} for GPTQ calibration (needs "
@@ -192,6 +192,15 @@ def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, exc
     _rewrite(model, nodes, added)
 
 
+def _readers(model) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    return readers
+
+
 def _rewrite(model, nodes: list, added: list) -> None:
     """Give `model` the node list `nodes` and the new initializers `added`, dropping the initializers no node reads
     any more (a weight still read by another node, such as a tied embedding's Gather, stays)."""
@@ -216,10 +225,7 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5) -> Calibra
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
+    readers = _readers(model)
     producer = {out: n for n in model.graph.node for out in n.output}
     hessians, absmax = dict(calib.hessians), dict(calib.absmax)
     for tap in calib.hessians:
@@ -254,10 +260,7 @@ def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
+    readers = _readers(model)
     folded, nodes, added = set(), [], []  # folded: outputs of the Transposes a row lookup replaces
     for node in model.graph.node:
         if node.output[0] in folded:

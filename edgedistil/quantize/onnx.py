@@ -58,7 +58,7 @@ SCHEME = {
                "block {block_size}",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
     "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
-            "{rounding} rounding; lm_head and down_proj 8-bit",
+            "{rounding} rounding; 8-bit layers: {eight_bit}",
 }
 
 
@@ -69,6 +69,11 @@ SMOOTH_ALPHA = {"int8_wo": 0.5, "int4": 0.0}
 # int4's layers kept at 8 bits (MatMulNBits either way), chosen like SMOOTH_ALPHA: with every MatMul 4-bit the
 # embedded default misses the int4 top-1 floor (0.939); the LM head and down_proj at 8 bits hold it.
 INT4_EIGHT_BIT = ("lm_head", "down_proj")
+
+
+def eight_bit_layers(method: str, eight_bit: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The node-name parts `method` quantizes at 8 bits among its MatMulNBits: int4's (None: INT4_EIGHT_BIT)."""
+    return (INT4_EIGHT_BIT if eight_bit is None else tuple(eight_bit)) if method == "int4" else ()
 
 
 def _nodes_matching(src: Path, patterns: list[str]) -> list[str]:
@@ -152,7 +157,7 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
                                           quantize_static)
 
     excluded = _nodes_matching(src, keep_float)
-    done: dict = {}
+    calibration: dict = {}
     with _QuietQuantizer():
         if method == "int8":
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
@@ -189,14 +194,14 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
                 alpha = SMOOTH_ALPHA[method] if smooth_alpha is None else smooth_alpha
                 calib = smooth_norm_inputs(model, calib, alpha) if alpha else calib
                 hessians = calib.hessians
-                done = {"tokens": calib.tokens, "smooth_alpha": alpha, "smoothed_inputs": list(calib.smoothed)}
+                calibration = {"tokens": calib.tokens, "smooth_alpha": alpha,
+                               "smoothed_inputs": list(calib.smoothed)}
             else:
                 hessians = None
-            wide = (INT4_EIGHT_BIT if eight_bit is None else eight_bit) if method == "int4" else ()
             quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians,
-                             tuple(wide))
+                             eight_bit_layers(method, eight_bit))
             onnx.save(model, str(dst))
-    return done
+    return calibration
 
 
 def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, prefill_len: int,
@@ -215,7 +220,7 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
     with atomic_dir(out_dir) as tmp:
         path = tmp / "model.onnx"
         t0 = time.perf_counter()
-        eight_bit = (INT4_EIGHT_BIT if eight_bit is None else tuple(eight_bit)) if method == "int4" else ()
+        eight_bit = eight_bit_layers(method, eight_bit)
         calibration = quantize_file(src_onnx, path, method, keep_float, block_size, heldout_ids, prefill_len,
                                     rounding=rounding, eight_bit=eight_bit)
         seconds = time.perf_counter() - t0
@@ -227,7 +232,8 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
         write_json(tmp / "verify.json", fidelity)
         record = {
             "stage": "quantize", "method": method,
-            "scheme": SCHEME[method].format(block_size=block_size, rounding=rounding),
+            "scheme": SCHEME[method].format(block_size=block_size, rounding=rounding,
+                                            eight_bit=", ".join(eight_bit) or "none"),
             "block_size": block_size if method in ("int4", "int8_wo") else None,
             "rounding": rounding if method in ("int4", "int8_wo") else None,
             "int4_eight_bit": list(eight_bit) if method == "int4" else None,

@@ -67,9 +67,9 @@ def precision_report(path: Path | str, intended: str, keep_float: list[str], eig
         kept = any(p in layer["node"] or p in layer["weight"] for p in keep_float)
         wide = layer["op"] == "MatMulNBits" and any(p in layer["node"] for p in eight_bit)
         layer["intended"] = "fp32" if kept else "int8" if wide else intended
-        if not kept and layer["precision"] != intended and layer["precision"] in ("fp32", "fp16", "bf16"):
+        if not kept and layer["precision"] != layer["intended"] and layer["precision"] in ("fp32", "fp16", "bf16"):
             warnings.append(f"{layer['node']} ({layer['weight']}, {layer['op']}) stayed {layer['precision']}, "
-                            f"meant to be {intended}")
+                            f"meant to be {layer['intended']}")
     counts: dict[str, int] = {}
     for layer in layers:
         counts[layer["precision"]] = counts.get(layer["precision"], 0) + 1
