@@ -18,6 +18,7 @@ import click
 from edgedistil import __version__
 from edgedistil.build import CHAIN
 from edgedistil.config import MODELS_DIR, TARGETS, load_recipe
+from edgedistil.quantize import METHODS
 from edgedistil.errors import EdgeError
 
 DEFAULT_OUT = "edgedistil-run"
@@ -144,9 +145,10 @@ def export(config, out, role, model, teacher):
 @main.command()
 @config_option
 @out_option
-@click.option("--method", type=click.Choice(["int8", "int8_wo", "int8_static", "int4", "fp16"]), default="int8",
-              show_default=True, help="int8: dynamic, per channel (runs in onnxruntime-web); int8_wo: MatMulNBits "
-              "8-bit, smoothed and GPTQ-rounded, int8 embedding lookup (ONNX Runtime); int8_static: QDQ calibrated on "
+@click.option("--method", type=click.Choice(list(METHODS)), default="int8", show_default=True,
+              help="int8: dynamic, per channel; int8_wo: MatMulNBits 8-bit, smoothed and GPTQ-rounded, int8 embedding "
+              "lookup (ONNX Runtime); int8_storage: int8 weights folded to fp32 at load (the web bundle's: "
+              "onnxruntime-web's fp32 kernels are its fast ones); int8_static: QDQ calibrated on "
               "held-out decoding; int4: MatMulNBits GPTQ-rounded (the recipe's [quantize] block_size and rounding); "
               "fp16: fp16 weight storage.")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="Exported model.onnx (default: the run's "

@@ -115,7 +115,7 @@ class QuantizeConfig:
     block_size: int = 32  # int4 (MatMulNBits): weights per scale along the input axis, a power of two >= 16
     # parts of layer names kept fp32 on purpose (e.g. "lm_head"); "auto" = the method's measured default
     keep_float: list = field(default_factory=lambda: ["auto"])
-    # int4 and int8_wo weights: "gptq" (error-compensating, calibrated on held-out text) or "nearest"
+    # int4, int8_wo and int8_storage weights: "gptq" (error-compensating, calibrated on held-out text) or "nearest"
     rounding: str = "gptq"
     # int4: layer-name parts kept at 8 bits; "auto" = the LM head and down_proj (measured), [] = every layer 4-bit
     int4_eight_bit: list = field(default_factory=lambda: ["auto"])

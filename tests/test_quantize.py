@@ -83,6 +83,35 @@ def test_int8_weight_only_is_matmulnbits_8bit_with_int8_embedding(source):
     assert rec["precision"]["counts"] == {"int8": 16} and rec["warnings"] == []
 
 
+def test_int8_storage_is_int8_on_disk_and_fp32_weights_once_loaded(source, tmp_path):
+    """onnxruntime-web's int8: standard ops only, every layer int8 in the file, and ONNX Runtime folds each weight's
+    Cast -> Mul into an fp32 initializer at load, so decoding runs plain fp32 MatMuls on GPTQ-rounded weights."""
+    import onnx
+    import onnxruntime as ort
+
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "int8storage", heldout, CHUNK, "int8_storage", **QUIET)
+    assert rec["precision"]["counts"] == {"int8": 16} and rec["warnings"] == []
+    assert rec["rounding"] == "gptq" and rec["calibration"]["tokens"] >= 256
+    path = root / "int8storage" / "model.onnx"
+    m = onnx.load(str(path))
+    assert {o.domain for o in m.opset_import} <= {"", "ai.onnx"}  # nothing onnxruntime-web might lack
+    int8 = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert len(int8) == 16 and not [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                                    and len(i.dims) == 2 and min(i.dims) > 1]  # no fp32 weight matrix is left
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "optimized.onnx"))
+    inits = {i.name: i.data_type for i in opt.graph.initializer}
+    layers = [n for n in opt.graph.node if n.op_type in ("MatMul", "FusedMatMul") and n.input[1] in inits]
+    assert len(layers) == 15 and all(inits[n.input[1]] == onnx.TensorProto.FLOAT for n in layers)
+    # fp32 compute on int8 weights: closer to the source than dynamic int8, whose activations are rounded too
+    dynamic = run_quantize(src, hf, tmp_path / "int8", heldout, CHUNK, "int8", **QUIET)
+    assert rec["fidelity"]["kl_mean"] < dynamic["fidelity"]["kl_mean"]
+
+
 def test_int8_weight_only_on_the_gqa_layout_quantizes_the_tied_lookup(tmp_path):
     """The gqa graph's embedding gathers columns of the tied head matrix: it becomes a row lookup of an int8 copy,
     so no fp32 copy of the matrix is left behind and smoothing may scale the head."""

@@ -112,14 +112,15 @@ def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: 
     codes = torch.zeros(n, k, dtype=torch.int64)
     scales = torch.zeros(n, groups, dtype=torch.float64)
     zeros = torch.zeros(n, groups, dtype=torch.int64)
-    lazy = max(128, block_size)  # columns updated together before the error reaches the rest of the matrix
+    lazy = 128  # columns updated together before the error reaches the rest of the matrix
     for c1 in range(0, k, lazy):
         c2 = min(c1 + lazy, k)
         w1, err1, hinv1 = w[:, c1:c2].clone(), torch.zeros(n, c2 - c1, dtype=torch.float64), hinv[c1:c2, c1:c2]
         for i in range(c2 - c1):
             col, g = c1 + i, (c1 + i) // block_size
             if col % block_size == 0:  # a new block: its scale from the weights as the error has left them
-                block = w1[:, i:i + block_size]
+                # a block longer than the window reads its tail from w, which lacks only this window's updates
+                block = torch.cat([w1[:, i:], w[:, c2:]], 1)[:, :block_size]
                 if symmetric:
                     scales[:, g] = block.abs().amax(1).clamp(min=1e-12) / (2 ** (bits - 1) - 1)
                     zeros[:, g] = 2 ** (bits - 1)
@@ -162,6 +163,24 @@ def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, 
     return packed
 
 
+def _replace_weight_matmuls(model, excluded: list[str], replace, contrib: bool) -> None:
+    """Call `replace(node, weight)` for each weight MatMul of `model` not in `excluded`, `weight` its B as
+    [N out, K in] (ONNX MatMul B is [K, N]; GPTQ rows are outputs); it returns the nodes and initializers that
+    stand in for the node."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, added = [], []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits or node.name in excluded:
+            nodes.append(node)
+            continue
+        new_nodes, new_inits = replace(node, numpy_helper.to_array(inits[node.input[1]]).T)
+        nodes += new_nodes
+        added += new_inits
+    _rewrite(model, nodes, added, contrib)
+
+
 def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
                      hessians: dict[str, np.ndarray] | None, eight_bit: tuple[str, ...] = ()) -> None:
     """Replace every weight MatMul of `model` (an onnx ModelProto, changed in place) not in `excluded` by
@@ -170,26 +189,47 @@ def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, exc
     kept for that node."""
     from onnx import helper, numpy_helper
 
-    wanted = bits
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes, added = [], []
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in inits or node.name in excluded:
-            nodes.append(node)
-            continue
+    def replace(node, weight):
         a, b = node.input
-        bits = 8 if any(p in node.name for p in eight_bit) else wanted
-        symmetric = bits == 8  # 4-bit: a zero point per block buys the asymmetric range (docs/benchmarks.md)
-        weight = numpy_helper.to_array(inits[b]).T  # ONNX MatMul B is [K, N]; GPTQ rows are outputs
+        nbits = 8 if any(p in node.name for p in eight_bit) else bits
+        symmetric = nbits == 8  # 4-bit: a zero point per block buys the asymmetric range (docs/benchmarks.md)
         n_out, k_in = weight.shape
-        codes, scales, zeros = gptq(weight, None if hessians is None else hessians[a], bits, block_size, symmetric)
-        packed = pack_matmul_nbits(codes, scales, zeros, bits, block_size, symmetric)
-        names = {"B": f"{b}_Q{bits}", "scales": f"{b}_scales", "zero_points": f"{b}_zero_points"}
-        added += [numpy_helper.from_array(arr, names[key]) for key, arr in packed.items()]
-        nodes.append(helper.make_node("MatMulNBits", [a] + [names[key] for key in packed], list(node.output),
-                                      name=f"{node.name}_Q{bits}", domain="com.microsoft", K=k_in, N=n_out,
-                                      bits=bits, block_size=block_size, accuracy_level=accuracy_level))
-    _rewrite(model, nodes, added)
+        codes, scales, zeros = gptq(weight, None if hessians is None else hessians[a], nbits, block_size, symmetric)
+        packed = pack_matmul_nbits(codes, scales, zeros, nbits, block_size, symmetric)
+        names = {"B": f"{b}_Q{nbits}", "scales": f"{b}_scales", "zero_points": f"{b}_zero_points"}
+        return ([helper.make_node("MatMulNBits", [a] + [names[key] for key in packed], list(node.output),
+                                  name=f"{node.name}_Q{nbits}", domain="com.microsoft", K=k_in, N=n_out, bits=nbits,
+                                  block_size=block_size, accuracy_level=accuracy_level)],
+                [numpy_helper.from_array(arr, names[key]) for key, arr in packed.items()])
+
+    _replace_weight_matmuls(model, excluded, replace, contrib=True)
+
+
+def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """`weight` [N, K] as symmetric int8 codes [N, K] and one fp32 scale per row [N, 1]."""
+    codes, scales, zeros = gptq(weight, hessian, 8, weight.shape[1], symmetric=True)
+    return (codes - zeros).astype(np.int8), scales.astype(np.float32)
+
+
+def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarray] | None) -> None:
+    """Store every weight MatMul's B of `model` (changed in place) not in `excluded` as int8, one scale per output
+    column, behind Cast -> Mul(scales): both constant, so ONNX Runtime folds them into the fp32 weight when the
+    session loads. The file is int8, compute is fp32: for runtimes whose int8 kernels are slower than their fp32
+    ones (onnxruntime-web: wasm has no int8 dot product). Per column rather than in blocks because a block needs
+    a Reshape too, and each folded node is one more transient fp32 copy of the weight in a wasm heap that never
+    shrinks. GPTQ-rounded when `hessians` are given."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def replace(node, weight):
+        a, b = node.input
+        codes, scales = _int8_rows(weight, None if hessians is None else hessians[a])
+        return ([helper.make_node("Cast", [f"{b}_Q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
+                 helper.make_node("Mul", [f"{b}_f32", f"{b}_scales"], [f"{b}_dequantized"], name=f"{b}_scale"),
+                 helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
+                [numpy_helper.from_array(codes.T.copy(), f"{b}_Q8"),  # [K, N]
+                 numpy_helper.from_array(scales.T.copy(), f"{b}_scales")])  # [1, N]
+
+    _replace_weight_matmuls(model, excluded, replace, contrib=False)
 
 
 def _readers(model) -> dict[str, list]:
@@ -201,7 +241,7 @@ def _readers(model) -> dict[str, list]:
     return readers
 
 
-def _rewrite(model, nodes: list, added: list) -> None:
+def _rewrite(model, nodes: list, added: list, contrib: bool = True) -> None:
     """Give `model` the node list `nodes` and the new initializers `added`, dropping the initializers no node reads
     any more (a weight still read by another node, such as a tied embedding's Gather, stays)."""
     from onnx import helper
@@ -212,7 +252,7 @@ def _rewrite(model, nodes: list, added: list) -> None:
     model.graph.node.extend(nodes)
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + added)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+    if contrib and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
@@ -251,13 +291,15 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5) -> Calibra
                        tuple(t for t in calib.hessians if hessians[t] is not calib.hessians[t]))
 
 
-def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:
+def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool = False) -> None:
     """Replace each embedding lookup of `model` (changed in place) not in `excluded` by GatherBlockQuantized: int8,
-    symmetric blocks of `block_size` along the hidden axis, like the MatMul weights.
+    symmetric blocks of `block_size` along the hidden axis, like the MatMul weights. `portable`: standard ops
+    instead, for runtimes without GatherBlockQuantized (onnxruntime-web): the int8 row and its scale are gathered
+    and multiplied after a Cast, one scale per row, so the table stays int8 in memory.
     A row Gather (axis 0) swaps one for one; the gqa layout's column Gather on the tied head matrix, followed by
     the Transpose that moves the gathered axis first, becomes a row lookup of an int8 copy of that matrix
     (GatherBlockQuantized gathers uint8 data on axis 0 only)."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     readers = _readers(model)
@@ -282,8 +324,20 @@ def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:
         elif axis != 0:
             nodes.append(node)
             continue
-        codes, scales, zeros = gptq(table, None, 8, block_size, symmetric=True)
         base = node.input[0] + ("_rows" if axis == 1 else "")
+        if portable:
+            codes, scales = _int8_rows(table, None)
+            added += [numpy_helper.from_array(codes, f"{base}_Q8"), numpy_helper.from_array(scales, f"{base}_scales")]
+            ids = node.input[1]
+            nodes += [helper.make_node("Gather", [f"{base}_Q8", ids], [f"{output}_q8"], name=f"{node.name}_Q8"),
+                      helper.make_node("Gather", [f"{base}_scales", ids], [f"{output}_scale"],
+                                       name=f"{node.name}_scale"),
+                      helper.make_node("Cast", [f"{output}_q8"], [f"{output}_f32"], name=f"{node.name}_cast",
+                                       to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [f"{output}_f32", f"{output}_scale"], [output],
+                                       name=f"{node.name}_dequantize")]
+            continue
+        codes, scales, zeros = gptq(table, None, 8, block_size, symmetric=True)
         packed = pack_matmul_nbits(codes, scales, zeros, 8, block_size, symmetric=True)
         rows, width = table.shape
         added += [numpy_helper.from_array(packed["B"].reshape(rows, -1)[:, :width].copy(), f"{base}_Q8"),
@@ -291,4 +345,4 @@ def quantize_gathers(model, block_size: int, excluded: list[str]) -> None:
         nodes.append(helper.make_node("GatherBlockQuantized", [f"{base}_Q8", node.input[1], f"{base}_scales"],
                                       [output], name=f"{node.name}_Q8", domain="com.microsoft", bits=8,
                                       block_size=block_size, gather_axis=0, quantize_axis=1))
-    _rewrite(model, nodes, added)
+    _rewrite(model, nodes, added, contrib=not portable)

@@ -12,6 +12,11 @@ quantize/blockwise.py):
   Runtime only). Before rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where
   per-block activation quantization rounded them worst (the LM head's input most). The int8 method that holds the
   int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
+- `int8_storage`: int8 weights in the file, fp32 compute: each MatMul weight int8 per output column (GPTQ-rounded)
+  behind Cast -> Mul, which ONNX Runtime folds into the fp32 weight when the session loads, and the embedding an
+  int8 row lookup in standard ops. For onnxruntime-web, whose wasm int8 kernels are slower than its fp32 ones and
+  which has no GatherBlockQuantized: there it decodes faster than `int8` and holds the int8 floor, for a larger
+  renderer heap (the fp32 weights) and a slower prefill (scripts/bench_web.py). Natively `int8_wo` is the one.
 - `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
   cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
 - `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis, with the
@@ -19,7 +24,7 @@ quantize/blockwise.py):
   embedding stays fp32 by default (onnxruntime-web runs no GatherBlockQuantized); with `keep_float = []` it is an
   int8 block lookup as in `int8_wo` (what the in-place gqa layout, ONNX Runtime only, wants).
 
-MatMulNBits weights (int4, int8_wo) are rounded with GPTQ, calibrated on held-out text between the fidelity
+MatMulNBits weights (int4, int8_wo) and int8_storage's are rounded with GPTQ, calibrated on held-out text between the fidelity
 segments (quantize/blockwise.py), unless `rounding="nearest"`.
 
 Layers named in `keep_float` (substrings of node or weight names, e.g. "lm_head") stay fp32 on purpose; every
@@ -38,17 +43,20 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.export.onnx import op_histogram
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import load_hf_folder
-from edgedistil.quantize.blockwise import calibrate, quantize_gathers, quantize_matmuls, smooth_norm_inputs
+from edgedistil.quantize import METHODS
+from edgedistil.quantize.blockwise import (calibrate, quantize_gathers, quantize_matmuls, smooth_norm_inputs,
+                                           store_matmuls_int8)
 from edgedistil.quantize.precision import layer_precisions, precision_report
 from edgedistil.records import sha256_file, versions
 from edgedistil.runtimes.ort import OrtLM
 from edgedistil.runtimes.torch_step import TorchLM
 
-METHODS = ("int8", "int8_wo", "int8_static", "int4", "fp16")
-PRECISION = {"int8": "int8", "int8_wo": "int8", "int8_static": "int8", "int4": "int4", "fp16": "fp16"}
+PRECISION = {"int8": "int8", "int8_wo": "int8", "int8_storage": "int8", "int8_static": "int8", "int4": "int4",
+             "fp16": "fp16"}
+GPTQ_METHODS = ("int4", "int8_wo", "int8_storage")  # the methods `rounding` applies to
 # Chosen per method from the per-layer sensitivity measured on the embedded default (docs/design.md, Quantization).
-DEFAULT_KEEP_FLOAT: dict[str, list[str]] = {"int8": [], "int8_wo": [], "int8_static": [], "int4": ["embed_tokens"],
-                                             "fp16": []}
+DEFAULT_KEEP_FLOAT: dict[str, list[str]] = {"int8": [], "int8_wo": [], "int8_storage": [], "int8_static": [],
+                                             "int4": ["embed_tokens"], "fp16": []}
 SCHEME = {
     "int8": "onnxruntime quantize_dynamic: MatMul and Gather weights int8 per channel, dynamic activations",
     "int8_static": "onnxruntime quantize_static QDQ: weight MatMuls int8 per channel, activations int8 calibrated "
@@ -56,6 +64,8 @@ SCHEME = {
     "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4, "
                "{rounding} rounding (with GPTQ: RMSNorm outputs smoothed first); embedding GatherBlockQuantized int8, "
                "block {block_size}",
+    "int8_storage": "int8 weights per output column, {rounding} rounding, behind Cast and Mul that ONNX Runtime "
+                    "folds to fp32 at load (fp32 compute); embedding int8 per row, gathered with standard ops",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
     "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
             "{rounding} rounding; 8-bit layers: {eight_bit}",
@@ -201,6 +211,14 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
             quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians,
                              eight_bit_layers(method, eight_bit))
             onnx.save(model, str(dst))
+        elif method == "int8_storage":
+            model = onnx.load(str(src))
+            quantize_gathers(model, block_size, excluded, portable=True)
+            calib = calibrate(src, heldout_ids, prefill_len) if rounding == "gptq" else None
+            if calib is not None:
+                calibration = {"tokens": calib.tokens, "smooth_alpha": 0, "smoothed_inputs": []}
+            store_matmuls_int8(model, excluded, calib and calib.hessians)
+            onnx.save(model, str(dst))
     return calibration
 
 
@@ -235,7 +253,7 @@ def run_quantize(src_onnx: Path, source_model_dir: Path, out_dir: Path, heldout_
             "scheme": SCHEME[method].format(block_size=block_size, rounding=rounding,
                                             eight_bit=", ".join(eight_bit) or "none"),
             "block_size": block_size if method in ("int4", "int8_wo") else None,
-            "rounding": rounding if method in ("int4", "int8_wo") else None,
+            "rounding": rounding if method in GPTQ_METHODS else None,
             "int4_eight_bit": list(eight_bit) if method == "int4" else None,
             "calibration": calibration or None,  # GPTQ: held-out tokens read, smoothing strength, inputs smoothed
             "source": {"file": str(src_onnx), "sha256": sha256_file(src_onnx)},

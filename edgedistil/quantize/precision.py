@@ -13,6 +13,7 @@ from pathlib import Path
 # op -> index of the input that holds the weight
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Gather": 0, "MatMulInteger": 1, "DynamicQuantizeMatMul": 1,
                 "MatMulNBits": 1, "GatherBlockQuantized": 0, "QLinearMatMul": 3}
+STORAGE_OPS = ("DequantizeLinear", "Cast", "Mul", "Reshape")  # what stands between a stored weight and its reader
 _SUFFIX = re.compile(r"(_quantized|_Q\d+|_DQ_Q\d+|_fp16)$")
 
 
@@ -36,14 +37,15 @@ def layer_precisions(path: Path | str) -> list[dict]:
         if idx is None or len(n.input) <= idx:
             continue
         name, via = n.input[idx], n.op_type
-        if name not in inits and name in producer and producer[name].op_type in ("DequantizeLinear", "Cast"):
-            # QDQ: the weight sits behind a DQ node; fp16 storage: behind a Cast to fp32
+        # QDQ: the weight sits behind a DQ node; fp16 storage: behind a Cast to fp32; int8 storage: behind
+        # Cast -> Mul(scales) -> Reshape (quantize/blockwise.py, store_matmuls_int8)
+        while name not in inits and name in producer and producer[name].op_type in STORAGE_OPS:
             name, via = producer[name].input[0], producer[name].op_type
         if name not in inits:
             continue  # an activation (attention scores, cache reads), not a layer
         init = inits[name]
-        if len(init.dims) < 2:
-            continue  # index constants
+        if len(init.dims) < 2 or name.endswith("_scales"):
+            continue  # index constants; the per-row scales a portable int8 lookup gathers beside its int8 rows
         layers.append({"node": n.name, "op": n.op_type, "weight": _SUFFIX.sub("", name), "shape": list(init.dims),
                        "precision": _precision(n, init, via)})
     return layers
