@@ -97,7 +97,12 @@ def test_int8_storage_is_int8_on_disk_and_fp32_weights_once_loaded(source, tmp_p
     m = onnx.load(str(path))
     assert {o.domain for o in m.opset_import} <= {"", "ai.onnx"}  # nothing onnxruntime-web might lack
     int8 = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8}
-    assert len(int8) == 16 and not [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+    # 16 layers in 15 tables: the tied head is the embedding's int8 rows read through a Transpose
+    head, embed = by_node(rec, "lm_head")[0], by_node(rec, "embed")[0]
+    readers = sorted((n.input[0], n.op_type) for n in m.graph.node if n.input and n.input[0] in int8)
+    assert head["weight"] == embed["weight"] and len(readers) == 16
+    assert [op for name, op in readers if "embed" in name] == ["Cast", "Gather"]
+    assert len(int8) == 15 and not [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
                                     and len(i.dims) == 2 and min(i.dims) > 1]  # no fp32 weight matrix is left
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

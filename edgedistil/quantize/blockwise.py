@@ -211,25 +211,45 @@ def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarr
     return (codes - zeros).astype(np.int8), scales.astype(np.float32)
 
 
-def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarray] | None) -> None:
+def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarray] | None) -> dict[str, tuple]:
     """Store every weight MatMul's B of `model` (changed in place) not in `excluded` as int8, one scale per output
     column, behind Cast -> Mul(scales): both constant, so ONNX Runtime folds them into the fp32 weight when the
     session loads. The file is int8, compute is fp32: for runtimes whose int8 kernels are slower than their fp32
     ones (onnxruntime-web: wasm has no int8 dot product). Per column rather than in blocks because a block needs
     a Reshape too, and each folded node is one more transient fp32 copy of the weight in a wasm heap that never
-    shrinks. GPTQ-rounded when `hessians` are given."""
+    shrinks. GPTQ-rounded when `hessians` are given.
+
+    A head whose weight is an embedding table transposed (tied embeddings, exported as two copies) is stored once,
+    as the table's int8 rows with a scale per row, read through a Transpose; returns {table: (codes, scales)} for
+    quantize_gathers to look the embedding up in the same int8 rows."""
     from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    tables = {n.input[0]: numpy_helper.to_array(inits[n.input[0]]) for n in model.graph.node
+              if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2
+              and all(a.i == 0 for a in n.attribute if a.name == "axis")}
+    shared: dict[str, tuple] = {}
 
     def replace(node, weight):
         a, b = node.input
         codes, scales = _int8_rows(weight, None if hessians is None else hessians[a])
-        return ([helper.make_node("Cast", [f"{b}_Q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
-                 helper.make_node("Mul", [f"{b}_f32", f"{b}_scales"], [f"{b}_dequantized"], name=f"{b}_scale"),
+        tied = next((t for t, table in tables.items() if t not in shared and table.shape == weight.shape
+                     and np.array_equal(table, weight)), None)
+        cast = helper.make_node("Cast", [f"{b}_Q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT)
+        if tied is None:
+            return ([cast, helper.make_node("Mul", [f"{b}_f32", f"{b}_scales"], [f"{b}_dequantized"], name=f"{b}_scale"),
+                     helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
+                    [numpy_helper.from_array(codes.T.copy(), f"{b}_Q8"),  # [K, N]
+                     numpy_helper.from_array(scales.T.copy(), f"{b}_scales")])  # [1, N]
+        q, sc = shared[tied] = (f"{tied}_Q8", f"{tied}_scales")
+        cast = helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT)
+        return ([cast, helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_rows"], name=f"{b}_scale"),
+                 helper.make_node("Transpose", [f"{b}_rows"], [f"{b}_dequantized"], name=f"{b}_transpose", perm=[1, 0]),
                  helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                [numpy_helper.from_array(codes.T.copy(), f"{b}_Q8"),  # [K, N]
-                 numpy_helper.from_array(scales.T.copy(), f"{b}_scales")])  # [1, N]
+                [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc)])  # [N, K], [N, 1]
 
     _replace_weight_matmuls(model, excluded, replace, contrib=False)
+    return shared
 
 
 def _readers(model) -> dict[str, list]:
@@ -291,11 +311,13 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5) -> Calibra
                        tuple(t for t in calib.hessians if hessians[t] is not calib.hessians[t]))
 
 
-def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool = False) -> None:
+def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool = False,
+                     shared: dict[str, tuple] | None = None) -> None:
     """Replace each embedding lookup of `model` (changed in place) not in `excluded` by GatherBlockQuantized: int8,
     symmetric blocks of `block_size` along the hidden axis, like the MatMul weights. `portable`: standard ops
-    instead, for runtimes without GatherBlockQuantized (onnxruntime-web): the int8 row and its scale are gathered
-    and multiplied after a Cast, one scale per row, so the table stays int8 in memory.
+    instead, which any ONNX runtime runs: the int8 row and its scale are gathered and multiplied after a Cast, one
+    scale per row, so the table stays int8 in memory; a table in `shared` (from store_matmuls_int8: a tied head's
+    int8 rows) is looked up there instead of quantized again.
     A row Gather (axis 0) swaps one for one; the gqa layout's column Gather on the tied head matrix, followed by
     the Transpose that moves the gathered axis first, becomes a row lookup of an int8 copy of that matrix
     (GatherBlockQuantized gathers uint8 data on axis 0 only)."""
@@ -326,11 +348,14 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
             continue
         base = node.input[0] + ("_rows" if axis == 1 else "")
         if portable:
-            codes, scales = _int8_rows(table, None)
-            added += [numpy_helper.from_array(codes, f"{base}_Q8"), numpy_helper.from_array(scales, f"{base}_scales")]
+            tied = (shared or {}).get(node.input[0]) if axis == 0 else None
+            q, sc = tied or (f"{base}_Q8", f"{base}_scales")
+            if tied is None:
+                codes, scales = _int8_rows(table, None)
+                added += [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc)]
             ids = node.input[1]
-            nodes += [helper.make_node("Gather", [f"{base}_Q8", ids], [f"{output}_q8"], name=f"{node.name}_Q8"),
-                      helper.make_node("Gather", [f"{base}_scales", ids], [f"{output}_scale"],
+            nodes += [helper.make_node("Gather", [q, ids], [f"{output}_q8"], name=f"{node.name}_Q8"),
+                      helper.make_node("Gather", [sc, ids], [f"{output}_scale"],
                                        name=f"{node.name}_scale"),
                       helper.make_node("Cast", [f"{output}_q8"], [f"{output}_f32"], name=f"{node.name}_cast",
                                        to=TensorProto.FLOAT),

@@ -8,20 +8,19 @@ quantize/blockwise.py):
   held-out text (chunked prefill from position 0, then decode with the cache fed back): random positions or
   zero caches give ranges the model never sees.
 - `int8_wo`: weight-only int8 MatMulNBits (bits 8, symmetric blocks of `block_size`, accuracy_level 4: activations
-  quantized per block, not per tensor), and the embedding lookup int8 in blocks too (GatherBlockQuantized; ONNX
-  Runtime only). Before rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where
+  quantized per block, not per tensor), and the embedding lookup int8 in blocks too (GatherBlockQuantized). Before rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where
   per-block activation quantization rounded them worst (the LM head's input most). The int8 method that holds the
   int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
 - `int8_storage`: int8 weights in the file, fp32 compute: each MatMul weight int8 per output column (GPTQ-rounded)
   behind Cast -> Mul, which ONNX Runtime folds into the fp32 weight when the session loads, and the embedding an
-  int8 row lookup in standard ops. For onnxruntime-web, whose wasm int8 kernels are slower than its fp32 ones and
-  which has no GatherBlockQuantized: there it decodes faster than `int8` and holds the int8 floor, for a larger
-  renderer heap (the fp32 weights) and a slower prefill (scripts/bench_web.py). Natively `int8_wo` is the one.
+  int8 row lookup in standard ops. For onnxruntime-web, whose wasm int8 kernels are slower than its fp32 ones:
+  there it decodes faster than `int8` and `int8_wo` and holds the int8 floor, for a larger renderer heap (the fp32
+  weights) and a slower prefill (scripts/bench_web.py). Natively `int8_wo` is the one.
 - `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
   cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
 - `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis, with the
   LM head and down_proj at 8 bits (INT4_EIGHT_BIT: all-4-bit misses the int4 top-1 floor on the embedded default); the
-  embedding stays fp32 by default (onnxruntime-web runs no GatherBlockQuantized); with `keep_float = []` it is an
+  embedding stays fp32 by default; with `keep_float = []` it is an
   int8 block lookup as in `int8_wo` (what the in-place gqa layout, ONNX Runtime only, wants).
 
 MatMulNBits weights (int4, int8_wo) and int8_storage's are rounded with GPTQ, calibrated on held-out text between the fidelity
@@ -196,7 +195,7 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
             fp16_weights(src, dst, excluded)
         elif method in ("int4", "int8_wo"):
             model = onnx.load(str(src))
-            # the embedding lookup (unless kept float, as int4 does by default for onnxruntime-web): int8 blocks,
+            # the embedding lookup (unless kept float, as int4 does by default): int8 blocks,
             # first, so it no longer shares a tied head's matrix, which smoothing scales
             quantize_gathers(model, block_size, excluded)
             if rounding == "gptq":
@@ -213,11 +212,12 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
             onnx.save(model, str(dst))
         elif method == "int8_storage":
             model = onnx.load(str(src))
-            quantize_gathers(model, block_size, excluded, portable=True)
             calib = calibrate(src, heldout_ids, prefill_len) if rounding == "gptq" else None
             if calib is not None:
                 calibration = {"tokens": calib.tokens, "smooth_alpha": 0, "smoothed_inputs": []}
-            store_matmuls_int8(model, excluded, calib and calib.hessians)
+            # the MatMuls first: a tied head's int8 rows then serve the embedding lookup too (one copy in the file)
+            shared = store_matmuls_int8(model, excluded, calib and calib.hessians)
+            quantize_gathers(model, block_size, excluded, portable=True, shared=shared)
             onnx.save(model, str(dst))
     return calibration
 
