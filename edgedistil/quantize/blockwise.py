@@ -237,7 +237,8 @@ def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarra
                      and np.array_equal(table, weight)), None)
         cast = helper.make_node("Cast", [f"{b}_Q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT)
         if tied is None:
-            return ([cast, helper.make_node("Mul", [f"{b}_f32", f"{b}_scales"], [f"{b}_dequantized"], name=f"{b}_scale"),
+            return ([cast,
+                     helper.make_node("Mul", [f"{b}_f32", f"{b}_scales"], [f"{b}_dequantized"], name=f"{b}_scale"),
                      helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
                     [numpy_helper.from_array(codes.T.copy(), f"{b}_Q8"),  # [K, N]
                      numpy_helper.from_array(scales.T.copy(), f"{b}_scales")])  # [1, N]

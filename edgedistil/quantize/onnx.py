@@ -8,8 +8,8 @@ quantize/blockwise.py):
   held-out text (chunked prefill from position 0, then decode with the cache fed back): random positions or
   zero caches give ranges the model never sees.
 - `int8_wo`: weight-only int8 MatMulNBits (bits 8, symmetric blocks of `block_size`, accuracy_level 4: activations
-  quantized per block, not per tensor), and the embedding lookup int8 in blocks too (GatherBlockQuantized). Before rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where
-  per-block activation quantization rounded them worst (the LM head's input most). The int8 method that holds the
+  quantized per block, not per tensor), and the embedding lookup int8 in blocks too (GatherBlockQuantized). Before
+  rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where per-block activation quantization rounded them worst (the LM head's input most). The int8 method that holds the
   int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
 - `int8_storage`: int8 weights in the file, fp32 compute: each MatMul weight int8 per output column (GPTQ-rounded)
   behind Cast -> Mul, which ONNX Runtime folds into the fp32 weight when the session loads, and the embedding an
@@ -23,8 +23,8 @@ quantize/blockwise.py):
   embedding stays fp32 by default; with `keep_float = []` it is an
   int8 block lookup as in `int8_wo` (what the in-place gqa layout, ONNX Runtime only, wants).
 
-MatMulNBits weights (int4, int8_wo) and int8_storage's are rounded with GPTQ, calibrated on held-out text between the fidelity
-segments (quantize/blockwise.py), unless `rounding="nearest"`.
+MatMulNBits weights (int4, int8_wo) and int8_storage's are rounded with GPTQ, calibrated on held-out text between
+the fidelity segments (quantize/blockwise.py), unless `rounding="nearest"`.
 
 Layers named in `keep_float` (substrings of node or weight names, e.g. "lm_head") stay fp32 on purpose; every
 other weight-bearing layer that ends in float is a warning in the record (`precision`).
