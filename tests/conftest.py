@@ -12,6 +12,15 @@ TINY = REPO / "models" / "tiny.toml"
 TINY_BUDGETS = REPO / "tests" / "tiny_budgets.toml"
 
 
+def _web_method() -> str:
+    from edgedistil.config import load_target
+
+    return load_target("web").quantization
+
+
+WEB_METHOD = _web_method()  # the quantize method, and so the stage name, a web build runs
+
+
 def _web_runtime_env() -> dict:
     """The web bundle's npm runtime stays in the user's cache (`.ci/run` installs it) even where a test points
     EDGEDISTIL_CACHE at an empty folder; npm is kept offline so a test can never reach the registry."""

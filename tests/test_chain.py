@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import torch
 
-from conftest import TINY, TINY_BUDGETS, edgedistil
+from conftest import TINY, TINY_BUDGETS, WEB_METHOD, edgedistil
 
 MANIFEST_KEYS = {"schema_version", "target", "files", "graphs", "kv_cache", "quantization", "fidelity", "bench",
                  "teacher_bench", "quality"}
@@ -18,14 +18,14 @@ def manifest_of(out):
 
 def test_every_stage_writes_artifacts_and_a_record(tiny_run):
     out, _ = tiny_run
-    for stage in ("distill", "export/student", "export/teacher", "quantize/int8", "bench"):
+    for stage in ("distill", "export/student", "export/teacher", f"quantize/{WEB_METHOD}", "bench"):
         record = json.loads((out / stage / "record.json").read_text())
         assert record["stage"] == stage.split("/")[0]
-    for name in ("distill", "export-student", "export-teacher", "quantize-int8", "bench", "convert-web"):
+    for name in ("distill", "export-student", "export-teacher", f"quantize-{WEB_METHOD}", "bench", "convert-web"):
         assert json.loads((out / "stages" / f"{name}.json").read_text())["key"]
     assert (out / "distill" / "student" / "model.safetensors").is_file()
     assert len((out / "distill" / "train.jsonl").read_text().splitlines()) == 30  # one line per step of tiny.toml
-    for stage in ("export/student", "export/teacher", "quantize/int8"):
+    for stage in ("export/student", "export/teacher", f"quantize/{WEB_METHOD}"):
         assert (out / stage / "model.onnx").is_file() and (out / stage / "verify.json").is_file()
     assert not list(out.rglob("*.tmp")), "no temp folders may be left behind"
 
@@ -88,7 +88,7 @@ def test_rebuild_reuses_every_stage(tiny_run, tmp_path):
     proc = edgedistil("build", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", copy)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "running" not in proc.stderr
-    for stage in ("distill", "export[student]", "export[teacher]", "quantize[int8]", "bench", "convert[web]"):
+    for stage in ("distill", "export[student]", "export[teacher]", f"quantize[{WEB_METHOD}]", "bench", "convert[web]"):
         assert f"[{stage}] cached" in proc.stderr
 
 
@@ -138,9 +138,9 @@ def test_force_reruns_a_stage_and_everything_after_it(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stage in ("distill", "export[student]", "export[teacher]"):
         assert f"[{stage}] cached" in proc.stderr
-    for stage in ("quantize[int8]", "bench", "convert[web]"):
+    for stage in (f"quantize[{WEB_METHOD}]", "bench", "convert[web]"):
         assert f"[{stage}] running" in proc.stderr
-    assert "[quantize[int8]] running" in (copy / "build.log").read_text()
+    assert f"[quantize[{WEB_METHOD}]] running" in (copy / "build.log").read_text()
 
 
 def test_a_second_build_into_a_running_folder_is_refused(tmp_path):

@@ -9,7 +9,8 @@ quantize/blockwise.py):
   zero caches give ranges the model never sees.
 - `int8_wo`: weight-only int8 MatMulNBits (bits 8, symmetric blocks of `block_size`, accuracy_level 4: activations
   quantized per block, not per tensor), and the embedding lookup int8 in blocks too (GatherBlockQuantized). Before
-  rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where per-block activation quantization rounded them worst (the LM head's input most). The int8 method that holds the
+  rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where per-block activation
+  quantization rounded them worst (the LM head's input most). The int8 method that holds the
   int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
 - `int8_storage`: int8 weights in the file, fp32 compute: each MatMul weight int8 per output column (GPTQ-rounded)
   behind Cast -> Mul, which ONNX Runtime folds into the fp32 weight when the session loads, and the embedding an
