@@ -33,6 +33,7 @@ def test_bundle_ships_the_pinned_runtime_and_verifies(tiny_run):
         assert "http://" not in text and "https://" not in text
     usage = (bundle / "USAGE.md").read_text()
     assert "Cross-Origin-Embedder-Policy: require-corp" in usage and "generate(" in usage
+    assert f"`{manifest['quantization']['method']}` ({manifest['quantization']['scheme']})" in usage
     proc = edgedistil("verify", bundle)
     assert proc.returncode == 0, proc.stderr
 

@@ -103,7 +103,7 @@ and shows tokens/s. Everything it loads is in the folder (onnxruntime-web {ort_v
 
 | file | what |
 |---|---|
-| `model.onnx` | {size_mb:.1f} MB, {quantization}: one graph for prefill and decode |
+| `model.onnx` | {size_mb:.1f} MB, one graph for prefill and decode; {quantization} |
 | `tokenizer.json`, `tokenizer_config.json` | the tokenizer, read by @huggingface/tokenizers |
 | `edgedistil-web.js` | ES module: load, tokenize, chunked prefill, greedy decode streaming tokens |
 | `index.html` | the demo page |
@@ -227,7 +227,8 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         "student": student_entry(distill),
     }
     (dest / "USAGE.md").write_text(USAGE.format(
-        name=name, size_mb=quant["bytes"] / 1e6, quantization=quant["method"], prefill=graphs[0]["tokens_per_call"],
+        name=name, size_mb=quant["bytes"] / 1e6, quantization=f"`{quant['method']}` ({quant['scheme']})",
+        prefill=graphs[0]["tokens_per_call"],
         cache_shape=export["kv_cache"]["shape"], vocab=graphs[0]["outputs"][0]["shape"][-1],
         ort_version=versions["onnxruntime-web"], tok_version=versions["@huggingface/tokenizers"],
         measured=_measured_text(manifest)))
