@@ -8,7 +8,7 @@ Run folder layout:
     distill/            student/ (HF folder), train.jsonl, eval.json, heldout.txt, record.json
     export/student/     model.onnx, verify.json, record.json
     export/teacher/     model.onnx, verify.json, record.json
-    quantize/int8/      model.onnx, verify.json, record.json
+    quantize/<method>/  model.onnx, verify.json, record.json (the target profile's method: web int8_storage)
     bench/              record.json
     bench-web/          record.json (web: the bundle in headless Chromium)
     coreml/<variant>/   model.mlpackage (ios), record.json

@@ -4,12 +4,12 @@ same weights, in one run.
     python scripts/bench_runtime.py --run RUN_DIR [--rounds 3] [--repeats 3] [--new-tokens 32]
                                     [--peers-venv-genai DIR] [--peers-venv-optimum DIR] [--skip-teacher-gqa]
 
-RUN_DIR is a finished `edgedistil build` run folder (distill/student, export/{student,teacher}, quantize/int8).
+RUN_DIR is a finished `edgedistil build` run folder (distill/student, export/{student,teacher}).
 Measured, each model in its own process, 1 thread, spinning off, every model once per round in turn (round-robin,
 so a slow stretch of a shared machine hits them all), keeping each model's median round: pp64/pp256 prefill,
 decode at depths 0/128/512 (null where the cache is too short), TTFT, load time, peak RSS, file size, CPU-ms per
 token; for
-- ours: student fp32 (full cache), int8 (the web bundle's), int4 (MatMulNBits, block 32, GPTQ, every MatMul
+- ours: student fp32 (full cache), int8 (dynamic, MatMulInteger), int4 (MatMulNBits, block 32, GPTQ, every MatMul
   4-bit like genai's, not the stage's 8-bit head and down_proj), and the in-place
   "gqa" layout in fp32, int4 (embedding: an int8 lookup) and int8_wo (MatMulNBits 8-bit, GPTQ and smoothing, int8
   embedding lookup: the int8 that holds the int8 fidelity floor); the teacher fp32 (full and gqa);
@@ -71,9 +71,11 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
     from edgedistil.quantize.onnx import quantize_file
     import onnx
 
-    models = {"ours fp32 (full cache)": run / "export/student/model.onnx",
-              "ours int8 (full cache, web bundle)": run / "quantize/int8/model.onnx"}
     heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
+    int8 = work / "student-int8.onnx"
+    if not int8.is_file():
+        quantize_file(run / "export/student/model.onnx", int8, "int8", [], 32, heldout, 64)
+    models = {"ours fp32 (full cache)": run / "export/student/model.onnx", "ours int8 dynamic (full cache)": int8}
     int4 = work / "student-int4.onnx"
     if not int4.is_file():
         quantize_file(run / "export/student/model.onnx", int4, "int4", ["embed_tokens"], 32, heldout, 64,
@@ -187,7 +189,7 @@ def cpu_ms(m: dict) -> float | None:
 def ratios(record: dict) -> dict:
     ms = record["models"]
     get = lambda name: decode(ms.get(name) or {})  # noqa: E731
-    int8, teacher = get("ours int8 (full cache, web bundle)"), get("teacher fp32 (full cache)")
+    int8, teacher = get("ours int8 dynamic (full cache)"), get("teacher fp32 (full cache)")
     pairs = {"int8 student / fp32 teacher (goal >= 4)": (int8, teacher),
              "ours fp32 gqa / genai fp32 (goal >= 1)": (get("ours fp32 (gqa, in place)"),
                                                         get("onnxruntime-genai fp32")),
@@ -204,7 +206,7 @@ def ratios(record: dict) -> dict:
             ours, other = (ms[n] for n in names)
             ca, cb = cpu_ms(ours), cpu_ms(other)
             out[k.replace(" (goal", " in CPU-ms/token (goal")] = round(cb / ca, 2) if ca and cb else None
-    for label, name in (("int8", "ours int8 (full cache, web bundle)"),
+    for label, name in (("int8", "ours int8 dynamic (full cache)"),
                         ("int8_wo gqa", "ours int8_wo (gqa, in place)")):
         m8, tok_s = ms.get(name) or {}, get(name)
         if tok_s and m8.get("bytes"):
