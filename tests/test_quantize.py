@@ -117,6 +117,17 @@ def test_int8_storage_is_int8_on_disk_and_fp32_weights_once_loaded(source, tmp_p
     assert rec["fidelity"]["kl_mean"] < dynamic["fidelity"]["kl_mean"]
 
 
+def test_int8_storage_keeps_a_float_head_apart_from_its_int8_embedding(source):
+    """A head kept fp32 on purpose must not drag the tied embedding with it, nor the embedding the head; rounding to
+    nearest needs no calibration."""
+    hf, src, heldout, root = source
+    rec = run_quantize(src, hf, root / "int8storage-head", heldout, CHUNK, "int8_storage", keep_float=["lm_head"],
+                       rounding="nearest", **QUIET)
+    assert rec["precision"]["counts"] == {"int8": 15, "fp32": 1} and rec["warnings"] == []
+    assert by_node(rec, "lm_head")[0]["precision"] == "fp32" and by_node(rec, "embed")[0]["precision"] == "int8"
+    assert rec["rounding"] == "nearest" and rec["calibration"] is None
+
+
 def test_int8_weight_only_on_the_gqa_layout_quantizes_the_tied_lookup(tmp_path):
     """The gqa graph's embedding gathers columns of the tied head matrix: it becomes a row lookup of an int8 copy,
     so no fp32 copy of the matrix is left behind and smoothing may scale the head."""
