@@ -45,7 +45,7 @@ def main() -> None:
     prompt = bench_prompt(run)
     chunk = len(prompt)
     others = {"student_fp32": fp32}
-    bundle_method = json.loads((bundle / "manifest.json").read_text())["quantization"]["method"]
+    bundle_method = read_json(bundle / "manifest.json", "bundle manifest")["quantization"]["method"]
     quality = {"student": read_json(args.run / "quantize" / bundle_method / "record.json", "quantize record")}
     for method in [m for m in args.methods.split(",") if m and m != bundle_method]:
         quality[f"student_{method}"] = do_quantize(run, method)

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from edgedistil.config import load_target
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny.toml"
 TINY_BUDGETS = REPO / "tests" / "tiny_budgets.toml"
 
 
-def _web_method() -> str:
-    from edgedistil.config import load_target
-
-    return load_target("web").quantization
-
-
-WEB_METHOD = _web_method()  # the quantize method, and so the stage name, a web build runs
+WEB_METHOD = load_target("web").quantization  # the quantize method, and so the stage name, a web build runs
 
 
 def _web_runtime_env() -> dict:

@@ -119,8 +119,10 @@ def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: 
         for i in range(c2 - c1):
             col, g = c1 + i, (c1 + i) // block_size
             if col % block_size == 0:  # a new block: its scale from the weights as the error has left them
-                # a block longer than the window reads its tail from w, which lacks only this window's updates
-                block = torch.cat([w1[:, i:], w[:, c2:]], 1)[:, :block_size]
+                block = w1[:, i:i + block_size]
+                if block.shape[1] < min(block_size, k - col):
+                    # a block longer than the window: its tail from w, which lacks only this window's updates
+                    block = torch.cat([block, w[:, c2:col + block_size]], 1)
                 if symmetric:
                     scales[:, g] = block.abs().amax(1).clamp(min=1e-12) / (2 ** (bits - 1) - 1)
                     zeros[:, g] = 2 ** (bits - 1)
@@ -163,7 +165,7 @@ def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, 
     return packed
 
 
-def _replace_weight_matmuls(model, excluded: list[str], replace, contrib: bool) -> None:
+def _replace_weight_matmuls(model, excluded: list[str], replace) -> None:
     """Call `replace(node, weight)` for each weight MatMul of `model` not in `excluded`, `weight` its B as
     [N out, K in] (ONNX MatMul B is [K, N]; GPTQ rows are outputs); it returns the nodes and initializers that
     stand in for the node."""
@@ -178,7 +180,7 @@ def _replace_weight_matmuls(model, excluded: list[str], replace, contrib: bool) 
         new_nodes, new_inits = replace(node, numpy_helper.to_array(inits[node.input[1]]).T)
         nodes += new_nodes
         added += new_inits
-    _rewrite(model, nodes, added, contrib)
+    _rewrite(model, nodes, added)
 
 
 def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
@@ -202,7 +204,7 @@ def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, exc
                                   block_size=block_size, accuracy_level=accuracy_level)],
                 [numpy_helper.from_array(arr, names[key]) for key, arr in packed.items()])
 
-    _replace_weight_matmuls(model, excluded, replace, contrib=True)
+    _replace_weight_matmuls(model, excluded, replace)
 
 
 def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -235,21 +237,21 @@ def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarra
         codes, scales = _int8_rows(weight, None if hessians is None else hessians[a])
         tied = next((t for t, table in tables.items() if t not in shared and table.shape == weight.shape
                      and np.array_equal(table, weight)), None)
-        cast = helper.make_node("Cast", [f"{b}_Q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT)
         if tied is None:
-            return ([cast,
-                     helper.make_node("Mul", [f"{b}_f32", f"{b}_scales"], [f"{b}_dequantized"], name=f"{b}_scale"),
+            q, sc = f"{b}_Q8", f"{b}_scales"
+            return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
+                     helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_dequantized"], name=f"{b}_scale"),
                      helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                    [numpy_helper.from_array(codes.T.copy(), f"{b}_Q8"),  # [K, N]
-                     numpy_helper.from_array(scales.T.copy(), f"{b}_scales")])  # [1, N]
+                    [numpy_helper.from_array(codes.T.copy(), q),  # [K, N]
+                     numpy_helper.from_array(scales.T.copy(), sc)])  # [1, N]
         q, sc = shared[tied] = (f"{tied}_Q8", f"{tied}_scales")
-        cast = helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT)
-        return ([cast, helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_rows"], name=f"{b}_scale"),
+        return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
+                 helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_rows"], name=f"{b}_scale"),
                  helper.make_node("Transpose", [f"{b}_rows"], [f"{b}_dequantized"], name=f"{b}_transpose", perm=[1, 0]),
                  helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
                 [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc)])  # [N, K], [N, 1]
 
-    _replace_weight_matmuls(model, excluded, replace, contrib=False)
+    _replace_weight_matmuls(model, excluded, replace)
     return shared
 
 
@@ -262,9 +264,10 @@ def _readers(model) -> dict[str, list]:
     return readers
 
 
-def _rewrite(model, nodes: list, added: list, contrib: bool = True) -> None:
+def _rewrite(model, nodes: list, added: list) -> None:
     """Give `model` the node list `nodes` and the new initializers `added`, dropping the initializers no node reads
-    any more (a weight still read by another node, such as a tied embedding's Gather, stays)."""
+    any more (a weight still read by another node, such as a tied embedding's Gather, stays), and importing the
+    contrib opset if a node needs it."""
     from onnx import helper
 
     still_read = {x for n in nodes for x in n.input} | {o.name for o in model.graph.output}
@@ -273,6 +276,7 @@ def _rewrite(model, nodes: list, added: list, contrib: bool = True) -> None:
     model.graph.node.extend(nodes)
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + added)
+    contrib = any(n.domain == "com.microsoft" for n in nodes)
     if contrib and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
@@ -371,4 +375,4 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
         nodes.append(helper.make_node("GatherBlockQuantized", [f"{base}_Q8", node.input[1], f"{base}_scales"],
                                       [output], name=f"{node.name}_Q8", domain="com.microsoft", bits=8,
                                       block_size=block_size, gather_axis=0, quantize_axis=1))
-    _rewrite(model, nodes, added, contrib=not portable)
+    _rewrite(model, nodes, added)
