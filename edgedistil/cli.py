@@ -330,6 +330,30 @@ def report(run, config, out):
     run_report(Path(run), Path(out) if out else Path(run) / "report", log=log)
 
 
+@main.command("eval")
+@click.argument("source", metavar="RUN|HF_DIR", type=click.Path(path_type=Path))
+@click.option("--teacher", type=click.Path(path_type=Path),
+              help="Teacher HF folder (default: the one a run folder's distill record names; none for an HF folder).")
+@click.option("--full", is_flag=True, help="Whole benchmark sets instead of the fast subset (HellaSwag alone takes "
+              "about an hour for the embedded teacher on 2 CPU cores).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="eval.json to write (default: RUN/eval/eval.json, or ./eval.json for an HF folder).")
+@click.option("--benchmarks", type=click.Path(path_type=Path),
+              help="A folder of <task>.jsonl items ({context, choices, gold}) instead of the five built-in benchmarks.")
+@click.option("--new-tokens", type=int, default=80, show_default=True, help="Greedy tokens per chat answer.")
+def eval_cmd(source, teacher, full, out, benchmarks, new_tokens):
+    """Student quality beside the teacher: zero-shot HellaSwag, ARC-Easy/Challenge, PIQA, WinoGrande (acc,
+    acc_norm, share of the teacher's margin above chance), greedy chat answers (ROUGE-L vs the teacher, end of
+    turn, degenerate) and held-out agreement."""
+    from edgedistil.eval.run import benchmark_folder, resolve_source, run_eval
+
+    model_dir, teacher_dir, heldout, default_out = resolve_source(source, teacher)
+    files = benchmark_folder(benchmarks) if benchmarks else None
+    record = run_eval(model_dir, teacher_dir, out or default_out, subset="full" if full else "fast", log=log,
+                      heldout_text=heldout, benchmarks=files, new_tokens=new_tokens)
+    click.echo(json.dumps(record["benchmarks"]["mean"], indent=2))
+
+
 @main.command()
 @click.option("--target", "targets", required=True, multiple=True, metavar="|".join((*TARGETS, "all")),
               help="Target profile from targets/; repeat it, or say `all`, to build several from one distillation.")

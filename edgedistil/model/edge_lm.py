@@ -265,6 +265,13 @@ class EdgeLM(nn.Module):
         With output_hidden_states, also returns a list of num_hidden_layers+1 tensors [B,T,hidden]: the embeddings,
         then each layer's output, where (as in HF) the last entry is taken after the final norm.
         """
+        hidden = self.hidden_states(input_ids)
+        logits = self.lm_head(hidden[-1])
+        return (logits, hidden) if output_hidden_states else logits
+
+    def hidden_states(self, input_ids) -> list:
+        """The embeddings and every layer's output [B,T,hidden], the last after the final norm: what the LM head
+        reads. Scoring calls it to apply the head only at the positions it needs (the head is a fifth of SmolLM2)."""
         t = input_ids.shape[1]
         if t > self.rope_cos.shape[0]:
             raise EdgeError(
@@ -277,12 +284,8 @@ class EdgeLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin)
             hidden.append(x)
-        x = self.model.norm(x)
-        logits = self.lm_head(x)
-        if not output_hidden_states:
-            return logits
-        hidden[-1] = x
-        return logits, hidden
+        hidden[-1] = self.model.norm(x)
+        return hidden
 
     def step(self, input_ids, position, k_cache, v_cache):
         """Run tokens input_ids[0, :] at absolute positions position..position+T-1 against a static KV cache.
