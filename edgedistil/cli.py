@@ -38,6 +38,9 @@ def log(msg: str) -> None:
 
 
 def config_option(f):
+    f = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override one recipe key, e.g. --set distill.temperature=1 (repeatable; the value is TOML, "
+                          "or a bare string).")(f)
     return click.option("--config", "config", type=click.Path(path_type=Path), default=None,
                         help="Recipe TOML (default: the built-in recipe, models/default.toml).")(f)
 
@@ -53,15 +56,20 @@ def target_option(required=True):
 
 
 def min_ios_option(f):
-    return click.option("--min-ios", "min_ios", type=click.Choice(["17", "18"]), callback=lambda c, p, v: v and int(v),
+    # a profile key on the command line: it overrides targets/<target>.toml's min_ios for this run
+    return click.option("--min-ios", "min_ios", type=click.Choice(["17", "18"]),
+                        callback=lambda c, p, v: {"min_ios": int(v)} if v else {},
                         help="ios only: 18 = stateful KV cache (default, from targets/ios.toml), 17 = cache as "
                              "inputs and outputs.")(f)
 
 
-def make_run(config, out, teacher=None, data=None):
-    from edgedistil.build import Run
+def make_run(config, sets, out, teacher=None, data=None):
+    """The run folder and its recipe; --out is checked before anything is written."""
+    from edgedistil.build import Run, check_out
 
-    return Run(out=Path(out), recipe=load_recipe(config), teacher_override=teacher, data_override=data, log=log)
+    run = Run(out=Path(out), recipe=load_recipe(config, sets), teacher_override=teacher, data_override=data, log=log)
+    check_out(run.out)
+    return run
 
 
 class Group(click.Group):
@@ -86,7 +94,9 @@ class Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=f"Targets: {', '.join(TARGETS)} (profiles in targets/, each naming its module in "
+                    "edgedistil/targets/).")
 @click.version_option(__version__, prog_name="edgedistil")
 def main():
     """Distill a causal LM into a small student, then export, quantize, convert, benchmark and check it for
@@ -96,12 +106,17 @@ def main():
 @main.command()
 @config_option
 @out_option
-def init(config, out):
+def init(config, sets, out):
     """Write a commented recipe, edgedistil.toml, to start from."""
+    from edgedistil.build import check_out
     from edgedistil.errors import atomic_file
 
     src = Path(config) if config else MODELS_DIR / "default.toml"
+    if sets:
+        raise EdgeError("init copies a recipe file as it is, so --set has nothing to change",
+                        "drop --set, then edit the written edgedistil.toml")
     load_recipe(src)  # never hand out a recipe that does not load
+    check_out(Path(out))
     dest = Path(out) / "edgedistil.toml"
     if dest.exists():
         raise EdgeError(f"{dest} already exists", "edit it, or choose another --out")
@@ -118,12 +133,14 @@ def init(config, out):
               "(overrides the recipe).")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint ([distill] checkpoint_every), "
               "bit for bit.")
-def distill(config, out, teacher, data, resume):
+def distill(config, sets, out, teacher, data, resume):
     """Distill a student from the teacher: response KD (forward KL, reverse KL or JSD, plus CE), optionally with
     hidden states, or sequence-level KD; runs under `torchrun --nproc_per_node N` too (DDP)."""
-    from edgedistil.build import do_distill
+    from edgedistil.build import check_inputs, distill_stage
 
-    record = do_distill(make_run(config, out, teacher, data), force=True, resume=resume)
+    run = make_run(config, sets, out, teacher, data)
+    check_inputs(run)
+    record = run.stage(distill_stage(resume=resume), force=True)
     if record.get("rank", 0) == 0:  # under torchrun, rank 0 reports
         click.echo(json.dumps(record["quality"], indent=2))
 
@@ -134,11 +151,11 @@ def distill(config, out, teacher, data, resume):
 @click.option("--role", type=click.Choice(["student", "teacher"]), default="student", show_default=True)
 @click.option("--model", "model", type=click.Path(path_type=Path), help="HF model folder (default: by --role).")
 @click.option("--teacher", help="Teacher HF folder, for --role teacher (overrides the recipe).")
-def export(config, out, role, model, teacher):
+def export(config, sets, out, role, model, teacher):
     """Export a model to ONNX (prefill + decode graph) and check it against PyTorch."""
-    from edgedistil.build import do_export
+    from edgedistil.build import export_stage
 
-    record = do_export(make_run(config, out, teacher), role, model, force=True)
+    record = make_run(config, sets, out, teacher).stage(export_stage(role, model), force=True)
     click.echo(json.dumps(record["fidelity"], indent=2))
 
 
@@ -153,11 +170,11 @@ def export(config, out, role, model, teacher):
               "fp16: fp16 weight storage.")
 @click.option("--model", "model", type=click.Path(path_type=Path), help="Exported model.onnx (default: the run's "
               "student export).")
-def quantize(config, out, method, model):
+def quantize(config, sets, out, method, model):
     """Quantize the exported student and check it against the fp32 PyTorch student."""
-    from edgedistil.build import do_quantize
+    from edgedistil.build import quantize_stage
 
-    record = do_quantize(make_run(config, out), method, model, force=True)
+    record = make_run(config, sets, out).stage(quantize_stage(method, model), force=True)
     click.echo(json.dumps(record["fidelity"], indent=2))
 
 
@@ -166,15 +183,14 @@ def quantize(config, out, method, model):
 @out_option
 @target_option()
 @min_ios_option
-def convert(config, out, target, min_ios):
-    """Assemble dist/<target>/ from the run folder's records and quantized model."""
-    from edgedistil.build import do_convert
-    from edgedistil.config import load_target
+def convert(config, sets, out, target, min_ios):
+    """Assemble dist/<target>/ from the run folder's records and converted models."""
+    from edgedistil.build import check_target, convert as run_convert
 
-    load_target(target)
-    run = make_run(config, out)
-    run.min_ios = min_ios
-    do_convert(run, target, force=True)
+    run = make_run(config, sets, out)
+    run.profile_changes = min_ios
+    check_target(run, target)  # an unknown target or a profile that cannot build fails before any work
+    run_convert(run, target)
     log(f"bundle: {Path(out) / 'dist' / target}")
 
 
@@ -191,88 +207,29 @@ def convert(config, out, target, min_ios):
               help="android: run on a phone over adb (the only one attached, or SERIAL).")
 @click.option("--benchmark-tool", type=click.Path(path_type=Path),
               help="android --device: LiteRT's benchmark_model binary for arm64 (see docs/android.md).")
-def bench(config, out, target, bundle, model, teacher_model, prompt_tokens, as_json, device, benchmark_tool):
+def bench(config, sets, out, target, bundle, model, teacher_model, prompt_tokens, as_json, device, benchmark_tool):
     """Benchmark on the target runtime: prefill and decode tokens/s, TTFT, peak memory (student vs teacher).
 
     With --target web --bundle DIR the bundle's own page runs in headless Chromium (/usr/bin/chromium, or
     $EDGEDISTIL_CHROMIUM) beside native onnxruntime on the same files."""
-    from edgedistil.bench.ort import run_bench
-    from edgedistil.check.budgets import load_bundle_manifest
+    from edgedistil.build import check_out
     from edgedistil.config import load_target
     from edgedistil.errors import write_json
+    from edgedistil.targets import BenchRequest, target_of
 
     profile = load_target(target)
+    module = target_of(profile)
     if bool(bundle) == bool(model):
         raise EdgeError("bench needs exactly one of --bundle DIR or --model FILE", "pass one of them")
-    if device is not None and target != "android":
-        raise EdgeError(f"--device is for --target android, not {target}", "drop --device")
-    if target == "android":
-        record = bench_android(config, bundle, model, teacher_model, prompt_tokens, device, benchmark_tool, profile)
-        write_json(Path(out) / "bench.json", record)
-        click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
-        return
-    if target == "ios":  # Core ML on a Mac; on Linux require_macos says so and the exit code is non-zero
-        from edgedistil.bench.coreml import run_bench_coreml
-        from edgedistil.runtimes.coreml import require_macos
-
-        require_macos()
-        recipe = load_recipe(config)
-        manifest = load_bundle_manifest(bundle) if bundle else None
-        package = Path(bundle) / manifest["graphs"][0]["file"] if bundle else Path(model)
-        prefill_len = manifest["runtime"]["prefill_len"] if bundle else recipe.export.prefill_len
-        prompt = [(7 * i + 3) % 97 for i in range(prompt_tokens or prefill_len)]
-        record = run_bench_coreml(package, prompt, prefill_len, recipe.bench.new_tokens, recipe.bench.repeats, log=log)
-        write_json(Path(out) / "bench.json", record)
-        click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
-        return
-    recipe = load_recipe(config)
-    if bundle:
-        manifest = load_bundle_manifest(bundle)
-        model = Path(bundle) / manifest["graphs"][0]["file"]
-        prefill_len = manifest["graphs"][0]["tokens_per_call"]
-    else:
-        prefill_len = recipe.export.prefill_len
-    models = {"student": Path(model)}
-    if teacher_model:
-        models["teacher"] = Path(teacher_model)
-    # token ids do not change speed; a fixed pattern keeps runs comparable without needing the tokenizer
-    prompt = [(7 * i + 3) % 97 for i in range(prompt_tokens or prefill_len)]
-    record = run_bench(models, prompt, prefill_len, recipe.bench.new_tokens, recipe.bench.repeats, profile.threads,
-                       log=log)
-    if target == "web" and bundle:  # the bundle's own page in headless Chromium, beside native ORT on the same files
-        from edgedistil.bench.web import bench_web, compare_with_native
-
-        record = compare_with_native(bench_web(bundle, prompt, recipe.bench.new_tokens, recipe.bench.repeats,
-                                               profile.threads, teacher=teacher_model, log=log), record)
-    elif target == "web":
-        log("bench: --model runs a bare model file in native onnxruntime only; pass --bundle DIR to run it in Chromium")
+    if device is not None and not module.device_bench:
+        on = [t for t in TARGETS if target_of(t).device_bench]
+        raise EdgeError(f"--device is for --target {' or '.join(on)}, not {target}", "drop --device")
+    recipe = load_recipe(config, sets)
+    check_out(Path(out))
+    record = module.bench(BenchRequest(profile, recipe, bundle, model, teacher_model, prompt_tokens, device,
+                                       benchmark_tool, log))
     write_json(Path(out) / "bench.json", record)
     click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
-
-
-def bench_android(config, bundle, model, teacher_model, prompt_tokens, device, benchmark_tool, profile) -> dict:
-    """Host LiteRT (1, 2, 4 threads), or with --device a phone over adb with LiteRT's benchmark_model."""
-    from edgedistil.check.budgets import load_bundle_manifest
-
-    recipe = load_recipe(config)
-    if bundle:
-        manifest = load_bundle_manifest(bundle)
-        model = Path(bundle) / manifest["graphs"][0]["file"]
-        prefill_len, max_len = manifest["runtime"]["prefill_len"], manifest["kv_cache"]["max_len"]
-    else:
-        prefill_len, max_len = recipe.export.prefill_len, recipe.export.max_len
-    if device is not None:
-        from edgedistil.bench.android_device import run_device_bench
-
-        return run_device_bench(Path(model), benchmark_tool, device or None, profile.threads, prefill_len, max_len,
-                                log=log)
-    from edgedistil.bench.litert import run_bench_android
-
-    models = {"student": Path(model)}
-    if teacher_model:
-        models["teacher"] = Path(teacher_model)
-    prompt = [(7 * i + 3) % 97 for i in range(prompt_tokens or prefill_len)]
-    return run_bench_android(models, prompt, recipe.bench.new_tokens, recipe.bench.repeats, profile.threads, log=log)
 
 
 @main.command()
@@ -288,7 +245,7 @@ def bench_android(config, bundle, model, teacher_model, prompt_tokens, device, b
                                "speed, an estimate (default: the target profile's device).")
 def check(bundle, budgets, baseline, max_regression, noise, fmt, device):
     """Check a bundle's measured figures against budgets (and a baseline); exit 1 when any fails."""
-    from edgedistil.check.budgets import compare_baseline, evaluate, load_bundle_manifest, render
+    from edgedistil.check.budgets import compare_baseline, evaluate, load_bundle_manifest, passed, render
     from edgedistil.check.devices import load_device, project
     from edgedistil.config import load_budget_file, load_target
 
@@ -305,7 +262,7 @@ def check(bundle, budgets, baseline, max_regression, noise, fmt, device):
     if summary:
         with open(summary, "a") as f:
             f.write(f"### edgedistil check: {bundle}\n\n" + render(rows, "markdown", manifest, estimate) + "\n\n")
-    if not all(r["status"] == "pass" for r in rows):
+    if not passed(rows):
         sys.exit(EXIT_CHECK_FAILED)
 
 
@@ -323,10 +280,13 @@ def verify(bundle):
 @config_option
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for report.html and summary.md (default: RUN/report).")
-def report(run, config, out):
+def report(run, config, sets, out):
     """Write report.html (plots inline) and summary.md from a run folder's records."""
+    from edgedistil.build import check_out
     from edgedistil.report.html import run_report
 
+    load_recipe(config, sets)  # the report reads records only, but a recipe named here must still be valid
+    check_out(Path(out) if out else Path(run) / "report")
     run_report(Path(run), Path(out) if out else Path(run) / "report", log=log)
 
 
@@ -364,25 +324,22 @@ def eval_cmd(source, teacher, full, out, benchmarks, new_tokens):
 @click.option("--budgets", type=click.Path(path_type=Path), help="Budgets TOML (default: the target profile's).")
 @click.option("--force", "force_from", type=click.Choice(CHAIN), help="Rerun this stage and every stage after it.")
 @min_ios_option
-def build(targets, config, out, teacher, data, budgets, force_from, min_ios):
+def build(targets, config, sets, out, teacher, data, budgets, force_from, min_ios):
     """Run the whole chain for a target with cached stages: distill, export, quantize, bench, convert, check."""
     import time
 
     from edgedistil.build import build as run_build
-    from edgedistil.build import build_lock
+    from edgedistil.build import build_lock, check_inputs
+    from edgedistil.check.budgets import passed as all_passed
     from edgedistil.check.budgets import render
-    from edgedistil.config import load_budget_file, load_target
 
     if "all" in targets:
         targets = TARGETS
     targets = list(dict.fromkeys(targets))  # repeated names build once
-    for t in targets:
-        load_target(t)  # an unknown target or a bad profile fails before any work
-    if budgets:
-        load_budget_file(budgets)
-    run = make_run(config, out, teacher, data)
+    run = make_run(config, sets, out, teacher, data)
     run.force_from = force_from
-    run.min_ios = min_ios
+    run.profile_changes = min_ios
+    check_inputs(run, targets, budgets)  # targets, profiles, devices, budgets, corpus, teacher: before any write
     t0 = time.perf_counter()
     failed = False
     with build_lock(run.out), open(run.out / "build.log", "a") as log_file:
@@ -421,7 +378,7 @@ def build(targets, config, out, teacher, data, budgets, force_from, min_ios):
             f"{q['student_perplexity']:.2f} vs {q['teacher_perplexity']:.2f}; {speed}")
         click.echo(f"\n{t}:\n" + render(rows, "table", manifest, estimate))
         click.echo(f"bundle: {Path(out) / 'dist' / t}")
-        passed = passed and all(r["status"] == "pass" for r in rows)
+        passed = passed and all_passed(rows)
     if not passed:
         sys.exit(EXIT_CHECK_FAILED)
 

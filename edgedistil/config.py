@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
+import pkgutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgedistil.check.devices import load_device
 from edgedistil.errors import EdgeError
+from edgedistil.schema import REPO_ROOT, TARGETS_DIR, at, coerce, read_toml, unknown_key
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGETS_DIR = REPO_ROOT / "targets"
 MODELS_DIR = REPO_ROOT / "models"
-TARGETS = ("web", "android", "ios")
+# The registry: a target is a profile in targets/, and the profile names the module that builds it
+TARGETS = tuple(sorted(p.stem for p in TARGETS_DIR.glob("*.toml")))
+TARGET_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent / "targets")])
+                              if not m.name.startswith("_")))
 
 
 @dataclass
@@ -128,6 +131,14 @@ class BenchConfig:
 
 
 @dataclass
+class CheckConfig:
+    """How the build's check treats this recipe's model (a smoke model is not held to a real model's budgets)."""
+    # limits that replace the target profile's budgets of the same name, e.g. { top1_agreement_min = 0.8 }
+    budgets: dict = field(default_factory=dict)
+    skip_budgets: list = field(default_factory=list)  # profile budgets that do not apply: shown as "skip"
+
+
+@dataclass
 class Recipe:
     name: str = "default"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -138,6 +149,7 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
     path: str | None = None  # where it was read from; not a TOML key
 
     def section(self, name: str) -> dict:
@@ -167,6 +179,7 @@ class TargetProfile:
     format: str
     quantization: str
     runtime: str
+    module: str = ""  # the module in edgedistil/targets/ that builds it (`module = "web"`: edgedistil.targets.web)
     threads: int = 1
     max_len: int = 256
     min_ios: int = 18  # ios only: 18 = stateful KV cache (multifunction package), 17 = cache as inputs and outputs
@@ -181,63 +194,6 @@ class TargetProfile:
 # reading
 
 
-def _read_toml(path: Path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"{what} {path} does not exist", f"check the path, or run `edgedistil init` to write a {what}")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise EdgeError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})", "save it as UTF-8 TOML")
-    except tomllib.TOMLDecodeError as e:
-        raise EdgeError(f"{what} {path} is not valid TOML: {e}", "fix the syntax at that line")
-
-
-def _key_line(path: Path, table: str | None, key: str) -> int | None:
-    """The 1-based line where `key = ...` is set in `[table]` (None: the top level) of the TOML file `path`."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    current = None
-    for number, line in enumerate(lines, 1):
-        header = re.match(r"\s*\[\s*([^\]]+?)\s*\]", line)
-        if header:
-            current = header[1]
-        elif current == table and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
-            return number
-    return None
-
-
-def _at(where: str, key: str) -> str:
-    """`where` ("file.toml" or "file.toml [table]") with the line that sets `key`: "file.toml:12 [table]"."""
-    m = re.fullmatch(r"(.+?\.toml)(?: \[(\w+)\])?", where)
-    line = m and _key_line(Path(m[1]), m[2], key)
-    if not line:
-        return where
-    return f"{m[1]}:{line}" + (f" [{m[2]}]" if m[2] else "")
-
-
-def _unknown_key(where: str, key: str, valid) -> EdgeError:
-    near = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(sorted(valid))}"
-    return EdgeError(f"{_at(where, key)}: unknown key '{key}'", hint)
-
-
-def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
-    """Check a TOML value against the type of the dataclass default; ints are accepted where floats are."""
-    kind = type(default)
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise EdgeError(
-            f"{_at(where, key)}: '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}",
-            f"write it like {key} = {default!r}",
-        )
-    return value
-
-
 def _fill(cls, where: str, table: dict):
     if not isinstance(table, dict):
         raise EdgeError(f"{where} must be a table", f"write it as [{where.split(' ')[-1]}] with key = value lines")
@@ -247,122 +203,159 @@ def _fill(cls, where: str, table: dict):
     also = getattr(cls, "also_accept", {})
     for key, value in table.items():
         if key not in names:
-            raise _unknown_key(where, key, names)
+            raise unknown_key(where, key, names)
         if isinstance(value, also.get(key, ())):
             values[key] = value
             continue
-        values[key] = _coerce(where, key, value, getattr(defaults, key))
+        values[key] = coerce(where, key, value, getattr(defaults, key))
     return cls(**values)
 
 
-def _check_range(where: str, key: str, ok: bool, rule: str) -> None:
+def _check_range(where, table: str, key: str, ok: bool, rule: str) -> None:
     if not ok:
-        raise EdgeError(f"{_at(where, key)}: '{key}' {rule}", f"change {key} in that file")
+        place = where(table, key)
+        fix = f"change {key} on the command line" if place.startswith("--set") else f"change {key} in that file"
+        raise EdgeError(f"{place}: '{key}' {rule}", fix)
 
 
-def load_recipe(path: Path | str | None) -> Recipe:
-    """Read a recipe TOML (or the built-in defaults when `path` is None) and check every key and range."""
-    if path is None:
-        return Recipe()
-    path = Path(path)
-    raw = _read_toml(path, "recipe")
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """`section.key=value` from --set -> (section, key, value). The value is read as TOML (1, 2.0, true, "x",
+    [1, 2]) and otherwise kept as a bare string, as Hydra reads `teacher.source=tiny`."""
+    name, eq, text = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not (eq and dot and section and key):
+        raise EdgeError(f"--set {item!r} is not section.key=value", "write it like --set distill.temperature=1")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return section, key.strip(), value
+
+
+def load_recipe(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe TOML (the built-in defaults when `path` is None), apply `--set section.key=value` overrides,
+    and check every key and range; a mistake names the file and line, or the --set item."""
+    raw = read_toml(Path(path), "recipe") if path is not None else {}
+    origin = str(path) if path is not None else "the built-in recipe"
     sections = {f.name: f.type for f in dataclasses.fields(Recipe) if f.name not in ("name", "path")}
-    recipe = Recipe(path=str(path))
+
+    def section_class(name):
+        return globals()[sections[name]] if isinstance(sections[name], str) else sections[name]
+
+    set_by = {}  # (section, key) -> the --set item that gave its value
+    for item in overrides:
+        section, key, value = parse_set(item)
+        if section not in sections:
+            raise unknown_key(f"--set {item}", section, sections)
+        _fill(section_class(section), f"--set {item}", {key: value})  # the key and its type, named as given
+        if isinstance(raw.get(section, {}), dict):
+            raw[section] = {**raw.get(section, {}), key: value}
+        set_by[(section, key)] = item
+    recipe = Recipe(path=str(path) if path is not None else None)
     for key, value in raw.items():
-        where = f"{path} [{key}]"
         if key == "name":
-            recipe.name = _coerce(str(path), "name", value, "default")
+            recipe.name = coerce(origin, "name", value, "default")
         elif key in sections:
-            cls = globals()[sections[key]] if isinstance(sections[key], str) else sections[key]
-            setattr(recipe, key, _fill(cls, where, value))
+            setattr(recipe, key, _fill(section_class(key), f"{origin} [{key}]", value))
         else:
-            raise _unknown_key(str(path), key, set(sections) | {"name"})
-    _validate(recipe, str(path))
+            raise unknown_key(origin, key, set(sections) | {"name"})
+
+    def where(table: str, key: str) -> str:
+        item = set_by.get((table, key))
+        return f"--set {item}" if item else at(f"{origin} [{table}]", key)
+
+    _validate(recipe, where)
     return recipe
 
 
-def _validate(r: Recipe, where: str) -> None:
+def _validate(r: Recipe, where) -> None:
+    """Every range; `where(table, key)` names the file line or the --set item that set the key."""
     d, s, e, b, data = r.distill, r.student, r.export, r.bench, r.data
-    _check_range(f"{where} [distill]", "alpha", 0.0 <= d.alpha <= 1.0, f"must be in [0, 1], got {d.alpha}")
-    _check_range(f"{where} [distill]", "temperature", d.temperature > 0, f"must be > 0, got {d.temperature}")
-    _check_range(f"{where} [distill]", "steps", d.steps >= 1, f"must be >= 1, got {d.steps}")
-    _check_range(f"{where} [distill]", "batch_size", d.batch_size >= 1, f"must be >= 1, got {d.batch_size}")
-    _check_range(f"{where} [distill]", "lr", d.lr > 0, f"must be > 0, got {d.lr}")
-    _check_range(f"{where} [distill]", "warmup_steps", d.warmup_steps >= 0, f"must be >= 0, got {d.warmup_steps}")
-    _check_range(f"{where} [distill]", "grad_clip", d.grad_clip > 0, f"must be > 0, got {d.grad_clip}")
-    _check_range(f"{where} [distill]", "eval_tokens", d.eval_tokens >= 2, f"must be >= 2, got {d.eval_tokens}")
-    _check_range(f"{where} [distill]", "device", d.device in ("auto", "cpu", "cuda"),
+    _check_range(where, "distill", "alpha", 0.0 <= d.alpha <= 1.0, f"must be in [0, 1], got {d.alpha}")
+    _check_range(where, "distill", "temperature", d.temperature > 0, f"must be > 0, got {d.temperature}")
+    _check_range(where, "distill", "steps", d.steps >= 1, f"must be >= 1, got {d.steps}")
+    _check_range(where, "distill", "batch_size", d.batch_size >= 1, f"must be >= 1, got {d.batch_size}")
+    _check_range(where, "distill", "lr", d.lr > 0, f"must be > 0, got {d.lr}")
+    _check_range(where, "distill", "warmup_steps", d.warmup_steps >= 0, f"must be >= 0, got {d.warmup_steps}")
+    _check_range(where, "distill", "grad_clip", d.grad_clip > 0, f"must be > 0, got {d.grad_clip}")
+    _check_range(where, "distill", "eval_tokens", d.eval_tokens >= 2, f"must be >= 2, got {d.eval_tokens}")
+    _check_range(where, "distill", "device", d.device in ("auto", "cpu", "cuda"),
                  f"must be auto, cpu or cuda, got {d.device!r}")
-    _check_range(f"{where} [student]", "layers", s.layers >= 1, f"must be >= 1, got {s.layers}")
+    _check_range(where, "student", "layers", s.layers >= 1, f"must be >= 1, got {s.layers}")
     if isinstance(s.init, list):
-        _check_range(f"{where} [student]", "init", len(s.init) == s.layers and all(
+        _check_range(where, "student", "init", len(s.init) == s.layers and all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in s.init),
             f"as a list must hold {s.layers} teacher layer indices (one per student layer), got {s.init!r}")
     else:
-        _check_range(f"{where} [student]", "init", s.init in STUDENT_INITS,
+        _check_range(where, "student", "init", s.init in STUDENT_INITS,
                      f"must be one of {', '.join(STUDENT_INITS)} or a list of teacher layer indices, got {s.init!r}")
-    _check_range(f"{where} [student]", "intermediate_size", s.intermediate_size >= 0,
+    _check_range(where, "student", "intermediate_size", s.intermediate_size >= 0,
                  f"must be >= 0 (0 = the teacher's), got {s.intermediate_size}")
-    _check_range(f"{where} [student]", "heads", s.heads >= 0, f"must be >= 0 (0 = the teacher's), got {s.heads}")
-    _check_range(f"{where} [student]", "shrink_init", s.shrink_init in SHRINK_INITS,
+    _check_range(where, "student", "heads", s.heads >= 0, f"must be >= 0 (0 = the teacher's), got {s.heads}")
+    _check_range(where, "student", "shrink_init", s.shrink_init in SHRINK_INITS,
                  f"must be one of {', '.join(SHRINK_INITS)}, got {s.shrink_init!r}")
-    _check_range(f"{where} [distill]", "method", d.method in DISTILL_METHODS,
+    _check_range(where, "distill", "method", d.method in DISTILL_METHODS,
                  f"must be one of {', '.join(DISTILL_METHODS)}, got {d.method!r}")
-    _check_range(f"{where} [distill]", "loss", d.loss in KD_LOSSES,
+    _check_range(where, "distill", "loss", d.loss in KD_LOSSES,
                  f"must be one of {', '.join(KD_LOSSES)}, got {d.loss!r}")
-    _check_range(f"{where} [distill]", "beta", 0.0 < d.beta < 1.0, f"must be in (0, 1), got {d.beta}")
-    _check_range(f"{where} [distill]", "feature_weight", d.feature_weight >= 0,
+    _check_range(where, "distill", "beta", 0.0 < d.beta < 1.0, f"must be in (0, 1), got {d.beta}")
+    _check_range(where, "distill", "feature_weight", d.feature_weight >= 0,
                  f"must be >= 0, got {d.feature_weight}")
-    _check_range(f"{where} [distill]", "feature_loss", d.feature_loss in FEATURE_LOSSES,
+    _check_range(where, "distill", "feature_loss", d.feature_loss in FEATURE_LOSSES,
                  f"must be one of {', '.join(FEATURE_LOSSES)}, got {d.feature_loss!r}")
-    _check_range(f"{where} [distill]", "feature_layers", not d.feature_layers or (
+    _check_range(where, "distill", "feature_layers", not d.feature_layers or (
         len(d.feature_layers) == s.layers and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1
                                                   for i in d.feature_layers)),
         f"must be [] or {s.layers} teacher hidden-state indices >= 1 (one per student layer), got {d.feature_layers!r}")
-    _check_range(f"{where} [distill]", "grad_accum", d.grad_accum >= 1 and d.batch_size % d.grad_accum == 0,
+    _check_range(where, "distill", "grad_accum", d.grad_accum >= 1 and d.batch_size % d.grad_accum == 0,
                  f"must be >= 1 and divide batch_size ({d.batch_size}), got {d.grad_accum}")
-    _check_range(f"{where} [distill]", "teacher_topk", d.teacher_topk >= 0,
+    _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
     if d.teacher_topk:
-        _check_range(f"{where} [distill]", "teacher_topk",
+        _check_range(where, "distill", "teacher_topk",
                      d.method == "response" and d.loss == "forward_kl" and d.feature_weight == 0 and d.alpha > 0,
                      "needs method = \"response\", loss = \"forward_kl\", feature_weight = 0 and alpha > 0 (the "
                      "cache holds top-k logits only: no hidden states, and reverse KL/JSD need the whole vocabulary)")
-    _check_range(f"{where} [distill]", "parallel", d.parallel in ("ddp", "fsdp"),
+    _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),
                  f"must be \"ddp\" or \"fsdp\", got {d.parallel!r}")
-    _check_range(f"{where} [distill]", "parallel", not (d.parallel == "fsdp" and d.checkpoint_every),
+    _check_range(where, "distill", "parallel", not (d.parallel == "fsdp" and d.checkpoint_every),
                  "= \"fsdp\" cannot write resumable checkpoints yet (checkpoint_every > 0); use \"ddp\" or "
                  "checkpoint_every = 0")
-    _check_range(f"{where} [distill]", "checkpoint_every", d.checkpoint_every >= 0,
+    _check_range(where, "distill", "checkpoint_every", d.checkpoint_every >= 0,
                  f"must be >= 0 (0 = no checkpoints), got {d.checkpoint_every}")
     q = r.sequence
     for key in ("num_prompts", "prompt_tokens", "new_tokens", "batch_size"):
-        _check_range(f"{where} [sequence]", key, getattr(q, key) >= 1, f"must be >= 1, got {getattr(q, key)}")
-    _check_range(f"{where} [sequence]", "temperature", q.temperature >= 0,
+        _check_range(where, "sequence", key, getattr(q, key) >= 1, f"must be >= 1, got {getattr(q, key)}")
+    _check_range(where, "sequence", "temperature", q.temperature >= 0,
                  f"must be >= 0 (0 = greedy), got {q.temperature}")
-    _check_range(f"{where} [sequence]", "top_k", q.top_k >= 0, f"must be >= 0 (0 = off), got {q.top_k}")
-    _check_range(f"{where} [sequence]", "top_p", 0.0 < q.top_p <= 1.0, f"must be in (0, 1], got {q.top_p}")
-    _check_range(f"{where} [data]", "heldout_fraction", 0.0 < data.heldout_fraction <= 0.5,
+    _check_range(where, "sequence", "top_k", q.top_k >= 0, f"must be >= 0 (0 = off), got {q.top_k}")
+    _check_range(where, "sequence", "top_p", 0.0 < q.top_p <= 1.0, f"must be in (0, 1], got {q.top_p}")
+    _check_range(where, "data", "heldout_fraction", 0.0 < data.heldout_fraction <= 0.5,
                  f"must be in (0, 0.5], got {data.heldout_fraction}")
-    _check_range(f"{where} [data]", "seq_len", data.seq_len >= 8, f"must be >= 8, got {data.seq_len}")
-    _check_range(f"{where} [export]", "prefill_len", e.prefill_len >= 1, f"must be >= 1, got {e.prefill_len}")
-    _check_range(f"{where} [export]", "max_len", e.max_len > e.prefill_len,
+    _check_range(where, "data", "seq_len", data.seq_len >= 8, f"must be >= 8, got {data.seq_len}")
+    _check_range(where, "export", "prefill_len", e.prefill_len >= 1, f"must be >= 1, got {e.prefill_len}")
+    _check_range(where, "export", "max_len", e.max_len > e.prefill_len,
                  f"must be larger than prefill_len ({e.prefill_len}), got {e.max_len}")
-    _check_range(f"{where} [export]", "cache", e.cache in ("full", "gqa"),
+    _check_range(where, "export", "cache", e.cache in ("full", "gqa"),
                  f"must be \"full\" or \"gqa\", got {e.cache!r}")
     qz = r.quantize
-    _check_range(f"{where} [quantize]", "block_size", qz.block_size >= 16 and not qz.block_size & (qz.block_size - 1),
+    _check_range(where, "quantize", "block_size", qz.block_size >= 16 and not qz.block_size & (qz.block_size - 1),
                  f"must be a power of two >= 16, got {qz.block_size}")
-    _check_range(f"{where} [quantize]", "keep_float", all(isinstance(k, str) and k for k in qz.keep_float),
+    _check_range(where, "quantize", "keep_float", all(isinstance(k, str) and k for k in qz.keep_float),
                  f"must be a list of layer-name parts like [\"lm_head\"], got {qz.keep_float!r}")
-    _check_range(f"{where} [quantize]", "int4_eight_bit", all(isinstance(k, str) and k for k in qz.int4_eight_bit),
+    _check_range(where, "quantize", "int4_eight_bit", all(isinstance(k, str) and k for k in qz.int4_eight_bit),
                  f"must be a list of layer-name parts like [\"lm_head\"], got {qz.int4_eight_bit!r}")
-    _check_range(f"{where} [quantize]", "rounding", qz.rounding in ("gptq", "nearest"),
+    _check_range(where, "quantize", "rounding", qz.rounding in ("gptq", "nearest"),
                  f"must be \"gptq\" or \"nearest\", got {qz.rounding!r}")
-    _check_range(f"{where} [bench]", "new_tokens", b.new_tokens >= 1, f"must be >= 1, got {b.new_tokens}")
-    _check_range(f"{where} [bench]", "repeats", b.repeats >= 1, f"must be >= 1, got {b.repeats}")
-    _check_range(f"{where} [bench]", "new_tokens", e.prefill_len + b.new_tokens <= e.max_len,
+    _check_range(where, "bench", "new_tokens", b.new_tokens >= 1, f"must be >= 1, got {b.new_tokens}")
+    _check_range(where, "bench", "repeats", b.repeats >= 1, f"must be >= 1, got {b.repeats}")
+    _check_range(where, "bench", "new_tokens", e.prefill_len + b.new_tokens <= e.max_len,
                  f"plus [export] prefill_len must fit in max_len ({e.max_len})")
+    c = r.check
+    c.budgets = load_budgets(c.budgets, where("check", "budgets"))
+    for name in c.skip_budgets:
+        if name not in BUDGETS:
+            raise unknown_key(where("check", "skip_budgets"), str(name), BUDGETS)
 
 
 def target_profile_path(target: str) -> Path:
@@ -379,9 +372,9 @@ def load_budgets(raw: Any, where: str) -> dict[str, float]:
     budgets = {}
     for key, value in raw.items():
         if key not in BUDGETS:
-            raise _unknown_key(f"{where} [budgets]", key, BUDGETS)
+            raise unknown_key(f"{where} [budgets]", key, BUDGETS)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EdgeError(f"{_at(where + ' [budgets]', key)}: '{key}' must be a number, got {value!r}",
+            raise EdgeError(f"{at(where + ' [budgets]', key)}: '{key}' must be a number, got {value!r}",
                             f"write it like {key} = 10.0")
         budgets[key] = float(value)
     return budgets
@@ -391,11 +384,11 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
     """Read a target profile by target name (`web`) or by path to a profile TOML."""
     p = Path(target_or_path)
     path = p if p.suffix == ".toml" else target_profile_path(str(target_or_path))
-    raw = _read_toml(path, "target profile")
+    raw = read_toml(path, "target profile")
     keys = {f.name for f in dataclasses.fields(TargetProfile)} - {"path"}
     for key in raw:
         if key not in keys:
-            raise _unknown_key(str(path), key, keys)
+            raise unknown_key(str(path), key, keys)
     for key in ("target", "format", "quantization", "runtime"):
         if not isinstance(raw.get(key), str):
             raise EdgeError(f"{path}: '{key}' is missing or not a string", f"add {key} = \"...\" to the profile")
@@ -404,16 +397,21 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
     defaults = TargetProfile("", "", "", "")
     for key in ("threads", "max_len", "min_ios", "compute", "device"):
         if key in raw:
-            _coerce(str(path), key, raw[key], getattr(defaults, key))
+            coerce(str(path), key, raw[key], getattr(defaults, key))
     if raw.get("device"):
-        from edgedistil.check.devices import load_device
-
         try:
             load_device(raw["device"])
         except EdgeError as e:
-            raise EdgeError(f"{_at(str(path), 'device')}: {e.problem}", e.fix) from None
+            raise EdgeError(f"{at(str(path), 'device')}: {e.problem}", e.fix) from None
+    if raw.get("module") not in TARGET_MODULES:
+        near = difflib.get_close_matches(str(raw.get("module", "")), TARGET_MODULES, n=1)
+        problem = (f"{at(str(path), 'module')}: no target module '{raw['module']}' in edgedistil/targets/"
+                   if "module" in raw else f"{path}: 'module' is missing")
+        raise EdgeError(problem, (f"did you mean '{near[0]}'? " if near else "") +
+                        f"name the module that builds it, one of: {', '.join(TARGET_MODULES)}")
     return TargetProfile(
         target=raw["target"], format=raw["format"], quantization=raw["quantization"], runtime=raw["runtime"],
+        module=raw["module"],
         threads=raw.get("threads", 1), max_len=raw.get("max_len", 256), min_ios=raw.get("min_ios", 18),
         compute=raw.get("compute", "fp16"), device=raw.get("device", ""),
         budgets=load_budgets(raw.get("budgets", {}), str(path)), path=str(path),
@@ -423,12 +421,12 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
 def load_budget_file(path: Path | str) -> dict[str, float]:
     """Budgets from a target profile or from a plain TOML holding a [budgets] table."""
     path = Path(path)
-    raw = _read_toml(path, "budgets file")
+    raw = read_toml(path, "budgets file")
     if "budgets" not in raw:
         raise EdgeError(f"{path}: no [budgets] table", "add a [budgets] table, e.g. decode_tokens_per_s_min = 10")
     if "target" in raw:
         return load_target(path).budgets
     extra = set(raw) - {"budgets"}
     if extra:
-        raise _unknown_key(str(path), sorted(extra)[0], {"budgets"})
+        raise unknown_key(str(path), sorted(extra)[0], {"budgets"})
     return load_budgets(raw["budgets"], str(path))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgedistil.bench.ort import run_bench
 from edgedistil.bench.web import bench_web
-from edgedistil.build import Run, bench_prompt, do_quantize
+from edgedistil.build import Run, bench_prompt, quantize_stage
 from edgedistil.config import load_recipe
 from edgedistil.errors import read_json, write_json
 
@@ -48,7 +48,7 @@ def main() -> None:
     bundle_method = read_json(bundle / "manifest.json", "bundle manifest")["quantization"]["method"]
     quality = {"student": read_json(args.run / "quantize" / bundle_method / "record.json", "quantize record")}
     for method in [m for m in args.methods.split(",") if m and m != bundle_method]:
-        quality[f"student_{method}"] = do_quantize(run, method)
+        quality[f"student_{method}"] = run.stage(quantize_stage(method))
         others[f"student_{method}"] = args.run / "quantize" / method / "model.onnx"
     if args.teacher:
         others["teacher"] = teacher

@@ -125,3 +125,15 @@ def test_profile_naming_an_unknown_device_fails_at_its_line(tmp_path):
     with pytest.raises(EdgeError) as e:
         load_target(p)
     assert "p.toml:5: unknown device 'iphone-15-pr'" in e.value.line() and "did you mean 'iphone-15-pro'" in e.value.line()
+
+
+def test_profile_names_the_module_that_builds_it(tmp_path):
+    from edgedistil.targets import target_of
+
+    assert {load_target(t).module for t in TARGETS} <= {"web", "android", "ios"}
+    text = 'target = "web"\nformat = "onnx"\nquantization = "int8"\nruntime = "x"\nmodule = "wbe"\n'
+    with pytest.raises(EdgeError) as e:
+        load_target(write(tmp_path, text, "p.toml"))
+    assert "p.toml:5: no target module 'wbe'" in e.value.line() and "did you mean 'web'" in e.value.line()
+    profile = load_target(write(tmp_path, text.replace('"wbe"', '"web"'), "p.toml"))
+    assert target_of(profile).stages(profile, load_recipe(None))[-1].folder == "dist/web"

@@ -12,36 +12,20 @@ from pathlib import Path
 
 from edgedistil.config import BUDGETS
 from edgedistil.errors import EdgeError, read_json
+from edgedistil.targets import manifest_figures, target_of
 
 
 def bundle_metrics(manifest: dict, estimate: dict | None = None) -> dict[str, tuple[float | None, list | None]]:
-    """The figures budgets can gate, each as (value, spread over repeats or None); `estimate` is a device
-    projection (check/devices.py), the only source of the projected figure."""
-    bench = manifest.get("bench") or {}
-    spread = bench.get("spread", {})
-    model_bytes = sum(f["bytes"] for f in manifest.get("files", []))
-    fid, q = manifest.get("fidelity") or {}, manifest.get("quality") or {}
-
-    def b(key):
-        return bench.get(key), spread.get(key)
-
-    return {
-        "decode_tokens_per_s": b("decode_tokens_per_s"),
-        "prefill_tokens_per_s": b("prefill_tokens_per_s"),
-        "ttft_ms": b("ttft_ms"),
-        "peak_memory_mb": b("peak_memory_mb"),
-        "size_mb": (model_bytes / 1e6 if manifest.get("files") else None, None),
-        "top1_agreement": (fid.get("top1_agreement"), None),
-        "kl_mean": (fid.get("kl_mean"), None),
-        "quality_retained": (q.get("quality_retained"), None),
-        "speedup_vs_teacher": (manifest.get("speedup_vs_teacher"), None),
-        "unintended_float_layers": ((manifest.get("quantization") or {}).get("unintended_float_layers"), None),
-        "projected_decode_tokens_per_s": ((estimate or {}).get("decode_tokens_per_s"), None),
-    }
+    """The figures budgets can gate, each as (value, spread over repeats or None), as the bundle's target module
+    reads them from its manifest; `estimate` is a device projection (check/devices.py), the only source of the
+    projected figure."""
+    figures = target_of(manifest["target"]).figures if "target" in manifest else manifest_figures
+    return {**figures(manifest), "projected_decode_tokens_per_s": ((estimate or {}).get("decode_tokens_per_s"), None)}
 
 
-def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = False,
-             estimate: dict | None = None) -> list[dict]:
+def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = False, estimate: dict | None = None,
+             skip: list[str] = (), skip_note: str = "") -> list[dict]:
+    """One row per budget; those in `skip` do not apply to this model and are shown, measured, as "skip"."""
     metrics = bundle_metrics(manifest, estimate)
     rows = []
     for name, limit in budgets.items():
@@ -49,6 +33,10 @@ def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = Fal
         metric = name.rsplit("_", 1)[0]
         value, spread = metrics[metric]
         projected = metric.startswith("projected_")
+        if name in skip:
+            rows.append({"budget": name, "metric": metric, "measured": value, "spread": spread, "limit": limit,
+                         "margin": None, "unit": unit, "status": "skip", "note": skip_note})
+            continue
         if value is None:
             note = ("no device profile: name one with --device or the target profile's device" if projected
                     else "not measured")
@@ -63,6 +51,11 @@ def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = Fal
         rows.append({"budget": name, "metric": metric, "measured": value, "spread": spread, "limit": limit,
                      "margin": margin, "unit": unit, "status": status, "note": note})
     return rows
+
+
+def passed(rows: list[dict]) -> bool:
+    """No row failed (a skipped budget does not apply, so it does not fail the check)."""
+    return all(r["status"] != "fail" for r in rows)
 
 
 def compare_baseline(manifest: dict, baseline: dict, max_regression_pct: float) -> list[dict]:
@@ -114,7 +107,7 @@ def estimate_line(manifest: dict, estimate: dict) -> str:
 
 def render(rows: list[dict], fmt: str, manifest: dict | None = None, estimate: dict | None = None) -> str:
     if fmt == "json":
-        return json.dumps({"passed": all(r["status"] == "pass" for r in rows), "budgets": rows,
+        return json.dumps({"passed": passed(rows), "budgets": rows,
                            "estimate": estimate}, indent=2)
     head = ["budget", "measured", "spread", "limit", "margin", "status"]
     body = [[r["budget"], _fmt(r["measured"]) + (f" {r['unit']}" if r["unit"] and r["measured"] is not None else ""),

@@ -13,8 +13,8 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedistil.config import TARGETS_DIR, _at, _coerce, _read_toml, _unknown_key
 from edgedistil.errors import EdgeError
+from edgedistil.schema import TARGETS_DIR, at, coerce, read_toml, unknown_key
 
 DEVICES_DIR = TARGETS_DIR / "devices"
 BASES = ("measured", "peak")
@@ -50,30 +50,30 @@ def load_device(name_or_path: str | Path) -> DeviceProfile:
             hint = f"did you mean '{near[0]}'? " if near else ""
             raise EdgeError(f"unknown device '{name_or_path}'",
                             f"{hint}use one of: {', '.join(device_names())}, or a path to a device TOML")
-    if not path.is_file():  # _read_toml's own hint points at `edgedistil init`, which writes no device profile
+    if not path.is_file():  # read_toml's own hint points at `edgedistil init`, which writes no device profile
         raise EdgeError(f"device profile {path} does not exist",
                         f"check the path, or copy one of {DEVICES_DIR}/*.toml and fill in its figures and sources")
-    raw = _read_toml(path, "device profile")
+    raw = read_toml(path, "device profile")
     where = str(path)
     defaults = DeviceProfile()
     fields = [f.name for f in dataclasses.fields(DeviceProfile) if f.name != "path"]
     for key in raw:
         if key not in fields:
-            raise _unknown_key(where, key, fields)
+            raise unknown_key(where, key, fields)
     values = {}
     for key in fields:
         if key not in raw:
             raise EdgeError(f"{where}: '{key}' is missing", f"add {key} = ... (every figure needs its source)")
-        values[key] = _coerce(where, key, raw[key], getattr(defaults, key))
+        values[key] = coerce(where, key, raw[key], getattr(defaults, key))
     for key in ("ram_gb", "bandwidth_gbs"):
         if not values[key] > 0:
-            raise EdgeError(f"{_at(where, key)}: '{key}' must be > 0, got {values[key]}", f"change {key} in that file")
+            raise EdgeError(f"{at(where, key)}: '{key}' must be > 0, got {values[key]}", f"change {key} in that file")
     if values["bandwidth_basis"] not in BASES:
-        raise EdgeError(f"{_at(where, 'bandwidth_basis')}: bandwidth_basis must be one of {', '.join(BASES)}, got "
+        raise EdgeError(f"{at(where, 'bandwidth_basis')}: bandwidth_basis must be one of {', '.join(BASES)}, got "
                         f"{values['bandwidth_basis']!r}", "measured: a benchmark's figure; peak: the spec's maximum")
     for key in ("ram_source", "bandwidth_source"):
         if not values[key].strip():
-            raise EdgeError(f"{_at(where, key)}: '{key}' is empty", "say where the figure was published")
+            raise EdgeError(f"{at(where, key)}: '{key}' is empty", "say where the figure was published")
     return DeviceProfile(**values, path=str(path))
 
 

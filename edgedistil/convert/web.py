@@ -321,6 +321,40 @@ def _web_entry(r: dict) -> dict:
             "peak_memory_source": "peak resident set of the Chromium renderer process that ran the page (VmHWM)"}
 
 
+def check_onnx_io(path: Path, session, graphs: list[dict]) -> None:
+    """The model's own input and output names, dtypes and fixed dims against what the manifest promises."""
+    dtypes = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(float16)": "float16"}
+    for g in graphs:
+        for side, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+            have = {a.name: a for a in actual}
+            for want in g[side]:
+                a = have.get(want["name"])
+                if a is None:
+                    raise EdgeError(f"{path.name} has no {side[:-1]} '{want['name']}' that the manifest's "
+                                    f"{g['name']} graph lists", "rebuild the bundle; the manifest and model differ")
+                fixed_ok = len(a.shape) == len(want["shape"]) and all(
+                    not isinstance(d, int) or d == w for d, w in zip(a.shape, want["shape"]))
+                if dtypes.get(a.type) != want["dtype"] or not fixed_ok:
+                    raise EdgeError(f"{path.name} {side[:-1]} '{a.name}' is {dtypes.get(a.type, a.type)} "
+                                    f"{list(a.shape)}, but the manifest says {want['dtype']} {want['shape']}",
+                                    "rebuild the bundle; the manifest and model differ")
+
+
+def verify_onnx(bundle: Path, manifest: dict) -> list[dict]:
+    """Each ONNX file's I/O against the manifest's graphs, and one decode step in ONNX Runtime with finite logits."""
+    from edgedistil.runtimes.ort import OrtLM
+
+    runs = []
+    for file in sorted({g["file"] for g in manifest["graphs"]}):
+        lm = OrtLM(bundle / file)
+        check_onnx_io(bundle / file, lm.session, [g for g in manifest["graphs"] if g["file"] == file])
+        logits, _ = lm.step([0], 0, lm.empty_cache())
+        if not (logits == logits).all():
+            raise EdgeError(f"{bundle / file} produced NaN logits", "rebuild the bundle")
+        runs.append({"file": file, "runtime": "onnxruntime CPU", "io_matches_manifest": True, "decode_step": "ok"})
+    return runs
+
 
 
 if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS runtime now (CI does this)

@@ -1,0 +1,150 @@
+"""Android phones through LiteRT: the PyTorch student (and the teacher, for the side-by-side bench) converted by
+litert-torch into every variant, each checked with the LiteRT interpreter; host LiteRT benches at 1, 2 and 4
+threads; dist/android/ ships the profile's variant. No ONNX stages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edgedistil.build import Run, bench_prompt
+from edgedistil.config import Recipe, TargetProfile
+from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
+from edgedistil.records import folder_fingerprint, sha256_file, stage_key
+from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
+
+
+def options(profile: TargetProfile, recipe: Recipe, **changes):
+    from edgedistil.convert.android import AndroidOptions
+
+    e = recipe.export
+    return AndroidOptions(bundle_variant=profile.quantization, prefill_len=e.prefill_len, max_len=e.max_len,
+                          **changes).check()
+
+
+def check(profile: TargetProfile, recipe: Recipe) -> None:
+    options(profile, recipe)  # a profile naming an unknown variant fails now, not after distillation
+
+
+def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
+    variant = profile.quantization
+    student_opts = options(profile, recipe)
+    teacher_opts = options(profile, recipe, fidelity_segments=2, greedy_tokens=32)
+    teacher_opts = dataclasses.replace(teacher_opts, variants=(teacher_opts.bundle_variant,))
+
+    def litert(role: str, opts) -> Stage:
+        """LiteRT variants of the student (all of them, each checked), or of the teacher (the bundle's variant
+        only, for the side-by-side bench)."""
+        def model(run: Run) -> Path:
+            return run.out / "distill" / "student" if role == "student" else run.teacher_dir()
+
+        def key(run: Run) -> str:
+            if role == "student" and not (model(run) / "config.json").is_file():
+                raise EdgeError(f"{model(run)} has no config.json", f"run `edgedistil distill --out {run.out}` first")
+            upstream = run.key_of("distill") if role == "student" else folder_fingerprint(model(run))
+            return stage_key("litert", role, opts.stage_config(), upstream)
+
+        def go(run: Run, folder: Path) -> dict:
+            from edgedistil.convert.android import run_litert
+
+            return run_litert(model(run), folder, run.heldout_ids(), opts, role=role, log=run.log)
+
+        return Stage(f"convert[litert-{role}]", f"litert/{role}", key, go, convert=role == "student",
+                     on_error="" if role == "student" else "not converted, the bench runs the student alone")
+
+    def models(run: Run) -> dict[str, Path]:
+        found = {role: run.out / "litert" / role / variant / "model.tflite" for role in ("student", "teacher")}
+        if not found["student"].is_file():
+            raise EdgeError(f"{found['student']} does not exist",
+                            f"run `edgedistil build --target android --out {run.out}`")
+        if not found["teacher"].is_file():  # the teacher did not convert (too big for this machine): student alone
+            del found["teacher"]
+        return found
+
+    def bench_key(run: Run) -> str:
+        return stage_key("bench-android", {k: sha256_file(v) for k, v in models(run).items()},
+                         run.recipe.section("bench"), profile.threads)
+
+    def host_bench(run: Run, folder: Path) -> dict:
+        """Host LiteRT at 1, 2 and 4 threads: the student's bundle variant beside the teacher in the same variant."""
+        from edgedistil.bench.litert import run_bench_android
+
+        b = run.recipe.bench
+        record = run_bench_android(models(run), bench_prompt(run), b.new_tokens, b.repeats, profile.threads,
+                                   log=run.log)
+        with atomic_dir(folder) as tmp:
+            write_json(tmp / "record.json", record)
+        return record
+
+    def bundle_key(run: Run) -> str:
+        return stage_key("convert", profile.target, variant, [run.key_of(n) for n in (
+            "distill", "convert[litert-student]", "bench[android]")])
+
+    def bundle(run: Run, folder: Path) -> dict:
+        """dist/android/ from the litert stage's shipped variant and the records (the host bench when it ran; the
+        `convert` verb on a fresh run has none, and the bundle says so)."""
+        from edgedistil.convert.android import run_convert_android
+
+        records = {"litert": read_json(run.out / "litert" / "student" / "record.json", "litert record"),
+                   "distill": read_json(run.out / "distill" / "record.json", "distill record"),
+                   "recipe_name": run.recipe.name}
+        bench = run.out / "bench-android" / "record.json"
+        if bench.is_file():
+            records["bench_android"] = read_json(bench, "android bench record")
+        return run_convert_android(run.out / "litert" / "student", run.out / "distill" / "student", folder, records,
+                                   variant, log=run.log)
+
+    return [litert("student", student_opts), litert("teacher", teacher_opts),
+            Stage("bench[android]", "bench-android", bench_key, host_bench),
+            Stage(f"convert[{profile.target}]", f"dist/{profile.target}", bundle_key, bundle, convert=True)]
+
+
+def bench(req: BenchRequest) -> dict:
+    """Host LiteRT (1, 2, 4 threads), or with --device a phone over adb with LiteRT's benchmark_model."""
+    from edgedistil.check.budgets import load_bundle_manifest
+
+    model = Path(req.model) if req.model else None
+    if req.bundle:
+        manifest = load_bundle_manifest(req.bundle)
+        model = Path(req.bundle) / manifest["graphs"][0]["file"]
+        prefill_len, max_len = manifest["runtime"]["prefill_len"], manifest["kv_cache"]["max_len"]
+    else:
+        prefill_len, max_len = req.recipe.export.prefill_len, req.recipe.export.max_len
+    if req.device is not None:
+        from edgedistil.bench.android_device import run_device_bench
+
+        return run_device_bench(model, req.benchmark_tool, req.device or None, req.profile.threads, prefill_len,
+                                max_len, log=req.log)
+    from edgedistil.bench.litert import run_bench_android
+
+    models = {"student": model, **({"teacher": Path(req.teacher_model)} if req.teacher_model else {})}
+    b = req.recipe.bench
+    return run_bench_android(models, fixed_prompt(req.prompt_tokens or prefill_len), b.new_tokens, b.repeats,
+                             req.profile.threads, log=req.log)
+
+
+def verify(bundle: Path, manifest: dict) -> list[dict]:
+    from edgedistil.convert.android import verify_tflite
+
+    return verify_tflite(bundle, manifest)
+
+
+def artifacts(run: Path) -> list[dict]:
+    """Every LiteRT variant of the student, with the host decode speed of the one the bench ran."""
+    def read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+
+    litert, bench = read(run / "litert" / "student" / "record.json"), read(run / "bench-android" / "record.json")
+    rows = []
+    for variant, rec in litert.get("variants", {}).items():
+        b = next((r for r in bench.get("student", {}).values() if r["bytes"] == rec["bytes"]), None)
+        rows.append({"name": f"student {variant} (LiteRT)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
+                     "decode": b["decode_tokens_per_s"] if b and b["threads"] == bench["threads"] else None})
+    return rows
+
+
+TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, artifacts=artifacts, device_bench=True)
