@@ -40,7 +40,7 @@ class CoreMLLM:
         require_macos()
         import coremltools as ct
 
-        from edgedistil.convert.ios import inspect_package
+        from edgedistil.convert.ios_package import inspect_package
 
         if compute_units not in COMPUTE_UNITS:
             raise EdgeError(f"unknown compute units '{compute_units}'", f"use one of: {', '.join(COMPUTE_UNITS)}")
