@@ -111,17 +111,23 @@ def init(config, sets, out):
     from edgedistil.build import check_out
     from edgedistil.errors import atomic_file
 
+    from edgedistil.config import set_in_text
+
     src = Path(config) if config else MODELS_DIR / "default.toml"
-    if sets:
-        raise EdgeError("init copies a recipe file as it is, so --set has nothing to change",
-                        "drop --set, then edit the written edgedistil.toml")
-    load_recipe(src)  # never hand out a recipe that does not load
+    recipe = load_recipe(src, sets)  # never hand out a recipe that does not load
+    text = src.read_text(encoding="utf-8")
+    for item in sets:  # written into the copy, so the file says what --set said
+        text = set_in_text(text, item)
     check_out(Path(out))
     dest = Path(out) / "edgedistil.toml"
     if dest.exists():
         raise EdgeError(f"{dest} already exists", "edit it, or choose another --out")
     with atomic_file(dest) as tmp:
-        tmp.write_text(src.read_text())
+        tmp.write_text(text, encoding="utf-8")
+        written = load_recipe(tmp)
+        if any(written.section(n) != recipe.section(n) for n in vars(recipe) if n not in ("name", "path")):
+            raise EdgeError(f"init could not write {' '.join(sets)} into the copy of {src}",
+                            "run init without --set and edit edgedistil.toml")
     log(f"wrote {dest}; edit it, then: edgedistil build --target web --config {dest} --out {out}")
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import pkgutil
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 from edgedistil.check.devices import load_device
 from edgedistil.errors import EdgeError
-from edgedistil.schema import REPO_ROOT, TARGETS_DIR, at, coerce, read_toml, unknown_key
+from edgedistil.schema import REPO_ROOT, TARGETS_DIR, at, coerce, key_line_in, read_toml, unknown_key
 
 MODELS_DIR = REPO_ROOT / "models"
 # The registry: a target is a profile in targets/, and the profile names the module that builds it
@@ -230,6 +232,30 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     except tomllib.TOMLDecodeError:
         value = text.strip()
     return section, key.strip(), value
+
+
+def set_in_text(text: str, item: str) -> str:
+    """Recipe TOML `text` with the key of a --set `item` written in, its comments and layout kept (`init --set`)."""
+    section, key, value = parse_set(item)
+    literal = item.partition("=")[2].strip()
+    try:
+        tomllib.loads(f"v = {literal}")
+    except tomllib.TOMLDecodeError:  # a bare string: written quoted
+        literal = json.dumps(value)
+    lines = text.splitlines()
+    number = key_line_in(lines, section, key)
+    if number:
+        old = lines[number - 1]
+        comment = re.search(r"\s+#[^\"']*$", old)
+        lines[number - 1] = f"{old[:old.index('=')].rstrip()} = {literal}" + (comment[0] if comment else "")
+    else:
+        header = next((i for i, line in enumerate(lines) if re.fullmatch(rf"\s*\[\s*{section}\s*\]\s*(#.*)?", line)),
+                      None)
+        if header is None:
+            lines += ["", f"[{section}]"]
+            header = len(lines) - 1
+        lines.insert(header + 1, f"{key} = {literal}")
+    return "\n".join(lines) + "\n"
 
 
 def load_recipe(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -34,9 +34,12 @@ def read_toml(path: Path, what: str) -> dict:
 def key_line(path: Path, table: str | None, key: str) -> int | None:
     """The 1-based line where `key = ...` is set in `[table]` (None: the top level) of the TOML file `path`."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return key_line_in(path.read_text(encoding="utf-8").splitlines(), table, key)
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def key_line_in(lines: list[str], table: str | None, key: str) -> int | None:
     current = None
     for number, line in enumerate(lines, 1):
         header = re.match(r"\s*\[\s*([^\]]+?)\s*\]", line)

@@ -75,3 +75,15 @@ def test_the_smoke_recipe_passes_its_own_budgets_and_marks_the_skipped_ones(tiny
     assert rows["top1_agreement_min"]["limit"] == 0.8 and rows["top1_agreement_min"]["status"] == "pass"
     assert rows["size_mb_max"]["limit"] == 90.0  # a budget the recipe leaves alone keeps the profile's limit
     assert "SKIP (not for recipe tiny)" in proc.stdout
+
+
+def test_init_writes_the_set_keys_into_the_copy(tmp_path):
+    proc = edgedistil("init", "--config", TINY, "--set", "distill.steps=7", "--set", "quantize.rounding=nearest",
+                      "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from edgedistil.config import load_recipe
+
+    written = load_recipe(tmp_path / "edgedistil.toml")
+    assert written.distill.steps == 7 and written.quantize.rounding == "nearest"
+    assert written.section("data") == load_recipe(TINY).section("data")
+    assert "# The smoke model is a 2-layer" in (tmp_path / "edgedistil.toml").read_text()  # comments kept
