@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from edgedistil.errors import EdgeError, atomic_file
+from edgedistil.targets import every_target
 
 
 def _read(path: Path):
@@ -35,8 +36,8 @@ def collect(run: Path) -> dict:
         "exports": {p.parent.name: _read(p) for p in sorted((run / "export").glob("*/record.json"))},
         "quantized": {p.parent.name: _read(p) for p in sorted((run / "quantize").glob("*/record.json"))},
         "bench": _read(run / "bench" / "record.json"),
-        "litert": _read(run / "litert" / "student" / "record.json"),
-        "bench_android": _read(run / "bench-android" / "record.json"),
+        # what each target's own stages left here (its module says where and how to read it)
+        "artifacts": [row for target in every_target() for row in target.artifacts(run)],
         "bundles": {p.parent.name: _read(p) for p in sorted((run / "dist").glob("*/manifest.json"))},
         "check": _read(run / "check.json"),
     }
@@ -59,12 +60,7 @@ def variants(data: dict) -> list[dict]:
             b = bench.get("student") if bench.get("student", {}).get("sha256") == rec["sha256"] else None
             rows.append({"name": f"student {method} (ONNX)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
                          "decode": b["decode_tokens_per_s"] if b else None})
-    litert, android = data.get("litert") or {}, (data.get("bench_android") or {}).get("student", {})
-    for variant, rec in litert.get("variants", {}).items():
-        b = next((r for r in android.values() if r["bytes"] == rec["bytes"]), None)  # the benched variant
-        rows.append({"name": f"student {variant} (LiteRT)", "mb": rec["bytes"] / 1e6, "fidelity": rec["fidelity"],
-                     "decode": b["decode_tokens_per_s"] if b and b["threads"] == data["bench_android"]["threads"]
-                     else None})
+    rows += data.get("artifacts", [])
     for target, m in data["bundles"].items():
         if m:
             b = m.get("bench") or {}
@@ -123,17 +119,24 @@ def plots(data: dict) -> dict[str, str]:
             points.setdefault((round(v["mb"]), v["decode"]), []).append(v)
     if points:
         fig, ax = plt.subplots(figsize=(6, 3.6))
+        xs, ys = [k[0] for k in points], [k[1] for k in points]
+        mid_x, mid_y = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
         for group in points.values():
             v, top1 = group[0], (group[0]["fidelity"] or {}).get("top1_agreement")
             ax.scatter(v["mb"], v["decode"], s=60)
+            # each label points into the plot, so none runs over the title or out of the axes
+            right, top = v["mb"] > mid_x, v["decode"] > mid_y
             ax.annotate(" = ".join(g["name"] for g in group) + (f"\ntop-1 {top1:.3f}" if top1 is not None else ""),
-                        (v["mb"], v["decode"]), fontsize=8, xytext=(5, 5), textcoords="offset points")
+                        (v["mb"], v["decode"]), fontsize=8, textcoords="offset points",
+                        xytext=(-6 if right else 6, -6 if top else 6), ha="right" if right else "left",
+                        va="top" if top else "bottom")
+        ax.margins(x=0.08, y=0.15)
         points = [g[0] for g in points.values()]
         front = pareto([(v["mb"], v["decode"]) for v in points])
         ax.plot(*zip(*front), "--", color="grey", label="Pareto front (smaller and faster)")
         ax.set_xlabel("size (MB)")
         ax.set_ylabel("decode tok/s")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
         ax.set_title("Size vs speed")
         out["Size vs speed"] = _png(fig)
         plt.close(fig)
@@ -164,62 +167,86 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def summary_markdown(data: dict) -> str:
-    lines = ["# edgedistil report", ""]
+def summary(data: dict) -> list[tuple]:
+    """The summary as blocks, ("p", lines) or ("table", head, rows), so Markdown and HTML say the same."""
+    blocks = []
     d = data["distill"]
     if d:
         q = d["quality"]
-        lines += [f"Student: {d['student']['layers']} layers (teacher layers {d['student']['teacher_layers']}), "
-                  f"{d['student']['parameters'] / 1e6:.1f}M parameters vs teacher {d['teacher_parameters'] / 1e6:.1f}M.",
-                  "", "| held-out | student | teacher |", "|---|---|---|",
-                  f"| perplexity | {q['student_perplexity']:.2f} | {q['teacher_perplexity']:.2f} |",
-                  f"| top-1 agreement with teacher | {q['top1_agreement_with_teacher']:.3f} | 1 |",
-                  f"| quality retained | {q['quality_retained']:.3f} | 1 |", ""]
+        blocks += [("p", [f"Student: {d['student']['layers']} layers (teacher layers {d['student']['teacher_layers']}), "
+                          f"{d['student']['parameters'] / 1e6:.1f}M parameters vs teacher "
+                          f"{d['teacher_parameters'] / 1e6:.1f}M."]),
+                   ("table", ["held-out", "student", "teacher"], [
+                       ["perplexity", f"{q['student_perplexity']:.2f}", f"{q['teacher_perplexity']:.2f}"],
+                       ["top-1 agreement with teacher", f"{q['top1_agreement_with_teacher']:.3f}", "1"],
+                       ["quality retained", f"{q['quality_retained']:.3f}", "1"]])]
+    speed = (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
+             ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB"))
     b = data["bench"]
     if b and b.get("student") and b.get("teacher"):
-        lines += [f"Runtime: {b['runtime']}, {b['repeats']} repeats (medians).", "",
-                  "| | student | teacher | ratio |", "|---|---|---|---|"]
-        for key, label in (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
-                           ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB")):
-            sv, tv = b["student"][key], b["teacher"][key]
-            lines.append(f"| {label} | {sv:.1f} | {tv:.1f} | {sv / tv:.2f}x |")
-        lines.append("")
+        blocks += [("p", [f"Runtime: {b['runtime']}, {b['repeats']} repeats (medians)."]),
+                   ("table", ["", "student", "teacher", "ratio"], [
+                       [label, f"{b['student'][k]:.1f}", f"{b['teacher'][k]:.1f}",
+                        f"{b['student'][k] / b['teacher'][k]:.2f}x"] for k, label in speed])]
     for target, m in data["bundles"].items():
         b, t = (m or {}).get("bench") or {}, (m or {}).get("teacher_bench") or {}
         if b.get("decode_tokens_per_s") and t.get("decode_tokens_per_s"):
-            lines += [f"dist/{target} on its target runtime: {b.get('runtime')}.", "",
-                      "| | student | teacher | ratio |", "|---|---|---|---|"]
-            for key, label in (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
-                               ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB")):
-                if b.get(key) and t.get(key):
-                    lines.append(f"| {label} | {b[key]:.1f} | {t[key]:.1f} | {b[key] / t[key]:.2f}x |")
-            lines.append("")
+            blocks += [("p", [f"dist/{target} on its target runtime: {b.get('runtime')}."]),
+                       ("table", ["", "student", "teacher", "ratio"], [
+                           [label, f"{b[k]:.1f}", f"{t[k]:.1f}", f"{b[k] / t[k]:.2f}x"] for k, label in speed
+                           if b.get(k) and t.get(k)])]
             by_threads = m.get("bench_threads") or {}  # android: every thread count measured
-            for role, figures in by_threads.items():
-                lines.append(f"{role} decode tok/s by threads: " + ", ".join(
-                    f"{t}: {r['decode_tokens_per_s']:.1f}" for t, r in sorted(figures.items(), key=lambda x: int(x[0]))))
             if by_threads:
-                lines.append("")
+                blocks.append(("p", [f"{role} decode tok/s by threads: " + ", ".join(
+                    f"{n}: {r['decode_tokens_per_s']:.1f}" for n, r in sorted(figures.items(), key=lambda x: int(x[0])))
+                    for role, figures in by_threads.items()]))
         elif m and isinstance(m.get("bench"), dict) and m["bench"].get("reason"):
-            lines += [f"dist/{target}: speed not measured here ({m['bench']['reason']}).", ""]
+            blocks.append(("p", [f"dist/{target}: speed not measured here ({m['bench']['reason']})."]))
     rows = variants(data)
     if rows:
-        lines += ["| artifact | MB | top-1 vs source | KL vs source |", "|---|---|---|---|"]
+        table = []
         for v in rows:
             f = v["fidelity"] or {}
             top1, kl = f.get("top1_agreement"), f.get("kl_mean")
-            lines.append(f"| {v['name']} | {v['mb']:.1f} | {'-' if top1 is None else f'{top1:.3f}'} | "
-                         f"{'-' if kl is None else f'{kl:.2e}'} |")
-        lines.append("")
+            table.append([v["name"], f"{v['mb']:.1f}", "-" if top1 is None else f"{top1:.3f}",
+                          "-" if kl is None else f"{kl:.2e}"])
+        blocks.append(("table", ["artifact", "MB", "top-1 vs source", "KL vs source"], table))
     if data["check"]:
         c = data["check"]
-        lines += [f"Budget check: {'passed' if c['passed'] else 'FAILED'}.", ""]
+        blocks.append(("p", [f"Budget check: {'passed' if c['passed'] else 'FAILED'}."]))
         if c.get("estimate"):  # the target profile's named device: a projection, labelled as one
             from edgedistil.check.budgets import estimate_line
 
             manifest = data["bundles"].get(Path(c["bundle"]).name) or {}
-            lines += [f"Projected on a named device: {estimate_line(manifest, c['estimate'])}.", ""]
+            blocks.append(("p", [f"Projected on a named device: {estimate_line(manifest, c['estimate'])}."]))
+    return blocks
+
+
+def summary_markdown(data: dict) -> str:
+    lines = ["# edgedistil report", ""]
+    for block in summary(data):
+        if block[0] == "p":
+            lines += block[1]
+        else:
+            head, rows = block[1], block[2]
+            lines += ["|" + "|".join(f" {h} " if h else " " for h in head) + "|", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def summary_html(data: dict) -> str:
+    out = []
+    for block in summary(data):
+        if block[0] == "p":
+            out.append("<p>" + "<br>".join(html.escape(line) for line in block[1]) + "</p>")
+        else:
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            # figures right-aligned so their digits line up; the first column names the row
+            body = "".join("<tr>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{html.escape(c)}</td>"
+                                            for i, c in enumerate(row)) + "</tr>" for row in block[2])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "\n".join(out)
 
 
 def run_report(run: Path, out_dir: Path, log=print) -> Path:
@@ -230,9 +257,11 @@ def run_report(run: Path, out_dir: Path, log=print) -> Path:
                    for t, b64 in images.items())
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgedistil report: {html.escape(str(run))}"
             "</title><style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em}"
-            "img{max-width:100%}pre{background:#f4f4f4;padding:1em;white-space:pre-wrap}</style></head><body>"
-            f"<h1>edgedistil report</h1><p>Run folder: <code>{html.escape(str(run))}</code></p>{body}"
-            f"<h2>Summary</h2><pre>{html.escape(md)}</pre></body></html>")
+            "img{max-width:100%}table{border-collapse:collapse;margin:0.5em 0 1em}"
+            "th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:left}th{background:#f4f4f4}"
+            "td.num{text-align:right;font-variant-numeric:tabular-nums}</style></head><body>"
+            f"<h1>edgedistil report</h1><p>Run folder: <code>{html.escape(str(run))}</code></p>"
+            f"<h2>Summary</h2>{summary_html(data)}{body}</body></html>")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("report.html", page), ("summary.md", md)):  # files, not the folder: --out may hold others
