@@ -213,7 +213,9 @@ def summary(data: dict) -> list[tuple]:
         blocks.append(("table", ["artifact", "MB", "top-1 vs source", "KL vs source"], table))
     if data["check"]:
         c = data["check"]
-        blocks.append(("p", [f"Budget check: {'passed' if c['passed'] else 'FAILED'}."]))
+        skipped = [r for r in c.get("budgets", []) if r["status"] == "skip"]
+        blocks.append(("p", [f"Budget check: {'passed' if c['passed'] else 'FAILED'}." + (
+            f" Not applied ({skipped[0]['note']}): {', '.join(r['budget'] for r in skipped)}." if skipped else "")]))
         if c.get("estimate"):  # the target profile's named device: a projection, labelled as one
             from edgedistil.check.budgets import estimate_line
 
