@@ -67,9 +67,11 @@ class Run:
 
     def corpus(self):
         from edgedistil.sources import load_corpus
+        from edgedistil.sources.teacher_chat import chat_settings
 
         if self._corpus is None:
-            self._corpus = load_corpus(self.data_override or self.recipe.data.corpus, log=self.log)
+            self._corpus = load_corpus(self.data_override or self.recipe.data.corpus, log=self.log,
+                                       teacher=self.teacher_dir, chat=chat_settings(self.recipe))
         return self._corpus
 
     def heldout_ids(self) -> np.ndarray:

@@ -36,23 +36,33 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "kjv"  # "kjv" | "pydoc" | "tiny" | path to a UTF-8 .txt file or a .jsonl file with a "text" field
+    # "teacher-chat" (conversations the teacher writes, sources/teacher_chat.py) | "kjv" | "pydoc" | "tiny" |
+    # path to a UTF-8 .txt file or a .jsonl file with a "text" field
+    corpus: str = "teacher-chat"
     heldout_fraction: float = 0.02
     seq_len: int = 64
+    chat_conversations: int = 256  # teacher-chat only: conversations the teacher writes (once, into the cache)
+    chat_query_tokens: int = 48  # teacher-chat: longest user request, sampled
+    chat_answer_tokens: int = 128  # teacher-chat: longest answer, greedy
+    heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 
 
-STUDENT_INITS = ("even", "first", "random")
-SHRINK_INITS = ("slice", "random")
+# "auto" = "greedy": the measured pick that best predicted quality after distillation (docs/benchmarks.md)
+STUDENT_INITS = ("auto", "greedy", "block_influence", "angular", "even", "first", "random")
+SHRINK_INITS = ("importance", "slice", "random")
 
 
 @dataclass
 class StudentConfig:
     layers: int = 6
-    # "even" (teacher layers evenly spaced, as DistilBERT did) | "first" | "random" | a list of teacher layer indices
-    init: str | list = "even"
+    # "auto" (teacher layers chosen by measurement, distill/prune.py) | "greedy" | "block_influence" | "angular" |
+    # "even" (evenly spaced, as DistilBERT did) | "first" | "random" | a list of teacher layer indices
+    init: str | list = "auto"
     intermediate_size: int = 0  # 0 = the teacher's FFN width; smaller = a narrower FFN
     heads: int = 0  # 0 = the teacher's attention heads; fewer keeps the teacher's heads-per-kv-head ratio
-    shrink_init: str = "slice"  # how narrowed weights start: "slice" (the teacher's first rows) | "random"
+    # how narrowed weights start: "importance" (the FFN neurons and KV groups most active on calibration text, as
+    # Minitron ranks width) | "slice" (the teacher's first rows) | "random"
+    shrink_init: str = "importance"
     source: str = ""  # "" = built from the teacher; or an HF folder of a ready student (e.g. a smaller pretrained LM)
 
     # keys whose TOML value may also be of these types (checked in _validate)
@@ -70,7 +80,7 @@ class DistillConfig:
     loss: str = "forward_kl"  # "forward_kl" (Hinton) | "reverse_kl" (MiniLLM) | "jsd" (GKD, weighted by beta)
     beta: float = 0.5  # jsd only: the mixture weight, as in TRL's GKDTrainer
     alpha: float = 0.9
-    temperature: float = 2.0
+    temperature: float = 1.0
     feature_weight: float = 0.0  # > 0 adds hidden-state KD, weighted by this
     feature_loss: str = "mse"  # "mse" | "cosine"
     feature_layers: list = field(default_factory=list)  # teacher hidden-state index per student layer; [] = even
@@ -85,8 +95,8 @@ class DistillConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the global batch of one step
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
-    teacher_topk: int = 0  # > 0: train from a cache of the teacher's top-k logits per position (built on first use)
-    teacher_cache: str = ""  # the cache folder; "" = beside the stage folder (<out>/distill-teacher-cache)
+    teacher_topk: int = 128  # > 0: train from a cache of the teacher's top-k logits per position (built on first use)
+    teacher_cache: str = ""  # the cache folder; "" = in the edgedistil cache, keyed by teacher, data and sampling
     parallel: str = "ddp"  # under torchrun: "ddp" (each rank holds the models) | "fsdp" (student and teacher sharded)
     preflight_export: bool = True  # trial-export the student's decode graph before training
 

@@ -91,3 +91,15 @@ def read_json(path: Path | str, what: str = "record") -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgeError(f"{what} {path} is not valid JSON ({e})", "delete it and rerun the stage that writes it")
+
+
+def read_jsonl_prefix(path: Path | str) -> list[dict]:
+    """The rows of a JSONL file that a writer appends to, up to the first line a kill cut short ([] if none)."""
+    path = Path(path)
+    rows = []
+    for ln in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(ln))
+        except json.JSONDecodeError:
+            break
+    return rows

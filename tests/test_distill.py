@@ -216,8 +216,8 @@ def test_fewer_heads_keep_whole_kv_groups_and_still_run():
     ("distill", "grad_accum = 3", "'grad_accum' must be >= 1 and divide batch_size"),
     ("distill", 'method = "data"', "'method' must be one of response, sequence"),
     ("student", "init = [0]", "'init' as a list must hold 6"),
-    ("student", 'init = "last"', "'init' must be one of even, first, random"),
-    ("student", 'shrink_init = "zero"', "'shrink_init' must be one of slice, random"),
+    ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
+    ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),
     ("sequence", "top_p = 0", "'top_p' must be in"),
     ("sequence", "num_prompts = 0", "'num_prompts' must be >= 1"),
 ])

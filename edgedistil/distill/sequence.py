@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from edgedistil.config import SequenceConfig
 from edgedistil.distill.data import tokenize
-from edgedistil.errors import EdgeError, atomic_file, write_json
+from edgedistil.errors import EdgeError, atomic_file, read_jsonl_prefix, write_json
 from edgedistil.model import EdgeLM
 
 
@@ -104,12 +104,7 @@ def teacher_texts(teacher: EdgeLM, teacher_dir: Path, tokenizer: Tokenizer, prom
     if not (meta.is_file() and json.loads(meta.read_text()).get("key") == key):
         path.unlink(missing_ok=True)  # another teacher, prompt set or sampling: start over
         write_json(meta, {"key": key, "config": vars(cfg)})
-    rows = []
-    for ln in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(ln))
-        except json.JSONDecodeError:  # the line a kill cut short, and nothing after it
-            break
+    rows = read_jsonl_prefix(path)
     plan = batches(prompts, cfg.batch_size)
     # a batch is appended whole; a line cut by a kill is dropped and its batch redone
     n_done_batches = 0

@@ -73,10 +73,38 @@ def _slice(src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return src[tuple(slice(0, n) for n in shape)]
 
 
+def _units(rest: str, width: dict, layer: int, head_dim: int, rep: int) -> tuple[torch.Tensor, int] | None:
+    """(indices, axis) of the measured FFN neurons or KV groups a narrowed tensor keeps; None if it is whole."""
+    ffn, groups = width.get("ffn"), width.get("kv_groups")
+    if ffn is not None and rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
+        return ffn[layer], 0
+    if ffn is not None and rest == "mlp.down_proj.weight":
+        return ffn[layer], 1
+    if groups is None or not rest.startswith("self_attn."):
+        return None
+    g = groups[layer]
+    kv_rows = (g[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+    heads = (g[:, None] * rep + torch.arange(rep)).reshape(-1)
+    q_rows = (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+    part = rest.split(".")[1]
+    if part in ("k_proj", "v_proj"):
+        return kv_rows, 0
+    if part == "q_proj":
+        return q_rows, 0
+    if part == "o_proj" and rest.endswith("weight"):
+        return q_rows, 1
+    return None
+
+
 def build_student(teacher: EdgeLM, layers: int, init: str | list = "even", intermediate_size: int = 0,
-                  heads: int = 0, shrink_init: str = "slice", seed: int = 0) -> tuple[EdgeLM, dict]:
+                  heads: int = 0, shrink_init: str = "slice", seed: int = 0,
+                  width: dict | None = None) -> tuple[EdgeLM, dict]:
     """The student and an info dict: teacher_layers (None when random), and which tensor names (layer index
-    dropped) were copied, sliced from teacher weights, or initialised randomly."""
+    dropped) were copied, sliced from teacher weights, or initialised randomly.
+
+    `init` may be a list of teacher layers (a measured pick, prune.keep_layers). `width` (prune's measurement)
+    gives per student layer the FFN neurons ("ffn") and KV groups ("kv_groups") to keep when the student is
+    narrower; without it a narrowed tensor keeps the teacher's first rows ("slice")."""
     tc = teacher.cfg
     picks = pick_layers(init, tc.num_hidden_layers, layers)
     n_head, n_kv = student_heads(tc, heads)
@@ -89,7 +117,7 @@ def build_student(teacher: EdgeLM, layers: int, init: str | list = "even", inter
     student = EdgeLM(cfg, max_len=teacher.max_len)
     gen = torch.Generator().manual_seed(seed)
     t_sd = teacher.state_dict()
-    sd, how = {}, {"copied": set(), "sliced": set(), "random": set()}
+    sd, how = {}, {"copied": set(), "selected": set(), "sliced": set(), "random": set()}
     for name, want in student.state_dict().items():
         short = name
         src = name
@@ -97,10 +125,15 @@ def build_student(teacher: EdgeLM, layers: int, init: str | list = "even", inter
             i, rest = name[len("model.layers."):].split(".", 1)
             short = f"model.layers.*.{rest}"
             src = f"model.layers.{picks[int(i)]}.{rest}" if picks is not None else None
+        units = _units(short.split(".", 3)[3], width, int(i), tc.head_dim, tc.num_attention_heads //
+                       tc.num_key_value_heads) if width and picks is not None and short != name else None
         if picks is None:
             sd[name], kind = _random_like(want, name, gen), "random"
         elif t_sd[src].shape == want.shape:
             sd[name], kind = t_sd[src].detach().clone(), "copied"
+        elif units is not None:
+            sd[name] = t_sd[src].index_select(units[1], units[0]).detach().clone()
+            kind = "selected"
         elif shrink_init == "slice":
             sd[name] = _slice(t_sd[src], want.shape).detach().clone()
             kind = "sliced"

@@ -36,6 +36,15 @@ def cache_identity(teacher_fingerprint: str, corpus_text: str, recipe) -> dict:
             "batch_size": d.batch_size, "steps": d.steps, "k": d.teacher_topk}
 
 
+def shared_folder(identity: dict) -> Path:
+    """The cache's folder in the edgedistil cache: one per identity, so every run with the same teacher, data and
+    sampling order reads the same logits, whatever student it trains."""
+    from edgedistil.sources.cache import cache_dir
+
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "teacher-logits" / key
+
+
 @torch.no_grad()
 def build_cache(teacher, train_ids: np.ndarray, identity: dict, folder: Path, device: str, log=print,
                 chunk: int = 8) -> None:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ from edgedistil.distill.evaluate import compare_on_heldout, eval_windows, studen
 from edgedistil.distill.losses import FeatureKD, ce_loss, even_feature_map, kd_loss
 from edgedistil.distill.preflight import check_tokenizers, estimate, trial_export
 from edgedistil.distill.sequence import read_prompts, teacher_texts
-from edgedistil.distill.student import build_student
+from edgedistil.distill.student import build_student, pick_layers, student_heads
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.model import EdgeLM, load_hf_folder, save_hf_folder
 from edgedistil.records import folder_fingerprint, stage_key
@@ -66,9 +67,17 @@ class Trainee(torch.nn.Module):
         return logits, self.feature(hidden, teacher_hidden)
 
 
-def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe) -> tuple[EdgeLM, Path, dict]:
+MEASURED_INITS = ("auto", "greedy", "block_influence", "angular")
+CALIBRATION_TOKENS = 256  # as the layer measurement in shared notes: enough to order layers whose costs differ by x
+
+
+def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe, calib_ids: np.ndarray | None = None,
+                 log=print) -> tuple[EdgeLM, Path, dict]:
     """The student (built from the teacher, or a ready HF folder), the folder its tokenizer comes from, and how
-    it was made."""
+    it was made. A measured init ranks the teacher's layers (and, for a narrower student, its FFN neurons and KV
+    groups) on `calib_ids`, calibration tokens from the training split."""
+    from edgedistil.distill import prune
+
     s = recipe.student
     if s.source:
         folder = Path(s.source).expanduser()
@@ -78,9 +87,53 @@ def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe) -> tuple[Ed
         student = load_hf_folder(folder).float()
         return student, folder, {"source": str(folder), "layers": student.cfg.num_hidden_layers,
                                  "init": "from the source folder"}
-    student, info = build_student(teacher, s.layers, s.init, s.intermediate_size, s.heads, s.shrink_init,
-                                  seed=recipe.distill.seed)
+    init, ranking, width = s.init, None, None
+    windows = None if calib_ids is None else eval_windows(calib_ids, recipe.data.seq_len, CALIBRATION_TOKENS)
+    if isinstance(init, str) and init in MEASURED_INITS:
+        ranking = prune.cached_ranking(teacher, teacher_dir, calib_ids, "greedy" if init == "auto" else init,
+                                       recipe.data.seq_len, CALIBRATION_TOKENS, log)
+        init = prune.keep_layers(ranking, s.layers)
+    picks = pick_layers(init, teacher.cfg.num_hidden_layers, s.layers)
+    n_head, _ = student_heads(teacher.cfg, s.heads)
+    narrower = (s.intermediate_size and s.intermediate_size < teacher.cfg.intermediate_size) or \
+        n_head < teacher.cfg.num_attention_heads
+    shrink = s.shrink_init
+    if shrink == "importance":
+        shrink = "slice"  # for whatever importance does not cover
+        if narrower and picks is not None and windows is not None:
+            imp = prune.width_importance(teacher, windows, picks)
+            rep = teacher.cfg.num_attention_heads // teacher.cfg.num_key_value_heads
+            width = {"ffn": [prune.top_indices(f, s.intermediate_size) for f in imp["ffn"]]
+                     if s.intermediate_size and s.intermediate_size < teacher.cfg.intermediate_size else None,
+                     "kv_groups": [prune.top_indices(g, n_head // rep) for g in imp["kv_groups"]]
+                     if n_head < teacher.cfg.num_attention_heads else None}
+    student, info = build_student(teacher, s.layers, init, s.intermediate_size, s.heads, shrink,
+                                  seed=recipe.distill.seed, width=width)
+    if ranking is not None:
+        info["ranking"] = {k: v for k, v in ranking.items() if k != "block_start"}
+    if width is not None:
+        info["width"] = {k: None if v is None else [t.tolist() for t in v] for k, v in width.items()}
     return student, teacher_dir, {"source": "built from the teacher", "layers": s.layers, "init": s.init, **info}
+
+
+def heldout_corpus_quality(student, teacher, tokenizer, corpus: Corpus, recipe: Recipe, device: str, autocast,
+                           log=print) -> dict | None:
+    """Student vs teacher on `[data] heldout_corpus`, a corpus the run never trains on (None when unset, or when
+    it is the training corpus itself)."""
+    from edgedistil.sources import load_corpus
+
+    spec = recipe.data.heldout_corpus
+    if not spec:
+        return None
+    other = load_corpus(spec, log=log)
+    if other.text == corpus.text:
+        log(f"distill: [data] heldout_corpus {spec!r} is the training corpus; no out-of-domain figures")
+        return None
+    windows = eval_windows(tokenize(tokenizer, other.text[:200_000]), recipe.data.seq_len, recipe.distill.eval_tokens)
+    with autocast:
+        quality = compare_on_heldout(student, teacher, windows, device=device) if teacher is not None else \
+            student_only_quality(student, windows, "the student's tokenizer is not the teacher's", device=device)
+    return {"corpus": other.name, "source": other.source, **quality}
 
 
 def peak_rss_mb() -> float | None:
@@ -124,7 +177,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     teacher_tok = load_tokenizer(teacher_dir)
     teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
     check_vocab(teacher_tok, teacher.cfg.vocab_size, "the teacher")
-    student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe)
+    train_text, heldout_text = split_heldout(corpus.text, data.heldout_fraction)
+    # calibration for a measured init: the start of the training split (never held-out text)
+    calib_ids = tokenize(teacher_tok, train_text[:200_000]) if not recipe.student.source else None
+    student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe, calib_ids, log)
     student_tok = load_tokenizer(student_tok_dir)
     check_vocab(student_tok, student.cfg.vocab_size, "the student")
     try:
@@ -155,7 +211,6 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     preflight_s = time.perf_counter() - t_pre
 
     # ---- data ----
-    train_text, heldout_text = split_heldout(corpus.text, data.heldout_fraction)
     generation = None
     if sequence:
         prompts = read_prompts(recipe.sequence.prompts, tokenize(teacher_tok, train_text), teacher_tok,
@@ -173,9 +228,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     need_tokens(heldout_ids, data.seq_len + 1, "held-out", corpus.name)
     cache, cache_info = None, None
     if d.teacher_topk and not ce_only:  # the teacher's top-k logits, computed once and reused
-        cache_dir = Path(d.teacher_cache).expanduser() if d.teacher_cache else \
-            out_dir.parent / f"{out_dir.name}-teacher-cache"
         identity = teacher_cache.cache_identity(folder_fingerprint(Path(teacher_dir)), corpus.text, recipe)
+        cache_dir = Path(d.teacher_cache).expanduser() if d.teacher_cache else teacher_cache.shared_folder(identity)
         if ddp.main and teacher_cache.load_cache(cache_dir, identity) is None:
             teacher_cache.build_cache(teacher, train_ids, identity, cache_dir, device, log)
         distributed.barrier(ddp)
@@ -327,6 +381,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
                                                device=device)
             else:
                 quality = compare_on_heldout(student, teacher, windows, device=device)
+        other = heldout_corpus_quality(student, teacher if tokenizers is not None else None, student_tok, corpus,
+                                       recipe, device, autocast, log)
+        if other is not None:
+            quality["heldout_corpus"] = other
         write_json(tmp / "eval.json", quality)
         if quality["teacher_perplexity"] is not None:
             log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} vs teacher "

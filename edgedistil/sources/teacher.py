@@ -119,24 +119,34 @@ def embedded_teacher(log: Callable[[str], object] = print) -> Path:
     return final
 
 
-def _train_bpe(corpus_text: str, vocab_size: int):
+def _train_bpe(corpus_text: str, vocab_size: int, specials: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus_text.splitlines(keepends=True), trainer=trainer)
     return tok
 
 
+# ChatML, as SmolLM2 and Qwen write it: what a tiny chat teacher's template renders
+CHATML_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                   "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+                   "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
 def tiny_teacher(folder: Path, corpus_text: str, seed: int = 0, vocab_size: int = 512, hidden_size: int = 64,
-                 layers: int = 4, heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128) -> Path:
+                 layers: int = 4, heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128,
+                 chat: bool = False) -> Path:
     """Write a tiny random Llama teacher (byte-level BPE trained on corpus_text) as an HF folder; return it.
 
     Deterministic: the same arguments give the same tokenizer.json and byte-identical model.safetensors.
-    The single special token "<|endoftext|>" (id 0) serves as bos, eos and pad. Written atomically.
+    The single special token "<|endoftext|>" (id 0) serves as bos, eos and pad. With `chat`, the tokenizer also
+    has ChatML's <|im_start|> and <|im_end|> (ids 1, 2; <|im_end|> is then eos) and a ChatML chat template, so the
+    tests can exercise chat paths. Written atomically.
     """
     folder = Path(folder)
     if not corpus_text.strip():
@@ -151,18 +161,22 @@ def tiny_teacher(folder: Path, corpus_text: str, seed: int = 0, vocab_size: int 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    bpe = _train_bpe(corpus_text, vocab_size)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if chat else ["<|endoftext|>"]
+    bpe = _train_bpe(corpus_text, vocab_size, specials)
     eot = bpe.token_to_id("<|endoftext|>")
+    eos = "<|im_end|>" if chat else "<|endoftext|>"
     max_len = 512
     # transformers 5 trap (see feasibility notes): build the fast tokenizer from the trained object, not from
     # vocab/merges files, which silently yields a one-token tokenizer.
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token=eos,
                                      pad_token="<|endoftext|>", unk_token=None, model_max_length=max_len,
                                      clean_up_tokenization_spaces=False)
+    if chat:
+        hf_tok.chat_template = CHATML_TEMPLATE
     cfg = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=hidden_size, intermediate_size=intermediate_size,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_len, tie_word_embeddings=True,
-                      bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+                      bos_token_id=eot, eos_token_id=bpe.token_to_id(eos), pad_token_id=eot,
                       # HF's default std 0.02 gives near-uniform next-token distributions (entropy 6.22 of 6.24
                       # nats): nothing to distill. At 0.3 the teacher is confidently opinionated, like a real one.
                       initializer_range=0.3)

@@ -1,0 +1,155 @@
+"""The `teacher-chat` corpus: conversations an instruct teacher writes itself, through its own chat template.
+
+A student distilled on text the teacher models badly learns the text, not the teacher (on the King James Bible
+the teacher's perplexity is 40 and KD lost to plain CE). Here both sides of each conversation come from the
+teacher, as Magpie (Xu et al. 2024) does: the teacher continues its chat template's user-turn prefix, which makes
+it write a user request, then it answers that request greedily, as a user would see it answer. The student then
+learns the teacher's own distribution, in the format it will be asked in, ending its turns the way the teacher
+does. No data set is downloaded, and no benchmark or evaluation prompt can leak into training.
+
+Generation is one-time work: batches are appended to a file in the cache as they finish (a rerun resumes), the
+finished corpus is shared by every run with the same teacher and settings, and a progress bar shows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgedistil.errors import EdgeError, atomic_file, read_jsonl_prefix, write_json
+from edgedistil.sources.cache import cache_dir
+from edgedistil.sources.corpus import Corpus
+
+TEACHER_CHAT = "teacher-chat"
+_MARK = "\x00USER\x00"  # a placeholder message: the template's text before it is the user-turn prefix
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    conversations: int = 256
+    query_tokens: int = 48  # the teacher's user request, sampled (temperature 1, top-p 0.95) and cut here
+    answer_tokens: int = 128  # the teacher's greedy answer, cut here
+    batch_size: int = 32
+    seed: int = 0
+
+
+def chat_settings(recipe) -> ChatSettings:
+    d = recipe.data
+    return ChatSettings(conversations=d.chat_conversations, query_tokens=d.chat_query_tokens,
+                        answer_tokens=d.chat_answer_tokens, seed=recipe.distill.seed)
+
+
+def user_prefix(tokenizer) -> str:
+    """The chat template's text up to where a user's first message goes (system prompt included)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise EdgeError("the teacher's tokenizer has no chat template, so it cannot write conversations",
+                        "use an instruct teacher with a chat template, or set [data] corpus to a text corpus")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _MARK}], tokenize=False)
+    return text[:text.index(_MARK)]
+
+
+def _key(teacher_dir: Path, settings: ChatSettings) -> str:
+    from edgedistil.records import folder_fingerprint
+
+    return hashlib.sha256(json.dumps([folder_fingerprint(Path(teacher_dir)), asdict(settings)],
+                                     sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_batch(model, tokenizer, prefix_ids, eot: int, settings: ChatSettings, batch: int) -> list[dict]:
+    import torch
+
+    torch.manual_seed(settings.seed * 1_000_003 + batch)
+    n = min(settings.batch_size, settings.conversations - batch * settings.batch_size)
+    ids = torch.tensor([prefix_ids] * n)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_p=0.95,
+                             top_k=0, max_new_tokens=settings.query_tokens, eos_token_id=eot, pad_token_id=eot)
+    queries = [tokenizer.decode(row[len(prefix_ids):], skip_special_tokens=True).strip() for row in out]
+    keep = [q for q in queries if q]
+    if not keep:
+        return []
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True) for q in keep]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=settings.answer_tokens, eos_token_id=eot,
+                             pad_token_id=eot)
+    rows = []
+    for q, row in zip(keep, out[:, enc.input_ids.shape[1]:].tolist()):
+        ended = eot in row
+        answer = tokenizer.decode(row[:row.index(eot)] if ended else row, skip_special_tokens=True).strip()
+        messages = [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
+        # an answer cut by the token limit keeps no end-of-turn: the student must not learn to stop mid-answer
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not ended:
+            text = text[:text.rindex(answer) + len(answer)]
+        rows.append({"query": q, "answer": answer, "ended": ended, "text": text.rstrip("\n")})
+    return rows
+
+
+def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings(),
+                        log: Callable[[str], object] = print) -> Corpus:
+    """The teacher's conversations, written once into the cache (resumable) and read back on later calls."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if settings.conversations < 1 or settings.batch_size < 1 or settings.query_tokens < 1 \
+            or settings.answer_tokens < 1:
+        raise EdgeError(f"teacher-chat settings {asdict(settings)} need positive counts",
+                        "set [data] chat_conversations, chat_query_tokens and chat_answer_tokens above 0")
+    teacher_dir = Path(teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    prefix = user_prefix(tokenizer)  # fails at once for a teacher without a chat template
+    key = _key(teacher_dir, settings)
+    folder = cache_dir() / "corpora" / TEACHER_CHAT / key
+    done, partial = folder / "conversations.jsonl", folder / "partial.jsonl"
+    source = f"written by the teacher {teacher_dir} ({settings.conversations} conversations, cache {folder})"
+    license_ = "generated by the teacher; the teacher's license applies"
+    if not done.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        eot = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
+        if eot is None:
+            raise EdgeError(f"the teacher's tokenizer in {teacher_dir} has no eos token to end a turn",
+                            "set eos_token in its tokenizer_config.json")
+        model = AutoModelForCausalLM.from_pretrained(teacher_dir, use_safetensors=True).float().eval()
+        prefix_ids = tokenizer(prefix, add_special_tokens=False).input_ids
+        batches = -(-settings.conversations // settings.batch_size)
+        rows = read_jsonl_prefix(partial)
+        first = len({r["batch"] for r in rows})
+        rows = [r for r in rows if r["batch"] < first]  # a batch is appended whole or not at all
+        with atomic_file(partial) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        from tqdm import tqdm
+
+        log(f"teacher-chat: the teacher writes {settings.conversations} conversations once "
+            f"(cached in {folder}; {first} of {batches} batches already done)")
+        bar = tqdm(total=batches, initial=first, desc="teacher writes conversations", unit="batch",
+                   dynamic_ncols=True, disable=not sys.stderr.isatty())
+        t0 = time.perf_counter()
+        with partial.open("a", encoding="utf-8") as f:
+            for b in range(first, batches):
+                batch_rows = [{"batch": b, **r} for r in _write_batch(model, tokenizer, prefix_ids, eot, settings, b)]
+                f.write("".join(json.dumps(r) + "\n" for r in batch_rows))
+                f.flush()
+                bar.update(1)
+                if bar.disable:
+                    eta = (time.perf_counter() - t0) / (b + 1 - first) * (batches - b - 1)
+                    log(f"teacher-chat: batch {b + 1}/{batches}, ETA {eta:.0f} s")
+        bar.close()
+        rows = read_jsonl_prefix(partial)
+        with atomic_file(done) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_json(folder / "meta.json", {"teacher": str(teacher_dir), "settings": asdict(settings),
+                                          "conversations": len(rows), "ended": sum(r["ended"] for r in rows),
+                                          "seconds": round(time.perf_counter() - t0, 1)})
+        partial.unlink(missing_ok=True)
+    rows = read_jsonl_prefix(done)
+    if not rows:
+        raise EdgeError(f"the teacher wrote no usable conversations into {done}",
+                        f"delete {folder} and retry, or use a text corpus")
+    return Corpus(TEACHER_CHAT, "\n".join(r["text"] for r in rows), license_, source)

@@ -1,0 +1,185 @@
+"""Choosing the student by measurement (distill/prune.py) and the teacher-chat corpus, on tiny in-process models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgedistil.distill import prune
+from edgedistil.distill.data import load_tokenizer, tokenize
+from edgedistil.distill.evaluate import eval_windows
+from edgedistil.distill.student import build_student, even_layers
+from edgedistil.model import load_hf_folder
+from edgedistil.sources import load_corpus, tiny_teacher
+
+TEXT = load_corpus("tiny").text
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return tiny_teacher(tmp_path_factory.mktemp("prune") / "teacher", TEXT, layers=6)
+
+
+@pytest.fixture(scope="module")
+def windows(teacher_dir):
+    return eval_windows(tokenize(load_tokenizer(teacher_dir), TEXT[:20_000]), 32, 512)
+
+
+def _teacher(teacher_dir):
+    return load_hf_folder(teacher_dir).float().eval()
+
+
+def _make_identity(teacher, i):
+    """Layer i adds nothing to the residual stream: its attention and FFN outputs are zero."""
+    with torch.no_grad():
+        teacher.model.layers[i].self_attn.o_proj.weight.zero_()
+        teacher.model.layers[i].mlp.down_proj.weight.zero_()
+
+
+def test_greedy_removal_is_optimal_for_one_layer_and_nested(teacher_dir, windows):
+    teacher = _teacher(teacher_dir)
+    ranking = prune.rank_layers(teacher, windows, "greedy", log=lambda *_: None)
+    n = teacher.cfg.num_hidden_layers
+    assert sorted(ranking["removal_order"]) == sorted(set(ranking["removal_order"]))
+    assert len(ranking["removal_order"]) == n - 1
+    # one layer removed: the greedy pick is the best of all n subsets of n-1 layers
+    best = min(prune.keep_loss(teacher, windows, [i for i in range(n) if i != j]) for j in range(n))
+    assert prune.keep_loss(teacher, windows, prune.keep_layers(ranking, n - 1)) == pytest.approx(best, abs=1e-4)
+    # picks for every size are nested and in teacher order
+    for k in range(1, n):
+        small, big = prune.keep_layers(ranking, k), prune.keep_layers(ranking, k + 1)
+        assert len(small) == k and set(small) < set(big) and small == sorted(small)
+
+
+def test_greedy_pick_beats_even_spacing_at_calibration(teacher_dir, windows):
+    teacher = _teacher(teacher_dir)
+    ranking = prune.rank_layers(teacher, windows, "greedy", log=lambda *_: None)
+    for k in (2, 3, 4):
+        even = prune.keep_loss(teacher, windows, even_layers(teacher.cfg.num_hidden_layers, k))
+        assert prune.keep_loss(teacher, windows, prune.keep_layers(ranking, k)) <= even + 1e-6
+
+
+def test_one_shot_rankings_find_a_layer_that_does_nothing(teacher_dir, windows):
+    teacher = _teacher(teacher_dir)
+    _make_identity(teacher, 3)
+    bi = prune.rank_layers(teacher, windows, "block_influence")
+    assert bi["block_influence"][3] == pytest.approx(0.0, abs=1e-6)
+    assert bi["removal_order"][0] == 3 and 3 not in prune.keep_layers(bi, 5)
+    angular = prune.rank_layers(teacher, windows, "angular")
+    assert prune.keep_layers(angular, 5) == [0, 1, 2, 4, 5]
+
+
+def test_width_importance_keeps_active_units_and_drops_dead_ones(teacher_dir, windows):
+    teacher = _teacher(teacher_dir)
+    dead = [0, 5, 17]
+    with torch.no_grad():  # FFN neurons whose gate never opens contribute nothing
+        teacher.model.layers[1].mlp.gate_proj.weight[dead] = 0.0
+        teacher.model.layers[1].mlp.up_proj.weight[dead] = 0.0
+    picks = [0, 1, 4]
+    imp = prune.width_importance(teacher, windows, picks)
+    assert len(imp["ffn"]) == 3 and imp["ffn"][1].shape == (teacher.cfg.intermediate_size,)
+    keep = prune.top_indices(imp["ffn"][1], 64)
+    assert not set(dead) & set(keep.tolist()) and keep.tolist() == sorted(keep.tolist())
+    width = {"ffn": [prune.top_indices(f, 64) for f in imp["ffn"]],
+             "kv_groups": [prune.top_indices(g, 1) for g in imp["kv_groups"]]}
+    student, info = build_student(teacher, 3, picks, intermediate_size=64, heads=2, width=width)
+    t_layer, s_layer = teacher.model.layers[1], student.model.layers[1]
+    assert torch.equal(s_layer.mlp.gate_proj.weight, t_layer.mlp.gate_proj.weight[width["ffn"][1]])
+    assert torch.equal(s_layer.mlp.down_proj.weight, t_layer.mlp.down_proj.weight[:, width["ffn"][1]])
+    g, d, rep = int(width["kv_groups"][1][0]), teacher.cfg.head_dim, 2  # 4 heads in 2 kv groups of 2
+    assert torch.equal(s_layer.self_attn.k_proj.weight, t_layer.self_attn.k_proj.weight[g * d:(g + 1) * d])
+    assert torch.equal(s_layer.self_attn.q_proj.weight,
+                       t_layer.self_attn.q_proj.weight[g * rep * d:(g + 1) * rep * d])
+    assert torch.equal(s_layer.self_attn.o_proj.weight,
+                       t_layer.self_attn.o_proj.weight[:, g * rep * d:(g + 1) * rep * d])
+    assert "model.layers.*.mlp.up_proj.weight" in info["selected"] and info["sliced"] == []
+
+
+def test_selected_width_starts_better_than_sliced(teacher_dir, windows):
+    teacher = _teacher(teacher_dir)
+    picks = list(range(teacher.cfg.num_hidden_layers))
+    imp = prune.width_importance(teacher, windows, picks)
+    width = {"ffn": [prune.top_indices(f, 32) for f in imp["ffn"]], "kv_groups": None}
+
+    def loss(model):
+        x = windows
+        logits = model(x[:, :-1]).float()
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)))
+
+    with torch.no_grad():
+        chosen, _ = build_student(teacher, len(picks), picks, intermediate_size=32, width=width)
+        sliced, _ = build_student(teacher, len(picks), picks, intermediate_size=32, shrink_init="slice")
+        assert loss(chosen) < loss(sliced)
+
+
+def test_ranking_is_cached_once(teacher_dir, windows, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    teacher = _teacher(teacher_dir)
+    ids = tokenize(load_tokenizer(teacher_dir), TEXT[:20_000])
+    first = prune.cached_ranking(teacher, teacher_dir, ids, "greedy", 32, 512, log=lambda *_: None)
+    files = list((tmp_path / "cache" / "layer-rankings").iterdir())
+    assert len(files) == 1 and json.loads(files[0].read_text())["removal_order"] == first["removal_order"]
+    calls = []
+    monkeypatch.setattr(prune, "rank_layers", lambda *a, **k: calls.append(1))
+    again = prune.cached_ranking(teacher, teacher_dir, ids, "greedy", 32, 512, log=lambda *_: None)
+    assert again == first and not calls
+
+
+def test_teacher_chat_corpus_is_written_by_the_teacher_once(tmp_path, monkeypatch):
+    from edgedistil.sources import teacher_chat
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    teacher = tiny_teacher(tmp_path / "chat-teacher", TEXT, chat=True)
+    settings = teacher_chat.ChatSettings(conversations=6, query_tokens=8, answer_tokens=12, batch_size=4)
+    corpus = teacher_chat.teacher_chat_corpus(teacher, settings, log=lambda *_: None)
+    convs = corpus.text.split("<|im_start|>system\n")[1:]
+    assert corpus.name == "teacher-chat" and 1 <= len(convs) <= 6
+    assert all("<|im_start|>user\n" in c and "<|im_start|>assistant\n" in c for c in convs)
+    ids = tokenize(load_tokenizer(teacher), corpus.text)
+    assert (ids == 1).sum() == 3 * len(convs)  # <|im_start|> is one special token, three a conversation
+    rows = [json.loads(ln) for ln in next((tmp_path / "cache" / "corpora" / "teacher-chat").iterdir())
+            .joinpath("conversations.jsonl").read_text().splitlines()]
+    assert all(r["text"].endswith("<|im_end|>") == r["ended"] for r in rows)
+    monkeypatch.setattr(teacher_chat, "_write_batch", lambda *a, **k: pytest.fail("generated again"))
+    assert teacher_chat.teacher_chat_corpus(teacher, settings, log=lambda *_: None).text == corpus.text
+
+
+def test_teacher_chat_needs_a_chat_template(tmp_path, monkeypatch):
+    from edgedistil.errors import EdgeError
+    from edgedistil.sources import teacher_chat
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    plain = tiny_teacher(tmp_path / "plain", TEXT)
+    with pytest.raises(EdgeError, match="no chat template"):
+        teacher_chat.teacher_chat_corpus(plain, teacher_chat.ChatSettings(conversations=2), log=lambda *_: None)
+    assert not (tmp_path / "cache" / "corpora").exists()
+
+
+def test_distill_with_a_measured_init_records_its_ranking(tmp_path, teacher_dir, monkeypatch):
+    from edgedistil.build import recipe_with
+    from edgedistil.config import load_recipe
+    from edgedistil.distill.train import run_distill
+
+    from conftest import TINY
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    r = recipe_with(load_recipe(TINY), distill={"steps": 2, "eval_tokens": 128, "preflight_export": False})
+    r = recipe_with(r, student={**r.section("student"), "layers": 3, "init": "auto", "intermediate_size": 64})
+    other = tmp_path / "other.txt"
+    other.write_text(load_corpus("pydoc").text[60_000:90_000])
+    r = recipe_with(r, data={**r.section("data"), "heldout_corpus": str(other)})
+    record = run_distill(teacher_dir, load_corpus("tiny"), r, tmp_path / "distill", log=lambda *_: None)
+    s = record["student"]
+    ranking = s["ranking"]
+    assert ranking["method"] == "greedy" and s["init"] == "auto"
+    assert s["teacher_layers"] == prune.keep_layers(ranking, 3)
+    assert len(s["width"]["ffn"]) == 3 and all(len(u) == 64 for u in s["width"]["ffn"])
+    assert "model.layers.*.mlp.gate_proj.weight" in s["selected"]
+    out_of_domain = record["quality"]["heldout_corpus"]
+    assert out_of_domain["corpus"] == "other" and out_of_domain["tokens"] > 0
+    assert out_of_domain["student_perplexity"] != record["quality"]["student_perplexity"]
+    student = load_hf_folder(tmp_path / "distill" / "student")
+    assert student.cfg.num_hidden_layers == 3 and student.cfg.intermediate_size == 64
