@@ -17,7 +17,7 @@ import click
 
 from edgedistil import __version__
 from edgedistil.build import CHAIN
-from edgedistil.config import MODELS_DIR, TARGETS, load_recipe
+from edgedistil.config import MODELS_DIR, TARGETS, load_recipe, load_target
 from edgedistil.quantize import METHODS
 from edgedistil.errors import EdgeError
 
@@ -318,6 +318,53 @@ def eval_cmd(source, teacher, full, out, benchmarks, new_tokens):
     record = run_eval(model_dir, teacher_dir, out or default_out, subset="full" if full else "fast", log=log,
                       heldout_text=heldout, benchmarks=files, new_tokens=new_tokens)
     click.echo(json.dumps(record["benchmarks"]["mean"], indent=2))
+
+
+@main.command()
+@config_option
+@out_option
+@target_option(required=False)
+@click.option("--teacher", help="Teacher: an HF model folder (overrides the recipe).")
+@click.option("--data", help="Corpus (overrides the recipe): teacher-chat, kjv, pydoc or a UTF-8 .txt file.")
+@click.option("--min-speedup", type=float, default=None,
+              help="Decode speedup over the teacher the student must reach (default: the target profile's "
+                   "speedup_vs_teacher_min, else 2.0).")
+@click.option("--layers", "layer_counts", default="4,6,8,10,12,15,20", show_default=True,
+              help="Student layer counts to try (comma-separated).")
+@click.option("--ffn", "ffn_widths", default="", help="FFN widths to try (comma-separated; default: the teacher's, "
+              "3/4 and 1/2 of it).")
+@click.option("--measure", type=int, default=3, show_default=True,
+              help="Candidates whose decode speed is also measured on ONNX Runtime (0 = projections only).")
+def plan(config, sets, out, target, teacher, data, min_speedup, layer_counts, ffn_widths, measure):
+    """Candidate students before any training: parameters, size per precision, zero-shot quality after the
+    measured prune, and decode speed projected from weight bytes (measured for a few), for layer counts x FFN
+    widths; writes OUT/plan/plan.json, plan.md and plan.png."""
+    from edgedistil.model import read_hf_config
+    from edgedistil.plan import run_plan
+
+    def ints(text, what):
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise EdgeError(f"--{what} {text!r} is not a comma-separated list of integers",
+                            f"pass e.g. --{what} 6,8,10") from None
+
+    counts = ints(layer_counts, "layers")
+    widths = ints(ffn_widths, "ffn")
+    if min_speedup is None:
+        min_speedup = load_target(target).budgets.get("speedup_vs_teacher_min", 2.0) if target else 2.0
+    if min_speedup <= 0:
+        raise EdgeError(f"--min-speedup {min_speedup} is not positive", "pass e.g. --min-speedup 2")
+    run = make_run(config, sets, out, teacher, data)
+    teacher_dir = run.teacher_dir()
+    if not widths:
+        full = read_hf_config(teacher_dir).intermediate_size
+        widths = [full, full * 3 // 4, full // 2]
+    record = run_plan(teacher_dir, run.corpus(), run.recipe, run.out / "plan", counts, widths, min_speedup,
+                      measure=measure, log=log)
+    click.echo((run.out / "plan" / "plan.md").read_text())
+    if record["recommended"] is None:
+        sys.exit(EXIT_CHECK_FAILED)
 
 
 @main.command()

@@ -41,9 +41,9 @@ class DataConfig:
     corpus: str = "teacher-chat"
     heldout_fraction: float = 0.02
     seq_len: int = 64
-    chat_conversations: int = 256  # teacher-chat only: conversations the teacher writes (once, into the cache)
-    chat_query_tokens: int = 48  # teacher-chat: longest user request, sampled
-    chat_answer_tokens: int = 128  # teacher-chat: longest answer, greedy
+    chat_conversations: int = 160  # teacher-chat only: conversations the teacher writes (once, into the cache)
+    chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
+    chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
     heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 
 

@@ -31,9 +31,9 @@ _MARK = "\x00USER\x00"  # a placeholder message: the template's text before it i
 
 @dataclass(frozen=True)
 class ChatSettings:
-    conversations: int = 256
-    query_tokens: int = 48  # the teacher's user request, sampled (temperature 1, top-p 0.95) and cut here
-    answer_tokens: int = 128  # the teacher's greedy answer, cut here
+    conversations: int = 160
+    query_tokens: int = 40  # the teacher's user request, sampled (temperature 1, top-p 0.95) and cut here
+    answer_tokens: int = 112  # the teacher's greedy answer, cut here
     batch_size: int = 32
     seed: int = 0
 
