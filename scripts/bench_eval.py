@@ -60,6 +60,8 @@ def main() -> None:
                     "build pays once the teacher's figures are cached")
     ap.add_argument("--subset", choices=sorted(SUBSETS), help="a named subset (fast = what a build runs)")
     ap.add_argument("--per-task", type=int, help="items per task, evenly spaced over each set")
+    ap.add_argument("--tasks", help="comma-separated tasks (default: all five)")
+    ap.add_argument("--no-chat", action="store_true", help="benchmarks only, no chat answers")
     ap.add_argument("--heldout", type=Path, help="held-out text for perplexity, top-1 and KL vs the teacher")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -67,13 +69,15 @@ def main() -> None:
     if not (args.teacher / "config.json").is_file():
         raise SystemExit(f"no teacher at {args.teacher}: run `edgedistil build` once (it converts the embedded "
                          "teacher) or pass --teacher DIR")
-    subset = args.subset or ({name: args.per_task for name in TASKS} if args.per_task else "full")
+    tasks = args.tasks.split(",") if args.tasks else list(TASKS)
+    subset = args.subset or {name: args.per_task for name in tasks}
     model = cut_of_teacher(args.teacher, args.cut_layers) if args.cut_layers else args.student or args.teacher
     out = REPO / "docs" / "results" / f"eval_{args.name}.json"
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         heldout = args.heldout.read_text(encoding="utf-8") if args.heldout else None
-        record = run_eval(model, None if args.alone else args.teacher, out, subset=subset, heldout_text=heldout)
+        record = run_eval(model, None if args.alone else args.teacher, out, subset=subset, heldout_text=heldout,
+                          prompts=[] if args.no_chat else None)
     except EdgeError as e:
         raise SystemExit(f"error: {e.line()}") from None
     record["bench"] = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),

@@ -127,6 +127,7 @@ def test_degenerate_detector():
     assert behaviour.degenerate("")
     assert behaviour.degenerate("\n" * 25)
     assert behaviour.degenerate("the God, and the God, and the God, and the God")
+    assert behaviour.degenerate(' enthusrocy("--cli("-- clicliclicliclicliclicli')
     assert not behaviour.degenerate("The capital of France is Paris.")
     assert not behaviour.degenerate("Add an ice cube, stir, and add another ice cube.")
 

@@ -48,10 +48,15 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
+# a piece of 2+ characters 5+ times in a row: loops inside one "word" ("cliclicli...") that words() cannot see
+_CHAR_LOOP = re.compile(r"(\S{2,}?)\1{4,}")
+
+
 def degenerate(text: str) -> bool:
-    """Empty (no words: the 25 newlines of an untrained student) or looping: some 3 words repeated 3+ times."""
+    """Empty (no words: the 25 newlines of an untrained student) or looping: some 3 words repeated 3+ times, or a
+    piece of a word repeated 5+ times in a row."""
     w = words(text)
-    if not w:
+    if not w or _CHAR_LOOP.search(text):
         return True
     grams = Counter(zip(w, w[1:], w[2:]))
     return bool(grams) and max(grams.values()) >= 3

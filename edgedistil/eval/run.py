@@ -64,9 +64,10 @@ def model_figures(model_dir: Path, items: dict[str, list], prompts: list[str], n
         log(f"eval: {model_dir.name} {name}: acc {res['acc']:.1f} acc_norm {res['acc_norm']:.1f} "
             f"({res['n']} items, {out['seconds'][name]} s)")
     del model
-    t0 = time.perf_counter()
-    out["generation"] = behaviour.generate_answers(model_dir, prompts, new_tokens, log=log)
-    out["seconds"]["behaviour"] = round(time.perf_counter() - t0, 1)
+    if prompts:  # no prompts: benchmarks only
+        t0 = time.perf_counter()
+        out["generation"] = behaviour.generate_answers(model_dir, prompts, new_tokens, log=log)
+        out["seconds"]["behaviour"] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -176,7 +177,8 @@ def run_eval(model_dir: Path | str, teacher_dir: Path | str | None, out_json: Pa
         "protocol": "zero-shot, lm-evaluation-harness 0.4 prompt formats, no chat template; log-likelihood of "
                     "' ' + choice; acc_norm = log-likelihood / characters of the choice; fp32",
         "benchmarks": {**rows, "mean": mean_row(rows)},
-        "behaviour": behaviour.compare(prompts, student["generation"], teacher and teacher["generation"]),
+        "behaviour": behaviour.compare(prompts, student["generation"], teacher and teacher["generation"])
+        if prompts else None,
         "heldout": heldout_figures(model_dir, teacher_dir, heldout_text) if heldout_text else None,
         "seconds": {"model": student["seconds"], "teacher": teacher["seconds"] if teacher else None},
     }
