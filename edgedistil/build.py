@@ -43,7 +43,7 @@ from edgedistil.targets import Stage, Target, target_of
 
 # The chain's steps in order; a stage's name starts with its step (`convert[ios]`), and `--force NAME` reruns every
 # stage of step NAME and of the steps after it.
-CHAIN = ("distill", "export", "quantize", "bench", "convert")
+CHAIN = ("distill", "eval", "export", "quantize", "bench", "convert")
 
 
 @dataclass
@@ -235,6 +235,46 @@ def distill_stage(resume: bool = False) -> Stage:
     return Stage("distill", "distill", key, go)
 
 
+def eval_stage() -> Stage:
+    """The distilled student beside its teacher (edgedistil/eval/): zero-shot benchmarks, chat behaviour and
+    held-out agreement, in PyTorch; every target's bundle carries the summary in its manifest."""
+    def spec(run: Run) -> dict[str, Path] | None:
+        from edgedistil.eval.run import benchmark_folder
+
+        b = run.recipe.eval.benchmarks
+        if not b:
+            return None
+        return benchmark_folder(Path(__file__).parent / "eval" / "tiny_benchmarks" if b == "tiny" else b)
+
+    def key(run: Run) -> str:
+        from edgedistil.eval.run import METHOD_VERSION
+
+        files = spec(run)
+        return stage_key("eval", METHOD_VERSION, run.key_of("distill"), run.recipe.section("eval"),
+                         {k: sha256_file(v) for k, v in files.items()} if files else None)
+
+    def go(run: Run, folder: Path) -> dict:
+        from edgedistil.eval.run import run_eval, summary
+
+        e = run.recipe.eval
+        student = run.out / "distill" / "student"
+        heldout = (run.out / "distill" / "heldout.txt").read_text(encoding="utf-8")
+        with atomic_dir(folder) as tmp:
+            record = run_eval(student, run.teacher_dir(), tmp / "eval.json", subset=e.subset, log=run.log,
+                              heldout_text=heldout, benchmarks=spec(run), new_tokens=e.new_tokens)
+            record = {"stage": "eval", **summary(record)}
+            write_json(tmp / "record.json", record)
+        return record
+
+    return Stage("eval", "eval", key, go)
+
+
+def eval_record(run: Run) -> dict | None:
+    """The eval stage's record for a bundle's manifest; None when the recipe runs no eval stage."""
+    path = run.out / "eval" / "record.json"
+    return read_json(path, "eval record") if run.recipe.eval.run and path.is_file() else None
+
+
 def export_stage(role: str, model_dir: Path | None = None) -> Stage:
     """The student (or the teacher) to one ONNX graph for prefill and decode, checked against PyTorch."""
     def model(run: Run) -> Path:
@@ -310,7 +350,7 @@ def ort_bench_stage(models: dict[str, str], threads: int) -> Stage:
 
 def chain(target: Target, profile: TargetProfile, recipe: Recipe) -> list[Stage]:
     """Every stage a build of `profile` runs, in order."""
-    return [distill_stage(), *target.stages(profile, recipe)]
+    return [distill_stage(), *([eval_stage()] if recipe.eval.run else []), *target.stages(profile, recipe)]
 
 
 def run_stages(run: Run, stages: list[Stage], force: bool = False) -> None:

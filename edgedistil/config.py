@@ -142,6 +142,18 @@ class BenchConfig:
     repeats: int = 3
 
 
+EVAL_SUBSETS = ("fast", "full")
+
+
+@dataclass
+class EvalConfig:
+    """The eval stage every build runs: the student beside its teacher (edgedistil/eval/)."""
+    run: bool = True  # false: no eval stage (the manifest then has no evaluation section)
+    subset: str = "fast"  # "fast": a few hundred items (about a minute for a 6-layer student) | "full"
+    benchmarks: str = ""  # "" = the five built-in benchmarks (downloaded once) | "tiny" (a shipped fixture) | a folder
+    new_tokens: int = 80  # greedy tokens per chat answer
+
+
 @dataclass
 class CheckConfig:
     """How the build's check treats this recipe's model (a smoke model is not held to a real model's budgets)."""
@@ -161,6 +173,7 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     path: str | None = None  # where it was read from; not a TOML key
 
@@ -180,6 +193,11 @@ BUDGETS = {
     "quality_retained_min": ("min", ""),
     "speedup_vs_teacher_min": ("min", "x"),
     "unintended_float_layers_max": ("max", "layers"),
+    # the eval stage (PyTorch student vs teacher): mean share of the teacher's margin above chance kept over the
+    # benchmarks, and the share of chat answers that are empty or loop
+    "benchmark_margin_kept_min": ("min", ""),
+    "degenerate_answers_max": ("max", ""),
+    "rouge_l_vs_teacher_min": ("min", ""),
     # an estimate from a named device profile (check/devices.py), never a measurement
     "projected_decode_tokens_per_s_min": ("min", "tok/s (estimate)"),
 }
@@ -359,6 +377,10 @@ def _validate(r: Recipe, where) -> None:
                  "checkpoint_every = 0")
     _check_range(where, "distill", "checkpoint_every", d.checkpoint_every >= 0,
                  f"must be >= 0 (0 = no checkpoints), got {d.checkpoint_every}")
+    v = r.eval
+    _check_range(where, "eval", "subset", v.subset in EVAL_SUBSETS,
+                 f"must be one of {', '.join(EVAL_SUBSETS)}, got {v.subset!r}")
+    _check_range(where, "eval", "new_tokens", v.new_tokens >= 1, f"must be >= 1, got {v.new_tokens}")
     q = r.sequence
     for key in ("num_prompts", "prompt_tokens", "new_tokens", "batch_size"):
         _check_range(where, "sequence", key, getattr(q, key) >= 1, f"must be >= 1, got {getattr(q, key)}")

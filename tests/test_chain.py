@@ -159,3 +159,27 @@ def test_repeated_targets_build_once(tiny_run, tmp_path):
     proc = edgedistil("build", "--target", "web", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS,
                       "--out", copy)
     assert proc.returncode == 0 and proc.stdout.count("bundle: ") == 1
+
+
+def test_eval_stage_reaches_the_manifest_report_and_check(tiny_run, tmp_path):
+    out, _ = tiny_run
+    record = json.loads((out / "eval" / "record.json").read_text())
+    full = json.loads((out / "eval" / "eval.json").read_text())
+    assert record["stage"] == "eval" and record["items"] == {t: 3 for t in (
+        "arc_challenge", "arc_easy", "hellaswag", "piqa", "winogrande")}  # the shipped smoke benchmarks
+    assert len(full["behaviour"]["answers"]) == full["behaviour"]["prompts"] >= 50 and "answers" not in \
+        record["behaviour"]
+    ev = json.loads((out / "dist" / "web" / "manifest.json").read_text())["evaluation"]
+    mean = full["benchmarks"]["mean"]
+    assert ev["benchmark_margin_kept"] == mean["margin_kept"] and ev["benchmark_mean"]["student"] == mean["student"]
+    assert ev["degenerate_answers"] == full["behaviour"]["student"]["degenerate"]
+    report = edgedistil("report", out, "--out", tmp_path / "report")
+    assert report.returncode == 0 and "| mean |" in (tmp_path / "report" / "summary.md").read_text()
+    # the eval figures are budgets like any other: a degenerate share above the limit fails the check
+    bundle = out / "dist" / "web"
+    limit = ev["degenerate_answers"] - 0.01
+    tight = tmp_path / "tight.toml"
+    tight.write_text(f"[budgets]\ndegenerate_answers_max = {limit}\nrouge_l_vs_teacher_min = 0\n")
+    proc = edgedistil("check", bundle, "--budgets", tight, "--format", "json")
+    rows = {r["budget"]: r["status"] for r in json.loads(proc.stdout)["budgets"]}
+    assert proc.returncode == 1 and rows == {"degenerate_answers_max": "fail", "rouge_l_vs_teacher_min": "pass"}

@@ -26,7 +26,7 @@ def test_shipped_recipes_and_profiles_load():
 def test_default_recipe_file_matches_builtin_defaults_except_name():
     # one source of truth: the file documents the defaults the code uses
     from_file, builtin = load_recipe(MODELS_DIR / "default.toml"), load_recipe(None)
-    for section in ("teacher", "data", "student", "distill", "export", "bench"):
+    for section in ("teacher", "data", "student", "distill", "export", "eval", "bench"):
         assert from_file.section(section) == builtin.section(section), section
 
 

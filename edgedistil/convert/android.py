@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from edgedistil import __version__
-from edgedistil.convert.manifest import quality_entry, student_entry
+from edgedistil.convert.manifest import evaluation_entry, quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
@@ -335,6 +335,7 @@ def run_convert_android(litert_dir: Path, student_dir: Path, out_dir: Path, reco
                 "reference": "fp32 PyTorch student", "runtime": f["runtime"]},
             **_bench_entries(records.get("bench_android")),
             "quality": quality_entry(distill),
+            "evaluation": evaluation_entry(records.get("eval")),
             "student": student_entry(distill),
         }
         write_json(tmp / "manifest.json", manifest)

@@ -35,7 +35,7 @@ from edgedistil.convert.ios_bench import write_bench_package
 from edgedistil.convert.ios_package import (check_spec, compute_dtypes, inspect_package, package_bytes,
                                             weight_precisions, weights_in_pytorch)
 from edgedistil.convert.ios_usage import STATEFUL_SWIFT, STATELESS_SWIFT, USAGE
-from edgedistil.convert.manifest import quality_entry, student_entry
+from edgedistil.convert.manifest import evaluation_entry, quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.fidelity import measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
@@ -388,6 +388,7 @@ def run_convert_ios(coreml_dir: Path, student_dir: Path, out_dir: Path, records:
             "teacher_bench": {"value": None, "reason": NOT_ON_LINUX},
             "speedup_vs_teacher": None,
             "quality": quality_entry(distill),
+            "evaluation": evaluation_entry(records.get("eval")),
             "student": student_entry(distill),
         }
         write_json(tmp / "manifest.json", manifest)

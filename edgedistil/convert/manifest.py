@@ -16,3 +16,19 @@ def student_entry(distill: dict) -> dict:
     s = distill["student"]
     return {"parameters": s["parameters"], "layers": s["layers"], "teacher_layers": s["teacher_layers"],
             "teacher_parameters": distill["teacher_parameters"]}
+
+
+def evaluation_entry(evaluation: dict | None) -> dict | None:
+    """The eval stage's figures (benchmarks beside the teacher, chat behaviour), or None when it did not run."""
+    if not evaluation:
+        return None
+    mean, beh = evaluation["benchmarks"]["mean"], evaluation["behaviour"]
+    student = beh.get("student") or {}
+    return {
+        "subset": evaluation["subset"], "items": evaluation["items"],
+        "benchmarks": {k: v for k, v in evaluation["benchmarks"].items() if k != "mean"},
+        "benchmark_mean": mean, "benchmark_margin_kept": mean.get("margin_kept"),
+        "degenerate_answers": student.get("degenerate"), "ends_with_end_of_turn": student.get("ends_with_end_of_turn"),
+        "rouge_l_vs_teacher": beh.get("rouge_l_vs_teacher"), "prompts": beh.get("prompts"),
+        "teacher_behaviour": beh.get("teacher"),
+    }

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from edgedistil import __version__
-from edgedistil.convert.manifest import quality_entry, student_entry
+from edgedistil.convert.manifest import evaluation_entry, quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.records import file_entry, sha256_file
 
@@ -224,6 +224,7 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         "fidelity": _fidelity(quant, records.get("bench_web")),
         **_bench_entries(records.get("bench"), records.get("bench_web")),
         "quality": quality_entry(distill),
+        "evaluation": evaluation_entry(records.get("eval")),
         "student": student_entry(distill),
     }
     (dest / "USAGE.md").write_text(USAGE.format(

@@ -188,6 +188,19 @@ def run_eval(model_dir: Path | str, teacher_dir: Path | str | None, out_json: Pa
     return record
 
 
+def summary(record: dict) -> dict:
+    """What a bundle's manifest, the report and `check` read of an eval record: the means and per-task rows,
+    the behaviour figures, held-out agreement; no answers (those stay in eval.json)."""
+    b = record["behaviour"]
+    return {
+        "subset": record["subset"], "items": record["items"], "protocol": record["protocol"],
+        "benchmarks": record["benchmarks"],
+        "behaviour": {k: b.get(k) for k in ("prompts", "new_tokens", "chat_template", "student", "teacher",
+                                             "rouge_l_vs_teacher")},
+        "heldout": record["heldout"], "seconds": record["seconds"],
+    }
+
+
 def resolve_source(source: Path | str, teacher: Path | str | None) -> tuple[Path, Path | None, str | None, Path]:
     """(model folder, teacher folder, held-out text, default eval.json) for a run folder or an HF folder.
 

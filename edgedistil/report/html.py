@@ -36,6 +36,7 @@ def collect(run: Path) -> dict:
         "exports": {p.parent.name: _read(p) for p in sorted((run / "export").glob("*/record.json"))},
         "quantized": {p.parent.name: _read(p) for p in sorted((run / "quantize").glob("*/record.json"))},
         "bench": _read(run / "bench" / "record.json"),
+        "eval": _read(run / "eval" / "record.json"),
         # what each target's own stages left here (its module says where and how to read it)
         "artifacts": [row for target in every_target() for row in target.artifacts(run)],
         "bundles": {p.parent.name: _read(p) for p in sorted((run / "dist").glob("*/manifest.json"))},
@@ -180,6 +181,7 @@ def summary(data: dict) -> list[tuple]:
                        ["perplexity", f"{q['student_perplexity']:.2f}", f"{q['teacher_perplexity']:.2f}"],
                        ["top-1 agreement with teacher", f"{q['top1_agreement_with_teacher']:.3f}", "1"],
                        ["quality retained", f"{q['quality_retained']:.3f}", "1"]])]
+    blocks += evaluation_blocks(data["eval"])
     speed = (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
              ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB"))
     b = data["bench"]
@@ -222,6 +224,43 @@ def summary(data: dict) -> list[tuple]:
             manifest = data["bundles"].get(Path(c["bundle"]).name) or {}
             blocks.append(("p", [f"Projected on a named device: {estimate_line(manifest, c['estimate'])}."]))
     return blocks
+
+
+def evaluation_blocks(ev: dict | None) -> list[tuple]:
+    """The eval stage: each benchmark beside the teacher (accuracy, ratio, margin above chance kept), and the
+    chat behaviour figures."""
+    if not ev:
+        return []
+
+    def pct(x):
+        return "-" if x is None else f"{x:.1f}"
+
+    def share(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    rows = []
+    for name, r in ev["benchmarks"].items():
+        if name == "mean":
+            continue
+        m = r["metric"]
+        rows.append([f"{name} ({m}, {r['n']} items, chance {r['chance']})", pct(r.get("student", {}).get(m)),
+                     pct(r.get("teacher", {}).get(m)), f"{(r.get('ratio') or {}).get(m) or 0:.2f}",
+                     share((r.get("margin_kept") or {}).get(m))])
+    mean = ev["benchmarks"]["mean"]
+    rows.append(["mean", pct(mean.get("student")), pct(mean.get("teacher")), f"{mean.get('ratio') or 0:.2f}",
+                 share(mean.get("margin_kept"))])
+    b = ev["behaviour"]
+    s, t = b.get("student") or {}, b.get("teacher") or {}
+    beh = [["degenerate answers", share(s.get("degenerate")), share(t.get("degenerate"))],
+           ["answers ending with end of turn", share(s.get("ends_with_end_of_turn")),
+            share(t.get("ends_with_end_of_turn"))],
+           ["ROUGE-L vs the teacher's answer", "-" if b.get("rouge_l_vs_teacher") is None
+            else f"{b['rouge_l_vs_teacher']:.3f}", "1"]]
+    return [("p", [f"Zero-shot benchmarks ({ev['subset']} subset; {ev['protocol']})."]),
+            ("table", ["benchmark", "student", "teacher", "ratio", "teacher's margin kept"], rows),
+            ("p", [f"Chat behaviour: {b['prompts']} prompts no training sees, greedy, {b['new_tokens']} tokens"
+                   f"{', through the chat template' if b.get('chat_template') else ''}."]),
+            ("table", ["", "student", "teacher"], beh)]
 
 
 def summary_markdown(data: dict) -> str:

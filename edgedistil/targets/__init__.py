@@ -53,6 +53,7 @@ def manifest_figures(manifest: dict) -> dict[str, tuple[float | None, list | Non
     bench = manifest.get("bench") or {}
     spread = bench.get("spread", {})
     fid, q = manifest.get("fidelity") or {}, manifest.get("quality") or {}
+    ev = manifest.get("evaluation") or {}
 
     def b(key):
         return bench.get(key), spread.get(key)
@@ -68,6 +69,9 @@ def manifest_figures(manifest: dict) -> dict[str, tuple[float | None, list | Non
         "quality_retained": (q.get("quality_retained"), None),
         "speedup_vs_teacher": (manifest.get("speedup_vs_teacher"), None),
         "unintended_float_layers": ((manifest.get("quantization") or {}).get("unintended_float_layers"), None),
+        "benchmark_margin_kept": (ev.get("benchmark_margin_kept"), None),
+        "degenerate_answers": (ev.get("degenerate_answers"), None),
+        "rouge_l_vs_teacher": (ev.get("rouge_l_vs_teacher"), None),
     }
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from edgedistil.build import Run, bench_prompt
+from edgedistil.build import Run, bench_prompt, eval_record
 from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
 from edgedistil.records import folder_fingerprint, sha256_file, stage_key
@@ -79,7 +79,7 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
 
     def bundle_key(run: Run) -> str:
         return stage_key("convert", profile.target, variant, [run.key_of(n) for n in (
-            "distill", "convert[litert-student]", "bench[android]")])
+            "distill", "convert[litert-student]", "bench[android]", "eval")])
 
     def bundle(run: Run, folder: Path) -> dict:
         """dist/android/ from the litert stage's shipped variant and the records (the host bench when it ran; the
@@ -88,6 +88,7 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
 
         records = {"litert": read_json(run.out / "litert" / "student" / "record.json", "litert record"),
                    "distill": read_json(run.out / "distill" / "record.json", "distill record"),
+                   "eval": eval_record(run),
                    "recipe_name": run.recipe.name}
         bench = run.out / "bench-android" / "record.json"
         if bench.is_file():

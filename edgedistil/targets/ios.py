@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgedistil.build import Run
+from edgedistil.build import Run, eval_record
 from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import EdgeError, read_json
 from edgedistil.records import stage_key
@@ -43,13 +43,14 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
 
     def bundle_key(run: Run) -> str:
         return stage_key("convert", profile.target, run.key_of("convert[coreml]"), run.key_of("distill"),
-                         opts.bundle_variant)
+                         opts.bundle_variant, run.key_of("eval"))
 
     def bundle(run: Run, folder: Path) -> dict:
         from edgedistil.convert.ios import run_convert_ios
 
         records = {"coreml": run.record_of("convert[coreml]"),
                    "distill": read_json(run.out / "distill" / "record.json", "distill record"),
+                   "eval": eval_record(run),
                    "recipe_name": run.recipe.name}
         return run_convert_ios(run.out / "coreml", run.out / "distill" / "student", folder, records,
                                opts.bundle_variant, log=run.log)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgedistil.build import Run, bench_prompt, export_stage, ort_bench_stage, quantize_stage
+from edgedistil.build import Run, bench_prompt, eval_record, export_stage, ort_bench_stage, quantize_stage
 from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import EdgeError, read_json
 from edgedistil.records import sha256_file, stage_key
@@ -21,6 +21,7 @@ def records(run: Run, method: str) -> dict:
         "export": read_json(run.out / "export" / "student" / "record.json", "export record"),
         "quantize": read_json(run.out / "quantize" / method / "record.json", "quantize record"),
         "recipe_name": run.recipe.name,
+        "eval": eval_record(run),
     }
     for name, folder in (("bench", "bench"), ("bench_web", "bench-web")):
         path = run.out / folder / "record.json"
@@ -48,7 +49,7 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
                              log=run.log)
 
     def bundle_key(run: Run) -> str:
-        return stage_key("convert", profile.target, [run.key_of(n) for n in (*upstream, "bench[web]")])
+        return stage_key("convert", profile.target, [run.key_of(n) for n in (*upstream, "bench[web]", "eval")])
 
     def bundle(run: Run, folder: Path) -> dict:
         from edgedistil.convert.web import run_convert_web
