@@ -88,8 +88,11 @@ def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe, calib_ids: 
         return student, folder, {"source": str(folder), "layers": student.cfg.num_hidden_layers,
                                  "init": "from the source folder"}
     init, ranking, width = s.init, None, None
-    windows = None if calib_ids is None else eval_windows(calib_ids, recipe.data.seq_len, CALIBRATION_TOKENS)
+    enough = calib_ids is not None and len(calib_ids) > recipe.data.seq_len
+    windows = eval_windows(calib_ids, recipe.data.seq_len, CALIBRATION_TOKENS) if enough else None
     if isinstance(init, str) and init in MEASURED_INITS:
+        need_tokens(calib_ids if calib_ids is not None else np.zeros(0), recipe.data.seq_len + 1, "training",
+                    "the corpus")
         ranking = prune.cached_ranking(teacher, teacher_dir, calib_ids, "greedy" if init == "auto" else init,
                                        recipe.data.seq_len, CALIBRATION_TOKENS, log)
         init = prune.keep_layers(ranking, s.layers)
