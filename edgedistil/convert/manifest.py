@@ -22,7 +22,7 @@ def evaluation_entry(evaluation: dict | None) -> dict | None:
     """The eval stage's figures (benchmarks beside the teacher, chat behaviour), or None when it did not run."""
     if not evaluation:
         return None
-    mean, beh = evaluation["benchmarks"]["mean"], evaluation["behaviour"]
+    mean, beh = evaluation["benchmarks"]["mean"], evaluation["behaviour"] or {}
     student = beh.get("student") or {}
     return {
         "subset": evaluation["subset"], "items": evaluation["items"],

@@ -191,7 +191,7 @@ def run_eval(model_dir: Path | str, teacher_dir: Path | str | None, out_json: Pa
 def summary(record: dict) -> dict:
     """What a bundle's manifest, the report and `check` read of an eval record: the means and per-task rows,
     the behaviour figures, held-out agreement; no answers (those stay in eval.json)."""
-    b = record["behaviour"]
+    b = record["behaviour"] or {}  # None when no chat prompts were asked
     return {
         "subset": record["subset"], "items": record["items"], "protocol": record["protocol"],
         "benchmarks": record["benchmarks"],
