@@ -365,11 +365,6 @@ def _validate(r: Recipe, where) -> None:
                  f"must be >= 1 and divide batch_size ({d.batch_size}), got {d.grad_accum}")
     _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
-    if d.teacher_topk:
-        _check_range(where, "distill", "teacher_topk",
-                     d.method == "response" and d.loss == "forward_kl" and d.feature_weight == 0 and d.alpha > 0,
-                     "needs method = \"response\", loss = \"forward_kl\", feature_weight = 0 and alpha > 0 (the "
-                     "cache holds top-k logits only: no hidden states, and reverse KL/JSD need the whole vocabulary)")
     _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),
                  f"must be \"ddp\" or \"fsdp\", got {d.parallel!r}")
     _check_range(where, "distill", "parallel", not (d.parallel == "fsdp" and d.checkpoint_every),

@@ -230,7 +230,12 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     need_tokens(train_ids, data.seq_len + 1, "training", "the teacher's texts" if sequence else corpus.name)
     need_tokens(heldout_ids, data.seq_len + 1, "held-out", corpus.name)
     cache, cache_info = None, None
-    if d.teacher_topk and not ce_only:  # the teacher's top-k logits, computed once and reused
+    # the cache holds top-k logits only: hidden states, reverse KL and JSD need the live teacher's whole output
+    cache_fits = d.loss == "forward_kl" and feature is None and not ce_only
+    if d.teacher_topk and not ce_only and not cache_fits:
+        log(f"distill: the teacher runs live: its top-{d.teacher_topk} logits cache serves forward-KL response KD "
+            f"on logits only (loss = {d.loss!r}, feature_weight = {d.feature_weight})")
+    if d.teacher_topk and cache_fits:  # the teacher's top-k logits, computed once and reused
         identity = teacher_cache.cache_identity(folder_fingerprint(Path(teacher_dir)), corpus.text, recipe)
         cache_dir = Path(d.teacher_cache).expanduser() if d.teacher_cache else teacher_cache.shared_folder(identity)
         if ddp.main and teacher_cache.load_cache(cache_dir, identity) is None:
