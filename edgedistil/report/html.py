@@ -181,7 +181,7 @@ def summary(data: dict) -> list[tuple]:
                        ["perplexity", f"{q['student_perplexity']:.2f}", f"{q['teacher_perplexity']:.2f}"],
                        ["top-1 agreement with teacher", f"{q['top1_agreement_with_teacher']:.3f}", "1"],
                        ["quality retained", f"{q['quality_retained']:.3f}", "1"]])]
-    blocks += evaluation_blocks(data["eval"])
+    blocks += evaluation_blocks(data.get("eval"))
     speed = (("decode_tokens_per_s", "decode tok/s"), ("prefill_tokens_per_s", "prefill tok/s"),
              ("ttft_ms", "TTFT ms"), ("peak_memory_mb", "peak memory MB"))
     b = data["bench"]
