@@ -39,7 +39,7 @@ class DataConfig:
     # "teacher-chat" (conversations the teacher writes, sources/teacher_chat.py) | "kjv" | "pydoc" | "tiny" |
     # path to a UTF-8 .txt file or a .jsonl file with a "text" field
     corpus: str = "teacher-chat"
-    heldout_fraction: float = 0.02
+    heldout_fraction: float = 0.2
     seq_len: int = 64
     chat_conversations: int = 160  # teacher-chat only: conversations the teacher writes (once, into the cache)
     chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
