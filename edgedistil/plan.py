@@ -116,14 +116,19 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
     t_layers, t_vocab = weight_split(teacher)
     untied = 0 if tc.tie_word_embeddings else t_vocab
     teacher_bytes = decode_bytes(t_layers, t_vocab)
-    candidates = []
-    for k in sorted(set(layer_counts)):
+    candidates, importance = [], {}  # importance: FFN activations per layer count, measured once
+
+    def candidate_student(k: int, w: int):
         picks = prune.keep_layers(ranking, k)
-        importance = prune.width_importance(teacher, calib, picks)["ffn"]
+        if k not in importance:
+            importance[k] = prune.width_importance(teacher, calib, picks)["ffn"]
+        width = {"ffn": [prune.top_indices(f, w) for f in importance[k]], "kv_groups": None} \
+            if w < tc.intermediate_size else None
+        return picks, build_student(teacher, k, picks, intermediate_size=w, width=width)[0]
+
+    for k in sorted(set(layer_counts)):
         for w in sorted(set(ffn_widths), reverse=True):
-            width = {"ffn": [prune.top_indices(f, w) for f in importance], "kv_groups": None} \
-                if w < tc.intermediate_size else None
-            student, _ = build_student(teacher, k, picks, intermediate_size=w, width=width)
+            picks, student = candidate_student(k, w)
             s_layers, s_vocab = weight_split(student)
             ce = prune.keep_loss(student, windows, list(range(k)))
             candidates.append(Candidate(
@@ -131,8 +136,9 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
                 size_mb=size_mb(s_layers, s_vocab, untied), zero_shot_ce=round(ce, 4),
                 quality_retained=round(teacher_ce / ce, 4),
                 projected_speedup=round(teacher_bytes / decode_bytes(s_layers, s_vocab), 3)))
-            log(f"plan: {k} layers x FFN {w}: {candidates[-1].parameters / 1e6:.1f}M params, quality retained "
-                f"{candidates[-1].quality_retained:.3f} before training, projected {candidates[-1].projected_speedup:.2f}x")
+            c = candidates[-1]
+            log(f"plan: {k} layers x FFN {w}: {c.parameters / 1e6:.1f}M params, quality retained "
+                f"{c.quality_retained:.3f} before training, projected {c.projected_speedup:.2f}x")
     meeting = [c for c in candidates if c.projected_speedup >= min_speedup]
     best = max(meeting, key=lambda c: c.quality_retained) if meeting else None
     measured = {}
@@ -142,13 +148,10 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
         teacher_tps = measure_decode(teacher, e.max_len, e.prefill_len)
         measured["teacher_tokens_per_s"] = round(teacher_tps, 2)
         by_speed = sorted(candidates, key=lambda c: c.projected_speedup)
-        chosen = {id(c): c for c in ([best] if best else []) + [by_speed[0], by_speed[-1], by_speed[len(by_speed) // 2]]}
+        picks = ([best] if best else []) + [by_speed[0], by_speed[-1], by_speed[len(by_speed) // 2]]
+        chosen = {id(c): c for c in picks}  # the recommended one first, then the extremes and the middle
         for c in list(chosen.values())[:measure]:
-            picks = c.teacher_layers
-            importance = prune.width_importance(teacher, calib, picks)["ffn"]
-            width = {"ffn": [prune.top_indices(f, c.ffn) for f in importance], "kv_groups": None} \
-                if c.ffn < tc.intermediate_size else None
-            student, _ = build_student(teacher, c.layers, picks, intermediate_size=c.ffn, width=width)
+            _, student = candidate_student(c.layers, c.ffn)
             c.measured_tokens_per_s = round(measure_decode(student, e.max_len, e.prefill_len), 2)
             c.measured_speedup = round(c.measured_tokens_per_s / teacher_tps, 3)
             log(f"plan: {c.layers} layers x FFN {c.ffn}: measured {c.measured_speedup:.2f}x "
