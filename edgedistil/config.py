@@ -194,8 +194,9 @@ BUDGETS = {
     "speedup_vs_teacher_min": ("min", "x"),
     "unintended_float_layers_max": ("max", "layers"),
     # the eval stage (PyTorch student vs teacher): mean share of the teacher's margin above chance kept over the
-    # benchmarks, and the share of chat answers that are empty or loop
+    # benchmarks (and pooled), and the share of chat answers that are empty or loop
     "benchmark_margin_kept_min": ("min", ""),
+    "benchmark_margin_kept_pooled_min": ("min", ""),  # summed margins: robust where a teacher is near chance
     "degenerate_answers_max": ("max", ""),
     "rouge_l_vs_teacher_min": ("min", ""),
     # an estimate from a named device profile (check/devices.py), never a measurement

@@ -121,6 +121,13 @@ def test_margin_kept_and_ratio():
                                                       {"n": 4, "acc": 75.0, "acc_norm": 0.0})}
     mean = run.mean_row(rows)  # piqa's headline is acc_norm, arc_easy's acc
     assert mean["student"] == 55.0 and mean["teacher"] == 72.5 and mean["margin_kept"] == 0.5
+    # pooled: (10 + 25) / (20 + 50), each task weighed by the margin its teacher has
+    assert mean["margin_kept_pooled"] == 0.5
+    rows["arc_challenge"] = run.compare_task("arc_challenge", {"n": 4, "acc": 21.0, "acc_norm": 21.0},
+                                             {"n": 4, "acc": 26.0, "acc_norm": 26.0})
+    mean = run.mean_row(rows)  # a teacher one point above chance: its share (-4) swamps the mean, not the pool
+    assert mean["margin_kept"] == round((0.5 + 0.5 - 4.0) / 3, 4)
+    assert mean["margin_kept_pooled"] == round((10 + 25 - 4) / (20 + 50 + 1), 4)
 
 
 def test_degenerate_detector():

@@ -28,6 +28,7 @@ def evaluation_entry(evaluation: dict | None) -> dict | None:
         "subset": evaluation["subset"], "items": evaluation["items"],
         "benchmarks": {k: v for k, v in evaluation["benchmarks"].items() if k != "mean"},
         "benchmark_mean": mean, "benchmark_margin_kept": mean.get("margin_kept"),
+        "benchmark_margin_kept_pooled": mean.get("margin_kept_pooled"),
         "degenerate_answers": student.get("degenerate"), "ends_with_end_of_turn": student.get("ends_with_end_of_turn"),
         "rouge_l_vs_teacher": beh.get("rouge_l_vs_teacher"), "prompts": beh.get("prompts"),
         "teacher_behaviour": beh.get("teacher"),

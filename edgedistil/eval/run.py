@@ -126,7 +126,21 @@ def mean_row(rows: dict[str, dict]) -> dict:
     if all("ratio" in r for r in rows.values()):
         out["ratio"] = mean([r["ratio"][r["metric"]] for r in rows.values()])
         out["margin_kept"] = mean([r["margin_kept"][r["metric"]] for r in rows.values()])
+        out["margin_kept_pooled"] = pooled_margin_kept(rows)
     return out
+
+
+def pooled_margin_kept(rows: dict[str, dict]) -> float | None:
+    """The student's summed margin above chance over the teacher's, across the tasks.
+
+    The mean of per-task shares is what papers report, but a task where the teacher sits a point above chance
+    (ARC-Challenge: 26-28 against 25) turns sampling noise into shares of -2 or +3 that swamp the mean; pooling
+    weighs each task by the margin it actually has.
+    """
+    pairs = [(r["student"][r["metric"]] - r["chance"], r["teacher"][r["metric"]] - r["chance"])
+             for r in rows.values() if r.get("chance") is not None and "student" in r and "teacher" in r]
+    teacher_margin = sum(t for _, t in pairs)
+    return round(sum(s for s, _ in pairs) / teacher_margin, 4) if teacher_margin > 0 else None
 
 
 def heldout_figures(model_dir: Path, teacher_dir: Path | None, heldout_text: str) -> dict:

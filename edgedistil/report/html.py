@@ -249,6 +249,7 @@ def evaluation_blocks(ev: dict | None) -> list[tuple]:
     mean = ev["benchmarks"]["mean"]
     rows.append(["mean", pct(mean.get("student")), pct(mean.get("teacher")), f"{mean.get('ratio') or 0:.2f}",
                  share(mean.get("margin_kept"))])
+    rows.append(["pooled (summed margins)", "", "", "", share(mean.get("margin_kept_pooled"))])
     b = ev["behaviour"]
     s, t = b.get("student") or {}, b.get("teacher") or {}
     beh = [["degenerate answers", share(s.get("degenerate")), share(t.get("degenerate"))],

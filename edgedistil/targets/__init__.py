@@ -70,6 +70,7 @@ def manifest_figures(manifest: dict) -> dict[str, tuple[float | None, list | Non
         "speedup_vs_teacher": (manifest.get("speedup_vs_teacher"), None),
         "unintended_float_layers": ((manifest.get("quantization") or {}).get("unintended_float_layers"), None),
         "benchmark_margin_kept": (ev.get("benchmark_margin_kept"), None),
+        "benchmark_margin_kept_pooled": (ev.get("benchmark_margin_kept_pooled"), None),
         "degenerate_answers": (ev.get("degenerate_answers"), None),
         "rouge_l_vs_teacher": (ev.get("rouge_l_vs_teacher"), None),
     }
