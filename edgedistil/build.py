@@ -235,21 +235,23 @@ def distill_stage(resume: bool = False) -> Stage:
     return Stage("distill", "distill", key, go)
 
 
+def recipe_benchmarks(recipe: Recipe) -> dict[str, Path] | None:
+    """The benchmark files [eval] benchmarks names: None for the five downloaded tasks, else <task>.jsonl files."""
+    from edgedistil.eval.run import benchmark_folder
+
+    b = recipe.eval.benchmarks
+    if not b:
+        return None
+    return benchmark_folder(Path(__file__).parent / "eval" / "tiny_benchmarks" if b == "tiny" else b)
+
+
 def eval_stage() -> Stage:
     """The distilled student beside its teacher (edgedistil/eval/): zero-shot benchmarks, chat behaviour and
     held-out agreement, in PyTorch; every target's bundle carries the summary in its manifest."""
-    def spec(run: Run) -> dict[str, Path] | None:
-        from edgedistil.eval.run import benchmark_folder
-
-        b = run.recipe.eval.benchmarks
-        if not b:
-            return None
-        return benchmark_folder(Path(__file__).parent / "eval" / "tiny_benchmarks" if b == "tiny" else b)
-
     def key(run: Run) -> str:
         from edgedistil.eval.run import METHOD_VERSION
 
-        files = spec(run)
+        files = recipe_benchmarks(run.recipe)
         return stage_key("eval", METHOD_VERSION, run.key_of("distill"), run.recipe.section("eval"),
                          {k: sha256_file(v) for k, v in files.items()} if files else None)
 
@@ -261,7 +263,7 @@ def eval_stage() -> Stage:
         heldout = (run.out / "distill" / "heldout.txt").read_text(encoding="utf-8")
         with atomic_dir(folder) as tmp:
             record = run_eval(student, run.teacher_dir(), tmp / "eval.json", subset=e.subset, log=run.log,
-                              heldout_text=heldout, benchmarks=spec(run), new_tokens=e.new_tokens)
+                              heldout_text=heldout, benchmarks=recipe_benchmarks(run.recipe), new_tokens=e.new_tokens)
             record = {"stage": "eval", **summary(record)}
             write_json(tmp / "record.json", record)
         return record
