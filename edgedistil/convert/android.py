@@ -469,7 +469,7 @@ USAGE = """\
 # {name}: Android bundle (LiteRT-LM)
 
 `model.litertlm` ({litertlm_mb:.1f} MB, {variant}) is one file for LiteRT-LM, Google's on-device LLM runtime: the
-model, its tokenizer, the chat template, the stop tokens {stop_tokens} and a greedy sampler (TOP_P with k = 1), with
+model, its tokenizer, {template}the stop tokens {stop_tokens} and a greedy sampler (TOP_P with k = 1), with
 room for {max_len} tokens. The runtime tokenizes, applies the template, prefills, decodes and stops; the app sends
 text and reads text.
 
@@ -534,6 +534,7 @@ def usage(litert: dict, variant: str, name: str) -> str:
     chat = next((p["message"] for p in check["prompts"] if "message" in p), "Hello!")
     return USAGE.format(name=f"{name}-student", litertlm_mb=lm["bytes"] / 1e6, variant=variant,
                         stop_tokens=lm["stop_tokens"], max_len=litert["max_len"], maven=LITERTLM_MAVEN,
+                        template="the chat template, " if lm["chat_template"] else "",
                         version=LITERTLM_ANDROID_VERSION, chat_message=chat, checked=checked, runtime=RUNTIME_LABEL,
                         prefill=prefill_signature(litert["prefill_len"]), prefill_len=litert["prefill_len"],
                         layer_shape=[1, *cache_shape[2:]], vocab=logits["shape"][-1])
