@@ -18,6 +18,7 @@ from edgedistil.decoding import greedy
 from edgedistil.errors import EdgeError
 from edgedistil.model import EdgeConfig, EdgeLM
 from edgedistil.runtimes.litert import LiteRtLM, ResidentLoop, read_signatures
+from edgedistil.runtimes.litertlm import LiteRtLmRuntime
 from edgedistil.runtimes.torch_step import TorchLM
 
 FIXTURES = Path(__file__).parent / "fixtures" / "android"
@@ -34,24 +35,36 @@ def android_run(tmp_path_factory):
 def test_bundle_has_both_signatures_with_names_read_back_from_the_file(android_run):
     out, _ = android_run
     bundle = out / "dist" / "android"
-    assert sorted(p.name for p in bundle.iterdir()) == ["USAGE.md", "manifest.json", "model.tflite", "tokenizer.json",
+    assert sorted(p.name for p in bundle.iterdir()) == ["USAGE.md", "generation_config.json", "manifest.json",
+                                                         "model.litertlm", "model.tflite", "tokenizer.json",
                                                          "tokenizer_config.json"]
     manifest = json.loads((bundle / "manifest.json").read_text())
     signatures = read_signatures(bundle / "model.tflite")
-    assert sorted(signatures) == ["decode", "prefill"]
+    assert sorted(signatures) == ["decode", "prefill_16"]  # LiteRT-LM's names: the prefill length in the name
     graphs = {g["signature"]: g for g in manifest["graphs"]}
-    for name, t in (("prefill", 16), ("decode", 1)):
+    cache = manifest["kv_cache"]
+    layer = [1, cache["kv_heads"], cache["max_len"], cache["head_dim"]]  # C on dimension 2, where LiteRT-LM reads it
+    caches = {f"kv_cache_{kind}_{i}" for i in range(cache["layers"]) for kind in "kv"}
+    vocab = json.loads((out / "distill" / "student" / "config.json").read_text())["vocab_size"]
+    for name, t in (("prefill_16", 16), ("decode", 1)):
         assert graphs[name]["inputs"] == signatures[name]["inputs"]
         assert graphs[name]["outputs"] == signatures[name]["outputs"]
         ins = {d["name"]: d for d in signatures[name]["inputs"]}
         outs = {d["name"]: d for d in signatures[name]["outputs"]}
-        assert set(ins) == {"input_ids", "position", "k_cache", "v_cache"}
-        assert set(outs) == {"logits", "k_cache_out", "v_cache_out"}
-        assert ins["input_ids"]["shape"] == [1, t] and ins["input_ids"]["dtype"] == "int32"
-        assert ins["k_cache"]["shape"] == manifest["kv_cache"]["shape"] == outs["k_cache_out"]["shape"]
-        assert outs["logits"]["shape"][:2] == [1, t]
+        assert set(ins) == {"tokens", "input_pos", *caches} and set(outs) == {"logits", *caches}
+        assert ins["tokens"]["shape"] == [1, t] and ins["tokens"]["dtype"] == "int32"
+        assert ins["input_pos"]["shape"] == [t] and ins["input_pos"]["dtype"] == "int32"
+        assert all(ins[c]["shape"] == outs[c]["shape"] == layer for c in caches)
+        assert outs["logits"]["shape"] == [1, t, vocab]  # 3-D on both signatures
     assert manifest["quantization"]["method"] == "weight_only_int8"
-    assert "runSignature" in (bundle / "USAGE.md").read_text()
+    # the .litertlm packs the very .tflite shipped beside it, and its metadata names the teacher's stop token
+    assert manifest["litertlm"]["tflite_sha256"] == next(f["sha256"] for f in manifest["files"]
+                                                         if f["path"] == "model.tflite")
+    assert manifest["litertlm"]["stop_tokens"] == [0]  # the tiny teacher's <|endoftext|>
+    assert "type: TOP_P" in manifest["litertlm"]["llm_metadata"] and "k: 1" in manifest["litertlm"]["llm_metadata"]
+    usage = (bundle / "USAGE.md").read_text()
+    assert "createConversation" in usage and "sendMessageAsync" in usage
+    assert 'implementation("com.google.ai.edge.litertlm:litertlm-android:0.18.0")' in usage
 
 
 def test_every_variant_is_measured_and_fp32_matches_pytorch(android_run):
@@ -61,6 +74,15 @@ def test_every_variant_is_measured_and_fp32_matches_pytorch(android_run):
     fp32 = record["variants"]["fp32"]["fidelity"]
     assert fp32["greedy_tokens_matching"] == fp32["greedy_tokens"] == 64
     assert fp32["top1_agreement"] == 1.0 and fp32["kl_mean"] < 1e-6 and fp32["meets_floors"]
+    # fp32 and the shipped variant were also run through LiteRT-LM itself: fp32 says what PyTorch says
+    assert sorted(v for v, r in record["variants"].items() if "litertlm" in r) == ["fp32", "weight_only_int8"]
+    check = record["variants"]["fp32"]["litertlm"]["check"]
+    kinds = [p["kind"] for p in check["prompts"]]
+    assert kinds == ["held-out text, shorter than one prefill chunk", "held-out text, longer than one prefill chunk"]
+    assert check["prompts"][1]["prompt_tokens"] > 16  # more than one prefill_16 chunk
+    for p in check["prompts"]:
+        assert p["runtime_tokenizes_alike"] and p["runtime_prompt_tokens"] == p["prompt_tokens"]
+        assert p["text_equal"] and p["tokens_matching"] == p["reference_tokens"] > 0
     sizes = {v: r["bytes"] for v, r in record["variants"].items()}
     assert sizes["dynamic_int8"] < sizes["weight_only_int8"] < sizes["fp16"] < sizes["fp32"]
     # read back from each file: every matrix once (the tied embedding/LM head shared), in the variant's types
@@ -120,6 +142,28 @@ def test_host_bench_of_a_bundle_through_the_cli(android_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "bench.json").read_text())
     assert sorted(record["student"]) == ["1", "2", "4"]
+
+
+def test_the_shipped_litertlm_says_what_our_loop_says_on_its_tflite(android_run):
+    """LiteRT-LM on model.litertlm and our CompiledModel loop on model.tflite (the same graph, int8) generate the same
+    greedy tokens from a prompt longer than one prefill chunk."""
+    from tokenizers import Tokenizer
+
+    bundle = android_run[0] / "dist" / "android"
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    prompt = "The quick brown fox jumps over the lazy dog, and then it runs into the woods to find"
+    ids = tokenizer.encode(prompt).ids
+    assert len(ids) > 16
+    runtime = LiteRtLmRuntime(bundle / "model.litertlm")
+    try:
+        assert runtime.tokenize(prompt) == ids
+        got = runtime.generate(prompt, 12)
+    finally:
+        runtime.close()
+    ours = ResidentLoop(bundle / "model.tflite").greedy(ids, 12)
+    if 0 in ours:  # the runtime stops at the stop token <|endoftext|> and does not print it
+        ours = ours[:ours.index(0)]
+    assert got.prompt_tokens == len(ids) and got.text == tokenizer.decode(ours)
 
 
 def tiny_lm(seed=0) -> EdgeLM:
@@ -228,7 +272,7 @@ def test_benchmark_command():
     cmd = benchmark_command("adb", "R58", "/data/local/tmp/edgedistil/model.tflite", "decode", 4, 30, 255)
     assert cmd[:4] == ["adb", "-s", "R58", "shell"]
     assert "--signature_to_run_for=decode" in cmd and "--num_threads=4" in cmd and "--use_xnnpack=true" in cmd
-    assert "--input_layer_value_range=input_ids,0,100:position,0,255" in cmd
+    assert "--input_layer_value_range=tokens,0,100:input_pos,0,255" in cmd
 
 
 def test_device_bench_without_adb_fails_clearly(tmp_path):
@@ -263,3 +307,63 @@ def test_a_teacher_too_big_to_convert_leaves_the_student_bundle(android_run, tmp
     assert any(m.startswith("convert[litert-teacher]: not converted") for m in logs)
     assert manifest["bench"]["decode_tokens_per_s"] > 0 and manifest["teacher_bench"]["value"] is None
     assert manifest["speedup_vs_teacher"] is None and (copy / "dist" / "android" / "model.tflite").is_file()
+
+
+# ---- LiteRT-LM: a chat model through the file's own chat template ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_litertlm(tmp_path_factory):
+    """A 2-layer random ChatML model (tiny_teacher(chat=True)) as an fp32 .litertlm."""
+    from edgedistil.convert.litertlm import build_litertlm
+    from edgedistil.model import load_hf_folder
+    from edgedistil.sources import load_corpus, tiny_teacher
+
+    folder = tiny_teacher(tmp_path_factory.mktemp("chat") / "model", load_corpus("tiny").text, layers=2, chat=True)
+    model = load_hf_folder(folder, max_len=96).eval()
+    tflite = folder.parent / "model.tflite"
+    convert_tflite(model, "fp32", tflite, prefill_len=8, max_len=96)
+    path = folder.parent / "model.litertlm"
+    packed = build_litertlm(tflite, folder, path, max_len=96)
+    return folder, model, path, packed
+
+
+def test_chat_prompt_through_the_files_template_matches_transformers(chat_litertlm):
+    from edgedistil.convert.litertlm import check_in_litertlm
+    from edgedistil.distill.data import load_tokenizer
+
+    folder, model, path, packed = chat_litertlm
+    assert packed["stop_tokens"] == [2] and packed["start_token"] is None and packed["chat_template"]
+    heldout = np.asarray(load_tokenizer(folder).encode("The sea is wide and deep, and ships sail on it to far lands.")
+                         .ids)
+    check = check_in_litertlm(path, folder, TorchLM(model, 96), heldout, prefill_len=8, new_tokens=16)
+    chat = check["prompts"][-1]
+    assert chat["kind"] == "one user turn through the chat template"
+    assert chat["rendered_prompt_matches"]  # LiteRT-LM's rendering = transformers' apply_chat_template
+    assert chat["prompt_tokens"] > 8 and chat["text_equal"] and chat["tokens_matching"] == chat["reference_tokens"]
+    assert check["all_equal"]
+
+
+def test_a_damaged_litertlm_is_one_clear_error(chat_litertlm, tmp_path):
+    from edgedistil.convert.litertlm import read_litertlm
+
+    bad = tmp_path / "model.litertlm"
+    bad.write_bytes(chat_litertlm[2].read_bytes()[:4096])
+    with pytest.raises(EdgeError, match="is not a readable .litertlm"):
+        read_litertlm(bad)
+    with pytest.raises(EdgeError, match="does not exist"):
+        LiteRtLmRuntime(tmp_path / "missing.litertlm")
+
+
+def test_a_model_folder_without_an_eos_token_is_refused(chat_litertlm, tmp_path):
+    from edgedistil.convert.litertlm import generation_settings
+
+    folder = chat_litertlm[0]
+    copy = tmp_path / "noeos"
+    shutil.copytree(folder, copy)
+    (copy / "generation_config.json").unlink()
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    del config["eos_token"]
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(EdgeError, match="names no eos token"):
+        generation_settings(copy)

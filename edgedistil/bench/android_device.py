@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from edgedistil.errors import EdgeError
+from edgedistil.runtimes.litert import prefill_signature
 
 REMOTE_DIR = "/data/local/tmp/edgedistil"
 NO_ADB = "install Android platform-tools (adb) and put it on PATH, or drop --device to bench on the host"
@@ -69,7 +70,7 @@ def benchmark_command(adb: str, serial: str, model_remote: str, signature: str, 
     return [adb, "-s", serial, "shell", f"{REMOTE_DIR}/benchmark_model", f"--graph={model_remote}",
             f"--signature_to_run_for={signature}", f"--num_threads={threads}", "--use_xnnpack=true",
             f"--num_runs={runs}", "--warmup_runs=3", "--report_peak_memory_footprint=true",
-            f"--input_layer_value_range=input_ids,0,100:position,0,{position_max}"]
+            f"--input_layer_value_range=tokens,0,100:input_pos,0,{position_max}"]
 
 
 _TIMINGS = re.compile(r"Inference timings in us: Init: ([\d.]+), First inference: ([\d.]+), "
@@ -142,12 +143,13 @@ def run_device_bench(model: Path, tool: Path | None, serial: str | None, threads
     _adb([adb, "-s", serial, "push", str(model), model_remote], "adb push model")
     record = {"device": {"serial": serial, **info}, "runtime": "LiteRT benchmark_model on the device, XNNPACK",
               "threads": threads, "tool": str(tool)}
-    for signature, tokens, position_max in (("decode", 1, max_len - 1), ("prefill", prefill_len, 0)):
+    for role, signature, tokens, position_max in (("decode", "decode", 1, max_len - 1),
+                                                  ("prefill", prefill_signature(prefill_len), prefill_len, 0)):
         cmd = benchmark_command(adb, serial, model_remote, signature, threads, runs, position_max)
         figures = parse_benchmark_output(_adb(cmd, f"benchmark_model ({signature})"))
         figures["tokens_per_s"] = round(tokens * 1e6 / figures["inference_avg_us"], 2)
         figures["command"] = " ".join(cmd[3:])
-        record[signature] = figures
+        record[role] = figures
         log(f"bench[device]: {signature}: {figures['tokens_per_s']:.1f} tok/s "
             f"({figures['inference_avg_us'] / 1e3:.1f} ms per call)")
     d, p = record["decode"], record["prefill"]

@@ -1,5 +1,6 @@
 """The android bench stage on the host: LiteRT (ai-edge-litert, XNNPACK) at 1, 2 and 4 threads, student beside
-teacher, medians over repeats. Labelled "host LiteRT (x86-64 XNNPACK)": it is not a phone.
+teacher, medians over repeats, and LiteRT-LM's own benchmark of each .litertlm (the same graph) at the profile's
+threads. Labelled "host ... (not a phone)".
 
 Each (model, threads) runs in its own process (edgedistil.bench.litert_worker) twice: once with the cache resident
 in LiteRT's buffers (the headline figures and peak memory), once through the Python Interpreter binding to show
@@ -15,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgedistil.convert.android import RUNTIME_LABEL
+from edgedistil.convert.litertlm import LITERTLM_FILE
 from edgedistil.bench.worker import run_worker
 from edgedistil.errors import EdgeError
 from edgedistil.records import sha256_file
@@ -56,6 +58,25 @@ def bench_model(path: Path, prompt: list[int], new_tokens: int, repeats: int, th
     return out
 
 
+def bench_litertlm(path: Path, prefill_tokens: int, decode_tokens: int, repeats: int, threads: int) -> dict:
+    """LiteRT-LM's own benchmark on a .litertlm: init time, TTFT, prefill and decode tokens/s (medians over repeats
+    after one warm-up run), peak RSS of its process."""
+    spec = {"model": str(path), "threads": threads, "prefill_tokens": prefill_tokens, "decode_tokens": decode_tokens,
+            "repeats": repeats + 1}
+    raw = run_worker("edgedistil.bench.litertlm_worker", spec, f"LiteRT-LM's benchmark of {path} failed",
+                     "run `litert-lm run` on the file to see the runtime's own message")
+    runs = raw["runs"][1:]  # the first warms up
+    out = {"file": str(path), "bytes": Path(path).stat().st_size, "sha256": sha256_file(path),
+           "runtime": f"LiteRT-LM {metadata.version('litert-lm-api')} benchmark (litert_lm.Benchmark), CPU, "
+                      f"{threads} thread(s), host {platform.machine()} (not a phone)",
+           "threads": threads, "repeats": repeats, "peak_memory_mb": round(raw["peak_memory_mb"], 1)}
+    for m in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "init_seconds"):
+        values = [r[m] for r in runs]
+        out[m] = round(statistics.median(values), 3 if m == "init_seconds" else 2)
+        out[m + "_spread"] = [round(min(values), 3), round(max(values), 3)]
+    return out
+
+
 def run_bench_android(models: dict[str, Path], prompt: list[int], new_tokens: int, repeats: int, threads: int,
                       thread_counts: tuple[int, ...] = THREADS, log=print) -> dict:
     """Benchmark each of `models` ({"student": .tflite, "teacher": .tflite}) at each thread count; `threads` is the
@@ -74,4 +95,26 @@ def run_bench_android(models: dict[str, Path], prompt: list[int], new_tokens: in
     if "student" in record and "teacher" in record:
         record["speedup_vs_teacher"] = round(record["student"][str(threads)]["decode_tokens_per_s"]
                                              / record["teacher"][str(threads)]["decode_tokens_per_s"], 3)
+    record["litertlm"] = litertlm_record(models, record, len(prompt), new_tokens, repeats, threads, log)
     return record
+
+
+def litertlm_record(models: dict[str, Path], record: dict, prompt_tokens: int, new_tokens: int, repeats: int,
+                    threads: int, log) -> dict:
+    """LiteRT-LM's benchmark of the .litertlm beside each .tflite, at the profile's threads, beside our host loop
+    on the same graph."""
+    out = {}
+    for role, path in models.items():
+        lm = Path(path).with_name(LITERTLM_FILE)
+        if not lm.is_file():
+            continue
+        r = out[role] = bench_litertlm(lm, prompt_tokens, new_tokens, repeats, threads)
+        host = record[role][str(threads)]["decode_tokens_per_s"]
+        r["decode_vs_host_loop"] = round(r["decode_tokens_per_s"] / host, 3)
+        log(f"bench[android-{role}]: LiteRT-LM {threads} thread(s): decode {r['decode_tokens_per_s']:.1f} tok/s "
+            f"({r['decode_vs_host_loop']:.2f}x our loop on the same graph), prefill {r['prefill_tokens_per_s']:.0f} "
+            f"tok/s, TTFT {r['ttft_ms']:.0f} ms, init {r['init_seconds']:.2f} s, peak {r['peak_memory_mb']:.0f} MB")
+    if "student" in out and "teacher" in out:
+        out["speedup_vs_teacher"] = round(out["student"]["decode_tokens_per_s"]
+                                          / out["teacher"]["decode_tokens_per_s"], 3)
+    return out

@@ -49,10 +49,10 @@ def glue(spec: dict) -> dict:
     runner = lm.interpreter.get_signature_runner("decode")
 
     def stock():
-        k, v = lm.empty_cache()
+        cache = lm.empty_cache()
         for pos in range(n):
-            out = runner(input_ids=np.array([[7]], np.int32), position=np.array([pos], np.int32), k_cache=k, v_cache=v)
-            k, v = out["k_cache_out"], out["v_cache_out"]
+            out = runner(tokens=np.array([[7]], np.int32), input_pos=np.array([pos], np.int32), **cache)
+            cache = {name: out[name] for name in lm.cache_names}
 
     def allocated_once():
         cache = lm.empty_cache()

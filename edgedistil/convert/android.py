@@ -1,9 +1,10 @@
 """The convert stage for `android`: the distilled student -> LiteRT .tflite variants, checked here -> dist/android/.
 
-One .tflite per variant holds two signatures over one copy of the weights (litert-torch, no TensorFlow):
-`prefill` (input_ids int32 [1, P]) and `decode` (input_ids int32 [1, 1]), both with `position` int32 [1] and the
-whole cache `k_cache`/`v_cache` float32 [layers, 1, kv_heads, max_len, head_dim] in, and `logits`, `k_cache_out`,
-`v_cache_out` out. Variants: fp32, fp16 weights, dynamic int8 (int8 weights, int8 activations quantized per call)
+One .tflite per variant holds two signatures over one copy of the weights (litert-torch, no TensorFlow), in
+LiteRT-LM's calling convention: `prefill_<P>` (tokens int32 [1, P]) and `decode` (tokens int32 [1, 1]), both with
+`input_pos` int32 [T] and per layer `kv_cache_k_<i>`/`kv_cache_v_<i>` float32 [1, kv_heads, max_len, head_dim] in
+and out, and `logits` [1, T, V] out. fp32 and the shipped variant are also packed with the tokenizer and LlmMetadata
+into a .litertlm (convert/litertlm.py) and run through LiteRT-LM itself. Variants: fp32, fp16 weights, dynamic int8 (int8 weights, int8 activations quantized per call)
 and weight-only int8 (the default: int8 weights per channel, fp32 activations, with the weights that cost most,
 the vocabulary matrix (tied embedding/LM head) and down_proj, kept fp16; ai-edge-quantizer on the fp32 file).
 Every variant is read back from disk (signatures, names, shapes, dtypes, weight types) and run with the
@@ -28,17 +29,20 @@ import torch
 from edgedistil import __version__
 from edgedistil.convert.manifest import evaluation_entry, quality_entry, student_entry
 from edgedistil.errors import EdgeError, atomic_dir, write_json
+from edgedistil.convert.litertlm import LITERTLM_FILE, build_litertlm, check_in_litertlm, read_litertlm
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
-from edgedistil.records import file_entry, folder_fingerprint, versions
-from edgedistil.runtimes.litert import LiteRtLM, check_signatures, quiet_stderr, read_signatures
+from edgedistil.records import file_entry, folder_fingerprint, sha256_file, versions
+from edgedistil.runtimes.litert import (DECODE, LiteRtLM, check_signatures, prefill_signature, quiet_stderr,
+                                       read_signatures)
 from edgedistil.runtimes.torch_step import TorchLM
 
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.tflite"
 VARIANTS = ("fp32", "fp16", "dynamic_int8", "weight_only_int8")
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic_int8": "int8", "weight_only_int8": "int8"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
 RUNTIME_LABEL = "host LiteRT (x86-64 XNNPACK)"
 # The converter's peak resident memory grows with the parameter count: litert-torch 0.10.0 measured about 2.0 GB for
 # the 49.6M-parameter default student and 3.5 GB for the 134.5M teacher (scripts/bench_android.py remeasures it into
@@ -71,8 +75,14 @@ class AndroidOptions:
     def built_variants(self) -> list[str]:
         return list(dict.fromkeys((*self.variants, self.bundle_variant)))
 
+    def litertlm_variants(self) -> list[str]:
+        """The variants also packed as a .litertlm and checked in LiteRT-LM: fp32 (held to the PyTorch model's
+        greedy tokens) and the one the bundle ships."""
+        return [v for v in self.built_variants() if v in ("fp32", self.bundle_variant)]
+
     def stage_config(self) -> dict:
-        return {"variants": self.built_variants(), "prefill_len": self.prefill_len, "max_len": self.max_len,
+        return {"variants": self.built_variants(), "litertlm": self.litertlm_variants(),
+                "signatures": "litert-lm", "prefill_len": self.prefill_len, "max_len": self.max_len,
                 "fidelity_segments": self.fidelity_segments, "greedy_tokens": self.greedy_tokens}
 
 
@@ -97,16 +107,22 @@ def preflight_memory(parameters: int, available: int | None = None) -> dict:
     return {"estimated_peak_gb": round(need / 1e9, 2), "available_gb": round(available / 1e9, 2)}
 
 
-class NamedStep(torch.nn.Module):
-    """EdgeLM.step with keyword inputs and a dict output, so the signatures carry real names."""
+class LiteRtLmStep(torch.nn.Module):
+    """EdgeLM.step_layers under LiteRT-LM's names: `tokens` [1, T], `input_pos` [T] (contiguous, so its first entry
+    places the chunk) and `kv_cache_k_<i>`/`kv_cache_v_<i>` [1, kv_heads, C, head_dim] in and out; `logits` [1, T, V].
+    Keyword inputs and a dict output, so the signatures carry these names."""
 
     def __init__(self, model: EdgeLM):
         super().__init__()
         self.model = model
+        self.layers = len(model.model.layers)
 
-    def forward(self, input_ids, position, k_cache, v_cache):
-        logits, k, v = self.model.step(input_ids, position, k_cache, v_cache)
-        return {"logits": logits, "k_cache_out": k, "v_cache_out": v}
+    def forward(self, tokens, input_pos, **caches):
+        k = [caches[f"kv_cache_k_{i}"] for i in range(self.layers)]
+        v = [caches[f"kv_cache_v_{i}"] for i in range(self.layers)]
+        logits, k, v = self.model.step_layers(tokens, input_pos[:1], k, v)
+        return {"logits": logits, **{f"kv_cache_k_{i}": k[i] for i in range(self.layers)},
+                **{f"kv_cache_v_{i}": v[i] for i in range(self.layers)}}
 
 
 def quant_config(variant: str):
@@ -159,7 +175,7 @@ def quantize_weight_only_int8(src: Path, dest: Path) -> None:
 
 
 def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, max_len: int) -> None:
-    """Write one .tflite with `prefill` and `decode` signatures for `variant`."""
+    """Write one .tflite with LiteRT-LM's `prefill_<P>` and `decode` signatures for `variant`."""
     if variant == "weight_only_int8":
         fp32 = path.with_name(f".{path.name}.fp32")
         try:
@@ -172,15 +188,17 @@ def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, ma
         import litert_torch
 
     k, v = model.empty_cache(max_len)
-    position = torch.zeros(1, dtype=torch.int32)
-    prefill = dict(input_ids=torch.zeros(1, prefill_len, dtype=torch.int32), position=position, k_cache=k, v_cache=v)
-    decode = dict(input_ids=torch.zeros(1, 1, dtype=torch.int32), position=position, k_cache=k, v_cache=v)
-    step = NamedStep(model).eval()
+    caches = {**{f"kv_cache_k_{i}": k[i] for i in range(len(k))}, **{f"kv_cache_v_{i}": v[i] for i in range(len(v))}}
+
+    def sample(t: int) -> dict:
+        return dict(tokens=torch.zeros(1, t, dtype=torch.int32), input_pos=torch.arange(t, dtype=torch.int32), **caches)
+
+    step = LiteRtLmStep(model).eval()
     # litert-torch prints progress bars and export notes to stdout; the stage logs its own summary line
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_stderr(), torch.no_grad():
         warnings.simplefilter("ignore")
-        edge = (litert_torch.signature("prefill", step, sample_kwargs=prefill)
-                .signature("decode", step, sample_kwargs=decode).convert(quant_config=quant_config(variant)))
+        edge = (litert_torch.signature(prefill_signature(prefill_len), step, sample_kwargs=sample(prefill_len))
+                .signature(DECODE, step, sample_kwargs=sample(1)).convert(quant_config=quant_config(variant)))
         edge.export(str(path))
 
 
@@ -234,6 +252,8 @@ def _run_litert(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options
                              "precision": PRECISION[variant], "meets_floors": verdict["passed"],
                              "floor_failures": verdict["failures"]},
             }
+            if variant in options.litertlm_variants():
+                results[variant]["litertlm"] = litertlm_entry(path, model_dir, reference, heldout_ids, options, log)
             log(f"convert[litert-{role}]: {variant}: {path.stat().st_size / 1e6:.1f} MB in {convert_s:.0f}s, top-1 "
                 f"{fidelity['top1_agreement']:.4f}, KL {fidelity['kl_mean']:.2e}, greedy "
                 f"{fidelity['greedy_tokens_matching']}/{fidelity['greedy_tokens']}"
@@ -249,6 +269,19 @@ def _run_litert(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options
         }
         write_json(tmp / "record.json", record)
     return record
+
+
+def litertlm_entry(tflite: Path, model_dir: Path, reference: TorchLM, heldout_ids: np.ndarray,
+                   options: AndroidOptions, log) -> dict:
+    """Pack `tflite` as model.litertlm beside it, read it back, and run it through LiteRT-LM against `reference`."""
+    path = tflite.with_name(LITERTLM_FILE)
+    t0 = time.perf_counter()
+    packed = build_litertlm(tflite, model_dir, path, options.max_len)
+    checked = check_in_litertlm(path, model_dir, reference, heldout_ids, options.prefill_len)
+    log(f"convert[litertlm]: {tflite.parent.name}: LiteRT-LM greedy {checked['tokens_matching']}/"
+        f"{checked['reference_tokens']} tokens as PyTorch's over {len(checked['prompts'])} prompts")
+    return {"path": f"{tflite.parent.name}/{LITERTLM_FILE}", "bytes": path.stat().st_size, **packed,
+            "check": checked, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def weight_types(path: Path) -> dict[str, int]:
@@ -276,7 +309,8 @@ def weight_types(path: Path) -> dict[str, int]:
 def _litert_versions() -> dict:
     from importlib import metadata
 
-    return {name: metadata.version(name) for name in ("litert-torch", "ai-edge-litert")}
+    return {name: metadata.version(name) for name in ("litert-torch", "ai-edge-litert", "litert-lm-builder",
+                                                       "litert-lm-api")}
 
 
 # ---- the bundle ----------------------------------------------------------------------------------------------
@@ -290,15 +324,24 @@ def run_convert_android(litert_dir: Path, student_dir: Path, out_dir: Path, reco
         raise EdgeError(f"the LiteRT variant '{variant}' was not built (built: {', '.join(litert['variants'])})",
                         "rebuild with `edgedistil build --target android --force convert`")
     chosen = litert["variants"][variant]
+    if "litertlm" not in chosen:
+        raise EdgeError(f"the LiteRT variant '{variant}' has no .litertlm",
+                        "rebuild with `edgedistil build --target android --force convert`")
     with atomic_dir(out_dir) as tmp:
         shutil.copy2(Path(litert_dir) / chosen["path"], tmp / MODEL_FILE)
+        shutil.copy2(Path(litert_dir) / chosen["litertlm"]["path"], tmp / LITERTLM_FILE)
         for name in TOKENIZER_FILES:
             if (Path(student_dir) / name).is_file():
                 shutil.copy2(Path(student_dir) / name, tmp / name)
         signatures = read_signatures(tmp / MODEL_FILE)  # the shipped file, not the intention
+        prefill = prefill_signature(litert["prefill_len"])
         graphs = [{"name": name, "file": MODEL_FILE, "signature": name,
-                   "tokens_per_call": litert["prefill_len"] if name == "prefill" else 1, **signatures[name]}
-                  for name in ("prefill", "decode")]
+                   "tokens_per_call": litert["prefill_len"] if name == prefill else 1, **signatures[name]}
+                  for name in (prefill, DECODE)]
+        shipped = read_litertlm(tmp / LITERTLM_FILE)
+        if shipped["tflite_sha256"] != sha256_file(tmp / MODEL_FILE):
+            raise EdgeError(f"{LITERTLM_FILE} does not hold the shipped {MODEL_FILE}",
+                            "rebuild with `edgedistil build --target android --force convert`")
         cache_shape = litert["cache_shape"]
         (tmp / "USAGE.md").write_text(usage(litert, variant, records.get("recipe_name", "student")))
         files = [file_entry(p, tmp) for p in sorted(tmp.rglob("*")) if p.is_file()]
@@ -308,15 +351,25 @@ def run_convert_android(litert_dir: Path, student_dir: Path, out_dir: Path, reco
             "target": "android",
             "name": f"{records.get('recipe_name', 'student')}-student",
             "created_by": f"edgedistil {__version__}",
-            "runtime": {"name": "LiteRT", "format": "tflite", "min_litert": "2.x (never tflite-runtime 2.14)",
-                        "prefill_len": litert["prefill_len"], "signatures": ["prefill", "decode"],
+            "runtime": {"name": "LiteRT-LM", "format": "litertlm", "model": LITERTLM_FILE,
+                        "android": f"{LITERTLM_MAVEN}:{LITERTLM_ANDROID_VERSION}",
+                        "interpreter_model": MODEL_FILE, "min_litert": "2.x (never tflite-runtime 2.14)",
+                        "prefill_len": litert["prefill_len"], "signatures": [prefill, DECODE],
                         "bind_by": "name (LiteRT lists signature inputs alphabetically)"},
+            "litertlm": {"file": LITERTLM_FILE, "sections": shipped["sections"],
+                         "tflite_sha256": shipped["tflite_sha256"], "llm_metadata": shipped["llm_metadata"],
+                         "stop_tokens": chosen["litertlm"]["stop_tokens"],
+                         "start_token": chosen["litertlm"]["start_token"],
+                         "chat_template": chosen["litertlm"]["chat_template"],
+                         "checked_in_litertlm": {v: r["litertlm"]["check"] for v, r in litert["variants"].items()
+                                                 if "litertlm" in r}},
             "files": files,
             "graphs": graphs,
             "kv_cache": {"layers": cache_shape[0], "kv_heads": cache_shape[2], "head_dim": cache_shape[4],
                          "max_len": cache_shape[3], "shape": cache_shape, "dtype": "float32",
-                         "physical": "whole cache in (k_cache, v_cache) and out (k_cache_out, v_cache_out); keep two "
-                                     "buffer pairs and swap them each step"},
+                         "physical": "one tensor per layer, kv_cache_k_<i> and kv_cache_v_<i> "
+                                     f"{[1, *cache_shape[2:]]}, in and out under the same names (LiteRT-LM's "
+                                     "layout: the context length is dimension 2 of K)"},
             "tokenizer": "tokenizer.json",
             "quantization": {"method": variant, "precision": PRECISION[variant],
                              "variants": {v: {"bytes": r["bytes"], "top1_agreement": r["fidelity"]["top1_agreement"],
@@ -364,6 +417,8 @@ def _bench_entries(bench: dict | None) -> dict:
     out["bench_threads"] = {role: {t: {k: r[k] for k in BENCH_KEYS} for t, r in bench.get(role, {}).items()}
                             for role in ("student", "teacher")}
     out["speedup_vs_teacher"] = bench.get("speedup_vs_teacher")
+    # LiteRT-LM's own benchmark of the .litertlm (student and teacher), beside our loop on the same graph
+    out["litertlm_bench"] = bench.get("litertlm") or {"value": None, "reason": "no .litertlm was benchmarked"}
     return out
 
 
@@ -384,82 +439,102 @@ def verify_tflite(bundle: Path, manifest: dict) -> list[dict]:
             raise EdgeError(f"{path} produced non-finite logits in LiteRT", "rebuild the bundle")
         runs.append({"file": file, "runtime": RUNTIME_LABEL, "signatures": sorted(signatures),
                      "io_matches_manifest": True, "decode_step": "ok"})
+    runs.append(verify_litertlm(Path(bundle) / LITERTLM_FILE, Path(bundle) / MODEL_FILE))
     return runs
 
 
+def verify_litertlm(path: Path, tflite: Path) -> dict:
+    """The .litertlm holds the bundle's .tflite, and LiteRT-LM opens it and generates."""
+    from edgedistil.runtimes.litertlm import LiteRtLmRuntime
+
+    if read_litertlm(path)["tflite_sha256"] != sha256_file(tflite):
+        raise EdgeError(f"{path} does not hold the bundle's {tflite.name}", "copy the whole bundle again, or rebuild it")
+    runtime = LiteRtLmRuntime(path)
+    try:
+        got = runtime.generate("Hello", 4)
+    finally:
+        runtime.close()
+    if got.new_tokens < 1:
+        raise EdgeError(f"LiteRT-LM generated nothing from {path}", "rebuild the bundle")
+    return {"file": path.name, "runtime": "LiteRT-LM (litert-lm-api, CPU)", "generated_tokens": got.new_tokens}
+
+
+# The Android runtime this file is written for. litertlm-android 0.18.0 is the release Android's LiteRT-LM guide
+# documents (minSdk 24), the line of the PyPI runtime (litert-lm-api 0.18.1) that runs every bundle here; the file
+# is container format 1.7 and LiteRT-LM's reader refuses only another major version (schema/core/litertlm_read.cc).
+LITERTLM_MAVEN = "com.google.ai.edge.litertlm:litertlm-android"
+LITERTLM_ANDROID_VERSION = "0.18.0"
+
 USAGE = """\
-# {name}: Android bundle (LiteRT)
+# {name}: Android bundle (LiteRT-LM)
 
-Files: `model.tflite` ({size_mb:.1f} MB, {variant}), `tokenizer.json`, `manifest.json` (signatures with their I/O
-names, shapes and dtypes as read back from the file, sha256 of every file, fidelity and host benchmark figures).
-Put `model.tflite` in `src/main/assets/` and add LiteRT (`com.google.ai.edge.litert:litert`, 2.x; not the 2023
-`tensorflow-lite` 2.14 runtime, which gave all-zero logits on dynamic-int8 files).
+`model.litertlm` ({litertlm_mb:.1f} MB, {variant}) is one file for LiteRT-LM, Google's on-device LLM runtime: the
+model, its tokenizer, {template}the stop tokens {stop_tokens} and a greedy sampler (TOP_P with k = 1), with
+room for {max_len} tokens. The runtime tokenizes, applies the template, prefills, decodes and stops; the app sends
+text and reads text.
 
-Two signatures share the weights: `prefill` takes `input_ids` Int32 [1, {prefill}], `decode` takes [1, 1]; both take
-`position` Int32 [1] (the position of `input_ids[0]`) and the cache `k_cache`, `v_cache` (Float32 {cache_shape}),
-and return `logits` Float32 [1, T, {vocab}], `k_cache_out` and `v_cache_out`. Bind by name: LiteRT lists a
-signature's inputs alphabetically. The cache a call returns is the next call's cache; two buffer pairs, swapped
-each step, keep it allocated.
+## Gradle
 
 ```kotlin
-import org.tensorflow.lite.Interpreter
-import java.io.FileInputStream
-import java.nio.ByteBuffer
-import java.nio.ByteOrder
-import java.nio.channels.FileChannel
-
-val fd = context.assets.openFd("model.tflite")
-val weights = FileInputStream(fd.fileDescriptor).channel
-    .map(FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
-val interpreter = Interpreter(weights, Interpreter.Options().setNumThreads(4))
-
-val cacheBytes = {cache_elems} * 4
-fun buffer(bytes: Int) = ByteBuffer.allocateDirect(bytes).order(ByteOrder.nativeOrder())
-var k = buffer(cacheBytes); var v = buffer(cacheBytes)          // zero-filled: an empty cache
-var kNext = buffer(cacheBytes); var vNext = buffer(cacheBytes)
-val prefillLogits = buffer({prefill} * {vocab} * 4)
-val decodeLogits = buffer({vocab} * 4)
-
-fun step(signature: String, ids: IntArray, position: Int, logits: ByteBuffer): ByteBuffer {{
-    logits.rewind(); kNext.rewind(); vNext.rewind(); k.rewind(); v.rewind()
-    val inputs = mapOf<String, Any>("input_ids" to arrayOf(ids), "position" to intArrayOf(position),
-                                    "k_cache" to k, "v_cache" to v)
-    val outputs = mapOf<String, Any>("logits" to logits, "k_cache_out" to kNext, "v_cache_out" to vNext)
-    interpreter.runSignature(inputs, outputs, signature)
-    k = kNext.also {{ kNext = k }}; v = vNext.also {{ vNext = v }}   // the returned cache feeds the next call
-    return logits
-}}
-fun argmax(logits: ByteBuffer, row: Int): Int {{
-    val f = logits.rewind().let {{ (it as ByteBuffer).asFloatBuffer() }}
-    var best = 0
-    for (i in 0 until {vocab}) if (f.get(row * {vocab} + i) > f.get(row * {vocab} + best)) best = i
-    return best
-}}
-
-// greedy: prefill the prompt in chunks of {prefill} (pad the last), then decode one token at a time
-val tokens = promptIds.toMutableList()      // from the tokenizer
-var next = 0
-for (start in tokens.indices step {prefill}) {{
-    val chunk = tokens.subList(start, minOf(start + {prefill}, tokens.size))
-    val ids = IntArray({prefill}) {{ if (it < chunk.size) chunk[it] else 0 }}
-    next = argmax(step("prefill", ids, start, prefillLogits), chunk.size - 1)
-}}
-repeat(32) {{
-    if (tokens.size >= {max_len}) return@repeat
-    tokens.add(next)
-    next = argmax(step("decode", intArrayOf(next), tokens.size - 1, decodeLogits), 0)
+dependencies {{
+    implementation("{maven}:{version}")
 }}
 ```
 
-The padded rows of the last prefill chunk write cache slots that the next real token overwrites before anything
-reads them. The cache holds {max_len} positions. Host figures in the manifest are {runtime}, not a phone:
-`edgedistil bench --target android --bundle . --device SERIAL` measures one over adb.
+Copy `model.litertlm` to the device's file system (`adb push model.litertlm /data/local/tmp/`, or download it into
+`context.filesDir`); LiteRT-LM memory-maps it from a path, not from `assets/`.
+
+## Kotlin
+
+```kotlin
+import com.google.ai.edge.litertlm.Backend
+import com.google.ai.edge.litertlm.Engine
+import com.google.ai.edge.litertlm.EngineConfig
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.withContext
+
+// initialize() loads the weights: off the main thread, once per app
+val engine = withContext(Dispatchers.IO) {{
+    Engine(EngineConfig(modelPath = "${{context.filesDir}}/model.litertlm", backend = Backend.CPU,
+                        cacheDir = context.cacheDir.path)).also {{ it.initialize() }}
+}}
+
+// one Conversation per chat: it keeps the history and applies the model's chat template
+engine.createConversation().use {{ conversation ->
+    conversation.sendMessageAsync("{chat_message}").collect {{ chunk -> print(chunk) }}  // streamed as decoded
+}}
+engine.close()
+```
+
+## Checked before shipping
+
+The build ran this exact file through the PyPI build of the same runtime (litert-lm-api, CPU, x86-64) and compared
+its greedy output with the fp32 PyTorch student's: {checked}. `manifest.json` has each prompt, the fidelity of the
+{variant} weights against the fp32 student (top-1 agreement, KL, on held-out text) and the benchmark figures.
+Host figures are {runtime}, not a phone; docs/android.md says how to run LiteRT-LM's own benchmark on one.
+
+## The raw LiteRT model
+
+`model.tflite` is the same graph as the one inside `model.litertlm` (same sha256), for apps that drive LiteRT's
+`Interpreter`/`CompiledModel` themselves: signatures `{prefill}` (`tokens` Int32 [1, {prefill_len}]) and `decode`
+(`tokens` [1, 1]), both with `input_pos` Int32 [T] (the positions of `tokens`, contiguous) and per layer
+`kv_cache_k_<i>`, `kv_cache_v_<i>` Float32 {layer_shape} in and out under the same names, returning `logits`
+Float32 [1, T, {vocab}]. Bind by name; the cache a call returns is the next call's.
 """
 
 
 def usage(litert: dict, variant: str, name: str) -> str:
+    chosen = litert["variants"][variant]
     cache_shape = litert["cache_shape"]
-    logits = next(o for o in litert["variants"][variant]["signatures"]["decode"]["outputs"] if o["name"] == "logits")
-    return USAGE.format(name=f"{name}-student", size_mb=litert["variants"][variant]["bytes"] / 1e6, variant=variant,
-                        prefill=litert["prefill_len"], max_len=litert["max_len"], cache_shape=cache_shape,
-                        cache_elems=int(np.prod(cache_shape)), vocab=logits["shape"][-1], runtime=RUNTIME_LABEL)
+    logits = next(o for o in chosen["signatures"]["decode"]["outputs"] if o["name"] == "logits")
+    lm = chosen["litertlm"]
+    check = lm["check"]
+    checked = (f"{check['tokens_matching']} of {check['reference_tokens']} greedy tokens as PyTorch's over "
+               f"{len(check['prompts'])} prompts ({', '.join(p['kind'] for p in check['prompts'])})")
+    chat = next((p["message"] for p in check["prompts"] if "message" in p), "Hello!")
+    return USAGE.format(name=f"{name}-student", litertlm_mb=lm["bytes"] / 1e6, variant=variant,
+                        stop_tokens=lm["stop_tokens"], max_len=litert["max_len"], maven=LITERTLM_MAVEN,
+                        template="the chat template, " if lm["chat_template"] else "",
+                        version=LITERTLM_ANDROID_VERSION, chat_message=chat, checked=checked, runtime=RUNTIME_LABEL,
+                        prefill=prefill_signature(litert["prefill_len"]), prefill_len=litert["prefill_len"],
+                        layer_shape=[1, *cache_shape[2:]], vocab=logits["shape"][-1])

@@ -294,7 +294,15 @@ class EdgeLM(nn.Module):
         positions written. Writes to positions >= S are dropped, so a zero-padded last prefill chunk is harmless
         as long as its rows' logits are ignored.
         """
-        s = k_cache.shape[3]
+        layers = range(len(self.model.layers))
+        logits, new_k, new_v = self.step_layers(input_ids, position, [k_cache[i] for i in layers],
+                                                [v_cache[i] for i in layers])
+        return logits, torch.stack(new_k), torch.stack(new_v)
+
+    def step_layers(self, input_ids, position, k_caches, v_caches):
+        """`step` with one cache tensor per layer ([1, kv_heads, S, head_dim] each), as LiteRT-LM's signatures take
+        them; returns (logits [1,T,V], new k list, new v list)."""
+        s = k_caches[0].shape[2]
         # Shape-only check; skipped while tracing for export, where it would only add a TracerWarning.
         if not torch.jit.is_tracing() and s > self.rope_cos.shape[0]:
             raise EdgeError(
@@ -309,7 +317,7 @@ class EdgeLM(nn.Module):
         cos, sin = self.rope_cos[rope_pos], self.rope_sin[rope_pos]
 
         slots = torch.arange(s, device=ids.device)
-        write = (slots[None, :] == positions[:, None]).to(k_cache.dtype)  # [T,S] one-hot rows
+        write = (slots[None, :] == positions[:, None]).to(k_caches[0].dtype)  # [T,S] one-hot rows
         keep = (1.0 - write.sum(0))[None, None, :, None]  # [1,1,S,1]: 0 where a slot is overwritten
         # GQA without copying the cache per head: the `rep` query heads sharing a kv head are stacked along the
         # row axis ([KV, rep*T, D], rows ordered (r, t)), so the mask rows repeat positions rep times.
@@ -322,8 +330,8 @@ class EdgeLM(nn.Module):
         for i, layer in enumerate(self.model.layers):
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)
-            kc = k_cache[i] * keep + torch.einsum("ts,bhtd->bhsd", write, k.to(k_cache.dtype))
-            vc = v_cache[i] * keep + torch.einsum("ts,bhtd->bhsd", write, v.to(v_cache.dtype))
+            kc = k_caches[i] * keep + torch.einsum("ts,bhtd->bhsd", write, k.to(k_caches[i].dtype))
+            vc = v_caches[i] * keep + torch.einsum("ts,bhtd->bhsd", write, v.to(v_caches[i].dtype))
             new_k.append(kc)
             new_v.append(vc)
             # Batch 1 is dropped so these are 3-D matmuls, and sizes are constants or -1: T stays dynamic in the
@@ -337,7 +345,7 @@ class EdgeLM(nn.Module):
             x = x + attn.o_proj(y)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.lm_head(self.model.norm(x))
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        return logits, new_k, new_v
 
     def empty_cache(self, max_len: int, dtype=torch.float32):
         c = self.cfg

@@ -1,6 +1,7 @@
-"""Android phones through LiteRT: the PyTorch student (and the teacher, for the side-by-side bench) converted by
-litert-torch into every variant, each checked with the LiteRT interpreter; host LiteRT benches at 1, 2 and 4
-threads; dist/android/ ships the profile's variant. No ONNX stages."""
+"""Android phones through LiteRT-LM (.litertlm) and LiteRT (.tflite): the PyTorch student (and the teacher, for the
+side-by-side bench) converted by litert-torch into every variant, each checked with the LiteRT interpreter, fp32
+and the shipped variant packed as .litertlm and run through LiteRT-LM; host LiteRT benches at 1, 2 and 4 threads
+beside LiteRT-LM's own benchmark; dist/android/ ships the profile's variant. No ONNX stages."""
 
 from __future__ import annotations
 
