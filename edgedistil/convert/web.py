@@ -189,11 +189,13 @@ def _measured_text(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, records: dict, node_modules: Path) -> dict:
+def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, records: dict, node_modules: Path,
+                        hf_section=None) -> dict:
     """Write the bundle into the existing, empty folder `dest` and return its manifest.
 
     `records` holds the export, quantize and distill records, and optionally `bench` (native ONNX Runtime) and
-    `bench_web` (the browser, see edgedistil.bench.web).
+    `bench_web` (the browser, see edgedistil.bench.web). `hf_section(dest)`, when given, writes the Hugging Face
+    ONNX layout beside the bundle's own files (targets/_hf_layout.py) and returns the manifest's `hf_onnx`.
     """
     dest = Path(dest)
     export, quant, distill = records["export"], records["quantize"], records["distill"]
@@ -239,12 +241,15 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         cache_shape=export["kv_cache"]["shape"], vocab=graphs[0]["outputs"][0]["shape"][-1],
         ort_version=versions["onnxruntime-web"], tok_version=versions["@huggingface/tokenizers"],
         measured=_measured_text(manifest)))
+    if hf_section:
+        manifest["hf_onnx"] = hf_section(dest)
     manifest["files"] = [file_entry(p, dest) for p in sorted(dest.rglob("*")) if p.is_file()]
     write_json(dest / "manifest.json", manifest)
     return manifest
 
 
-def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, records: dict, log=print) -> dict:
+def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, records: dict, log=print,
+                    hf_section=None) -> dict:
     """Assemble `out_dir` (dist/web) atomically; see assemble_web_bundle for `records`."""
     node_modules = web_runtime(log)
     web = records.get("bench_web")
@@ -252,7 +257,7 @@ def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, reco
         raise EdgeError("the browser bench record is for another model file than the one being bundled",
                         "rerun `edgedistil build --target web` so the browser bench runs on this model")
     with atomic_dir(out_dir) as tmp:
-        manifest = assemble_web_bundle(tmp, quantized_onnx, student_dir, records, node_modules)
+        manifest = assemble_web_bundle(tmp, quantized_onnx, student_dir, records, node_modules, hf_section)
     files = manifest["files"]
     log(f"convert[web]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files)")
     return manifest
