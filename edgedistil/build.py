@@ -277,8 +277,11 @@ def eval_record(run: Run) -> dict | None:
     return read_json(path, "eval record") if run.recipe.eval.run and path.is_file() else None
 
 
-def export_stage(role: str, model_dir: Path | None = None) -> Stage:
-    """The student (or the teacher) to one ONNX graph for prefill and decode, checked against PyTorch."""
+def export_stage(role: str, model_dir: Path | None = None, cache: str | None = None) -> Stage:
+    """The student (or the teacher) to one ONNX graph for prefill and decode, checked against PyTorch. `cache`
+    None exports the recipe's `[export] cache` layout into export/<role>/; a layout named here (a target's own,
+    e.g. "hf") goes to export/<role>-<cache>/ beside it."""
+    suffix = f"-{cache}" if cache else ""
     def model(run: Run) -> Path:
         if model_dir is not None:
             return Path(model_dir)
@@ -288,22 +291,26 @@ def export_stage(role: str, model_dir: Path | None = None) -> Stage:
         if not (model(run) / "config.json").is_file():
             raise EdgeError(f"model folder {model(run)} has no config.json",
                             "run `edgedistil distill` first, or pass --model PATH to an HF model folder")
-        return stage_key("export", role, run.recipe.section("export"), folder_fingerprint(model(run)))
+        return stage_key("export", role, run.recipe.section("export"), folder_fingerprint(model(run)),
+                         *([cache] if cache else []))
 
     def go(run: Run, folder: Path) -> dict:
         from edgedistil.export.onnx import run_export
 
         e = run.recipe.export
         return run_export(model(run), folder, run.heldout_ids(), e.max_len, e.prefill_len, role, log=run.log,
-                          cache=e.cache)
+                          cache=cache or e.cache)
 
-    return Stage(f"export[{role}]", f"export/{role}", key, go)
+    return Stage(f"export[{role}{suffix}]", f"export/{role}{suffix}", key, go)
 
 
-def quantize_stage(method: str, src: Path | None = None) -> Stage:
-    """The exported student quantized by `method`, checked against the fp32 PyTorch student."""
+def quantize_stage(method: str, src: Path | None = None, cache: str | None = None) -> Stage:
+    """The exported student quantized by `method`, checked against the fp32 PyTorch student. `cache` names the
+    export_stage layout it reads (None: the recipe's, export/student/), and its folder is quantize/<method>-<cache>/."""
+    suffix = f"-{cache}" if cache else ""
+
     def source(run: Run) -> Path:
-        return Path(src) if src else run.out / "export" / "student" / "model.onnx"
+        return Path(src) if src else run.out / "export" / f"student{suffix}" / "model.onnx"
 
     def key(run: Run) -> str:
         read_json(source(run).parent / "record.json", "export record")  # refuses a model with no export record
@@ -320,7 +327,7 @@ def quantize_stage(method: str, src: Path | None = None) -> Stage:
                             method, log=run.log, block_size=q.block_size, keep_float=keep_float, rounding=q.rounding,
                             eight_bit=None if q.int4_eight_bit == ["auto"] else tuple(q.int4_eight_bit))
 
-    return Stage(f"quantize[{method}]", f"quantize/{method}", key, go)
+    return Stage(f"quantize[{method}{suffix}]", f"quantize/{method}{suffix}", key, go)
 
 
 def bench_prompt(run: Run) -> list[int]:

@@ -217,6 +217,9 @@ class TargetProfile:
     compute: str = "fp16"  # ios only: Core ML compute precision, "fp16" (Neural Engine) or "mixed" (fp32 between
     # the fp16 matmuls)
     device: str = ""  # a named device profile (targets/devices/) whose projected decode speed `check` shows
+    # the Hugging Face ONNX layout in the bundle (convert/hf_onnx.py): Transformers.js dtype -> the method that
+    # makes its file ("fp32": the export itself), e.g. {fp32 = "fp32", q8 = "int8_storage"}; empty: none
+    hf_onnx: dict[str, str] = field(default_factory=dict)
     budgets: dict[str, float] = field(default_factory=dict)
     path: str | None = None
 
@@ -457,6 +460,13 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
             load_device(raw["device"])
         except EdgeError as e:
             raise EdgeError(f"{at(str(path), 'device')}: {e.problem}", e.fix) from None
+    hf_onnx = raw.get("hf_onnx", {})
+    if not isinstance(hf_onnx, dict) or not all(isinstance(v, str) for v in hf_onnx.values()):
+        raise EdgeError(f"{at(str(path), 'hf_onnx')}: must be a table of dtype = \"method\"",
+                        "write it like hf_onnx = { fp32 = \"fp32\", q8 = \"int8_storage\" }")
+    from edgedistil.convert.hf_onnx import check_hf_files
+
+    check_hf_files(hf_onnx, at(str(path), "hf_onnx"))
     if raw.get("module") not in TARGET_MODULES:
         near = difflib.get_close_matches(str(raw.get("module", "")), TARGET_MODULES, n=1)
         problem = (f"{at(str(path), 'module')}: no target module '{raw['module']}' in edgedistil/targets/"
@@ -467,7 +477,7 @@ def load_target(target_or_path: str | Path) -> TargetProfile:
         target=raw["target"], format=raw["format"], quantization=raw["quantization"], runtime=raw["runtime"],
         module=raw["module"],
         threads=raw.get("threads", 1), max_len=raw.get("max_len", 256), min_ios=raw.get("min_ios", 18),
-        compute=raw.get("compute", "fp16"), device=raw.get("device", ""),
+        compute=raw.get("compute", "fp16"), device=raw.get("device", ""), hf_onnx=hf_onnx,
         budgets=load_budgets(raw.get("budgets", {}), str(path)), path=str(path),
     )
 

@@ -147,3 +147,13 @@ def test_missing_npm_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(EdgeError, match="npm.*not on PATH.*apt-get install nodejs npm"):
         web_runtime()
     assert not (tmp_path / "empty").exists()  # nothing half-installed
+
+
+def test_web_bundle_carries_the_hf_layout_that_transformersjs_loads(tiny_run):
+    bundle = bundle_of(tiny_run)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"config.json", "genai_config.json", "onnx/model_quantized.onnx", "tokenizer_config.json"} <= paths
+    tjs = manifest["hf_onnx"]["consumers"]["transformers.js"]
+    assert tjs["ran"] and tjs["files"]["q8"]["ids_equal"] and len(tjs["files"]["q8"]["ids"]) >= 8, tjs
+    assert manifest["hf_onnx"]["consumers"]["onnxruntime-genai"]["ids_equal"]

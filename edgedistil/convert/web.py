@@ -42,8 +42,8 @@ NPM_FIX = ("install Node.js and npm (Debian: `apt-get install nodejs npm`) and a
 # ---- the pinned JS runtime -------------------------------------------------------------------------------------
 
 
-def lock_hash() -> str:
-    return hashlib.sha256((RUNTIME_SRC / "package-lock.json").read_bytes()).hexdigest()[:16]
+def lock_hash(src: Path = RUNTIME_SRC) -> str:
+    return hashlib.sha256((src / "package-lock.json").read_bytes()).hexdigest()[:16]
 
 
 def npm_cache_root() -> Path:
@@ -55,17 +55,23 @@ def npm_cache_root() -> Path:
 
 def web_runtime(log=print) -> Path:
     """The `node_modules` folder of the pinned runtime, installed with `npm ci` on first use."""
-    dest = npm_cache_root() / lock_hash()
-    if (dest / "node_modules").is_dir() and all((dest / "node_modules" / p).is_file() for p in VENDOR_FILES.values()):
+    return npm_ci(RUNTIME_SRC, VENDOR_FILES.values(), "onnxruntime-web, @huggingface/tokenizers", log)
+
+
+def npm_ci(src: Path, required, what: str, log=print) -> Path:
+    """The `node_modules` of the lockfile in `src`, installed once with `npm ci` into `<npm cache>/<lock hash>/`;
+    `required` are paths under node_modules that must be there."""
+    dest = npm_cache_root() / lock_hash(src)
+    if (dest / "node_modules").is_dir() and all((dest / "node_modules" / p).is_file() for p in required):
         return dest / "node_modules"
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        raise EdgeError("the web bundle needs the pinned onnxruntime-web from npm, but `npm`/`node` are not on PATH",
+        raise EdgeError(f"edgedistil needs the pinned npm packages {what}, but `npm`/`node` are not on PATH",
                         NPM_FIX)
-    log(f"installing the pinned JS runtime (onnxruntime-web, @huggingface/tokenizers) with npm ci into {dest}")
+    log(f"installing the pinned JS packages ({what}) with npm ci into {dest}")
     with atomic_dir(dest) as tmp:
         for name in ("package.json", "package-lock.json"):
-            shutil.copy2(RUNTIME_SRC / name, tmp / name)
+            shutil.copy2(src / name, tmp / name)
         # --ignore-scripts: nothing from the registry runs here; we only copy files out of the packages
         cmd = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--fetch-retries=1",
                "--fetch-timeout=60000"]
@@ -73,13 +79,13 @@ def web_runtime(log=print) -> Path:
             proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   errors="replace", timeout=600)
         except subprocess.TimeoutExpired:
-            raise EdgeError("`npm ci` for the web runtime did not finish in 10 minutes", NPM_FIX) from None
+            raise EdgeError(f"`npm ci` for {what} did not finish in 10 minutes", NPM_FIX) from None
         if proc.returncode != 0:
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             errors = [ln for ln in lines if "ERR" in ln] or lines or ["npm exited without a message"]
-            raise EdgeError(f"could not install the pinned JS runtime from the npm registry (not reachable?): "
-                            f"{' / '.join(errors[:3])[:300]}", NPM_FIX)
-        missing = [p for p in VENDOR_FILES.values() if not (tmp / "node_modules" / p).is_file()]
+            raise EdgeError(f"could not install the pinned JS packages ({what}) from the npm registry (not "
+                            f"reachable?): {' / '.join(errors[:3])[:300]}", NPM_FIX)
+        missing = [p for p in required if not (tmp / "node_modules" / p).is_file()]
         if missing:
             raise EdgeError(f"the installed npm packages lack {missing[0]}", "delete the npm cache folder and retry")
     return dest / "node_modules"
@@ -183,11 +189,13 @@ def _measured_text(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, records: dict, node_modules: Path) -> dict:
+def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, records: dict, node_modules: Path,
+                        hf_section=None) -> dict:
     """Write the bundle into the existing, empty folder `dest` and return its manifest.
 
     `records` holds the export, quantize and distill records, and optionally `bench` (native ONNX Runtime) and
-    `bench_web` (the browser, see edgedistil.bench.web).
+    `bench_web` (the browser, see edgedistil.bench.web). `hf_section(dest)`, when given, writes the Hugging Face
+    ONNX layout beside the bundle's own files (targets/_hf_layout.py) and returns the manifest's `hf_onnx`.
     """
     dest = Path(dest)
     export, quant, distill = records["export"], records["quantize"], records["distill"]
@@ -233,12 +241,15 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         cache_shape=export["kv_cache"]["shape"], vocab=graphs[0]["outputs"][0]["shape"][-1],
         ort_version=versions["onnxruntime-web"], tok_version=versions["@huggingface/tokenizers"],
         measured=_measured_text(manifest)))
+    if hf_section:
+        manifest["hf_onnx"] = hf_section(dest)
     manifest["files"] = [file_entry(p, dest) for p in sorted(dest.rglob("*")) if p.is_file()]
     write_json(dest / "manifest.json", manifest)
     return manifest
 
 
-def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, records: dict, log=print) -> dict:
+def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, records: dict, log=print,
+                    hf_section=None) -> dict:
     """Assemble `out_dir` (dist/web) atomically; see assemble_web_bundle for `records`."""
     node_modules = web_runtime(log)
     web = records.get("bench_web")
@@ -246,7 +257,7 @@ def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, reco
         raise EdgeError("the browser bench record is for another model file than the one being bundled",
                         "rerun `edgedistil build --target web` so the browser bench runs on this model")
     with atomic_dir(out_dir) as tmp:
-        manifest = assemble_web_bundle(tmp, quantized_onnx, student_dir, records, node_modules)
+        manifest = assemble_web_bundle(tmp, quantized_onnx, student_dir, records, node_modules, hf_section)
     files = manifest["files"]
     log(f"convert[web]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files)")
     return manifest
@@ -358,5 +369,8 @@ def verify_onnx(bundle: Path, manifest: dict) -> list[dict]:
 
 
 
-if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS runtime now (CI does this)
+if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS packages now (CI does this)
+    from edgedistil.convert.hf_consumers import transformersjs_runtime
+
     print(web_runtime())
+    print(transformersjs_runtime())

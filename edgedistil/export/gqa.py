@@ -7,8 +7,15 @@ token copies every layer's cache twice. Here each layer has its own cache tensor
 past_present_share_buffer), the cache is updated in place: nothing but the new rows moves. RoPE runs inside the op
 (do_rotary, non-interleaved as Llama's rotate_half), so positions follow from `position` alone.
 
-Inputs stay those of the edgedistil convention: `input_ids` int32 [1, T] (T = P for prefill, 1 for decode) and
-`position` int32 [1]. The tied embedding is stored once, as the LM head's [hidden, vocab] matrix; the embedding
+Two I/O conventions (`io`):
+- "edgedistil": `input_ids` int32 [1, T] (T = P for prefill, 1 for decode) and `position` int32 [1], caches
+  `[1, kv_heads, max_len, head_dim]`: our Python loop's.
+- "hf": the Hugging Face ONNX layout that Transformers.js, onnxruntime-genai and Optimum feed as it is
+  (shared/notes/consumers.md): `input_ids` and `attention_mask` int64 `[batch_size, ...]`, caches
+  `[batch_size, kv_heads, past_sequence_length, head_dim]` with numeric kv_heads and head_dim (Transformers.js
+  builds the empty first past from them). seqlens_k and total_sequence_length are computed inside the graph from
+  attention_mask, as onnxruntime-genai's model builder does, since any extra input breaks Transformers.js and
+  Optimum. A consumer may grow the cache (past of length P in, P + T out) or share one max_len buffer per layer. The tied embedding is stored once, as the LM head's [hidden, vocab] matrix; the embedding
 lookup gathers its columns (Gather axis 1, then a small transpose of the [hidden, 1, T] result). As in
 onnxruntime-genai's graphs, q/k/v are one MatMul whose packed output GroupQueryAttention splits itself, and
 gate/up are one MatMul and a Split: a decode step is four weight MatMuls per layer instead of seven.
@@ -29,11 +36,18 @@ def cache_names(layers: int) -> list[tuple[str, str, str, str]]:
             for i in range(layers)]
 
 
-def build_gqa_graph(model: EdgeLM, max_len: int):
-    """An onnx.ModelProto of `model`'s step with per-layer caches updated by GroupQueryAttention."""
+IO_CONVENTIONS = ("edgedistil", "hf")
+
+
+def build_gqa_graph(model: EdgeLM, max_len: int, io: str = "edgedistil"):
+    """An onnx.ModelProto of `model`'s step with per-layer caches updated by GroupQueryAttention, with the inputs
+    of the `io` convention (see the module docstring)."""
     from onnx import TensorProto, helper, numpy_helper
 
+    if io not in IO_CONVENTIONS:
+        raise ValueError(f"io must be one of {IO_CONVENTIONS}, got {io!r}")
     c = model.cfg
+    tokens = ["batch_size", "sequence_length"] if io == "hf" else [1, "T"]
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     nodes, inits = [], []
 
@@ -67,13 +81,11 @@ def build_gqa_graph(model: EdgeLM, max_len: int):
     init("/eps", np.array(c.rms_norm_eps, np.float32))
     split = init("/gate_up_split", np.array([c.intermediate_size, c.intermediate_size], np.int64))
 
-    # ---- positions: GQA wants seqlens_k = total - 1 [1] and total_sequence_length (scalar), total = position + T
-    t_len = node("Cast", [node("Gather", ["/shape_ids", init("/one_i64", np.array(1, np.int64))], "/T")], "/T_i32",
-                 to=TensorProto.INT32)
-    nodes.insert(0, helper.make_node("Shape", ["input_ids"], ["/shape_ids"], name="/Shape"))
-    total = node("Add", ["position", t_len], "/total")  # [1]
-    seqlens_k = node("Sub", [total, init("/one_i32", np.array([1], np.int32))], "/seqlens_k")
-    total_scalar = node("Squeeze", [total, init("/axis0", np.array([0], np.int64))], "/total_scalar")
+    # ---- positions: GQA wants seqlens_k = total - 1 [B] and total_sequence_length (scalar)
+    if io == "hf":
+        seqlens_k, total_scalar = hf_sequence_lengths(node, init)
+    else:
+        seqlens_k, total_scalar = position_sequence_lengths(node, init, nodes)
 
     inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.int64).astype(np.float32) / c.head_dim))
     freqs = np.arange(max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # [max_len, D/2]
@@ -99,7 +111,7 @@ def build_gqa_graph(model: EdgeLM, max_len: int):
                        scale=float(c.head_dim ** -0.5), do_rotary=1, rotary_interleaved=0)
         nodes[-1].output[1], nodes[-1].output[2] = nk, nv
         # declared, since shape inference cannot see through a contrib op (the quantizers need the types)
-        typed.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, "T", c.num_attention_heads * c.head_dim]))
+        typed.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [*tokens, c.num_attention_heads * c.head_dim]))
         x = node("Add", [x, linear(y, [f"{p}.self_attn.o_proj"], f"layers.{i}/o_proj")], f"/layers.{i}/attn_residual")
         h = rmsnorm(x, f"{p}.post_attention_layernorm", f"/layers.{i}/post_attention_layernorm")
         gate_up = linear(h, [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], f"layers.{i}/mlp/gate_up_proj")
@@ -111,17 +123,61 @@ def build_gqa_graph(model: EdgeLM, max_len: int):
     x = rmsnorm(x, "model.norm", "/norm")
     nodes.append(helper.make_node("MatMul", [x, head_name], ["logits"], name="/lm_head/MatMul"))
 
-    f32, i32 = TensorProto.FLOAT, TensorProto.INT32
-    cache_shape = [1, c.num_key_value_heads, max_len, c.head_dim]
-    inputs = [helper.make_tensor_value_info("input_ids", i32, [1, "T"]),
-              helper.make_tensor_value_info("position", i32, [1])]
-    outputs = [helper.make_tensor_value_info("logits", f32, [1, "T", c.vocab_size])]
-    for names in cache_names(c.num_hidden_layers):
-        inputs += [helper.make_tensor_value_info(n, f32, cache_shape) for n in names[:2]]
-        outputs += [helper.make_tensor_value_info(n, f32, cache_shape) for n in names[2:]]
+    inputs, outputs = graph_inputs_outputs(c, max_len, io, tokens)
     graph = helper.make_graph(nodes, "edgedistil_gqa", inputs, outputs, inits, value_info=typed)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", GQA_OPSET),
                                                     helper.make_opsetid("com.microsoft", 1)],
                               producer_name="edgedistil")
     proto.ir_version = 8
+    # the consumers' past is symbolic: the RoPE tables' length is the longest sequence the graph serves
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "edgedistil.max_len", str(max_len)
     return proto
+
+
+def position_sequence_lengths(node, init, nodes) -> tuple[str, str]:
+    """seqlens_k and total_sequence_length from the `position` input: total = position + T."""
+    from onnx import TensorProto, helper
+
+    t_len = node("Cast", [node("Gather", ["/shape_ids", init("/one_i64", np.array(1, np.int64))], "/T")], "/T_i32",
+                 to=TensorProto.INT32)
+    nodes.insert(0, helper.make_node("Shape", ["input_ids"], ["/shape_ids"], name="/Shape"))
+    total = node("Add", ["position", t_len], "/total")  # [1]
+    seqlens_k = node("Sub", [total, init("/one_i32", np.array([1], np.int32))], "/seqlens_k")
+    return seqlens_k, node("Squeeze", [total, init("/axis0", np.array([0], np.int64))], "/total_scalar")
+
+
+def hf_sequence_lengths(node, init) -> tuple[str, str]:
+    """seqlens_k = ReduceSum(attention_mask) - 1 per row and total_sequence_length = attention_mask's length,
+    the subgraph onnxruntime-genai's builder emits (make_attention_mask_reformatting_for_gqa)."""
+    from onnx import TensorProto
+
+    axis1 = init("/axis1", np.array([1], np.int64))
+    kept = node("ReduceSum", ["attention_mask", axis1], "/attention_mask/ReduceSum", keepdims=0)  # [B]
+    seqlens = node("Sub", [kept, init("/one_i64_vec", np.array([1], np.int64))], "/attention_mask/Sub")
+    seqlens_k = node("Cast", [seqlens], "/seqlens_k", to=TensorProto.INT32)
+    length = node("Gather", [node("Shape", ["attention_mask"], "/attention_mask/Shape"),
+                             init("/one_i64", np.array(1, np.int64))], "/attention_mask/Gather", axis=0)
+    return seqlens_k, node("Cast", [length], "/total_sequence_length", to=TensorProto.INT32)
+
+
+def graph_inputs_outputs(c, max_len: int, io: str, tokens: list) -> tuple[list, list]:
+    """The graph's declared inputs and outputs in the `io` convention."""
+    from onnx import TensorProto, helper
+
+    f32 = TensorProto.FLOAT
+    if io == "hf":
+        past = ["batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim]
+        present = ["batch_size", c.num_key_value_heads, "total_sequence_length", c.head_dim]
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, tokens),
+                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                ["batch_size", "total_sequence_length"])]
+    else:
+        past = present = [1, c.num_key_value_heads, max_len, c.head_dim]
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, tokens),
+                  helper.make_tensor_value_info("position", TensorProto.INT32, [1])]
+    outputs = [helper.make_tensor_value_info("logits", f32, [*tokens, c.vocab_size])]
+    for names in cache_names(c.num_hidden_layers):
+        inputs += [helper.make_tensor_value_info(n, f32, past) for n in names[:2]]
+        outputs += [helper.make_tensor_value_info(n, f32, present) for n in names[2:]]
+    return inputs, outputs

@@ -4,7 +4,9 @@ One graph serves both prefill (T = P) and decode (T = 1): T is the only dynamic 
 once, which matters for a browser download. The cache layout is a recipe option
 (`[export] cache`): "full" traces EdgeLM.step, with the static `[layers, 1, kv_heads, max_len, head_dim]` cache going
 in and out whole every step (portable: the web bundle's); "gqa" builds the graph op by op around ONNX Runtime's
-GroupQueryAttention with per-layer caches updated in place (export/gqa.py).
+GroupQueryAttention with per-layer caches updated in place (export/gqa.py); "hf" is the same graph with the
+Hugging Face ONNX layout's inputs (int64 `input_ids` and `attention_mask`, caches of any length), which
+Transformers.js, onnxruntime-genai and Optimum load as it is (convert/hf_onnx.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from edgedistil.runtimes.torch_step import TorchLM
 OPSET = 17
 INPUTS = ["input_ids", "position", "k_cache", "v_cache"]
 OUTPUTS = ["logits", "k_cache_out", "v_cache_out"]
+CACHE_LAYOUTS = ("full", "gqa", "hf")
 
 
 class _Step(torch.nn.Module):
@@ -45,6 +48,11 @@ def cache_layout(model: EdgeLM, max_len: int, cache: str = "full") -> dict:
     c = model.cfg
     common = {"layout": cache, "layers": c.num_hidden_layers, "kv_heads": c.num_key_value_heads,
               "head_dim": c.head_dim, "max_len": max_len, "dtype": "float32"}
+    if cache == "hf":
+        return {**common, "shape": ["batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim],
+                "physical": "one tensor per layer: past_key_values.{i}.key|value in, present.{i}.key|value out "
+                            "(past + new rows); or one max_len buffer per layer bound to both (onnxruntime-genai's "
+                            "past_present_share_buffer), which GroupQueryAttention updates in place"}
     if cache == "gqa":
         return {**common, "shape": [1, c.num_key_value_heads, max_len, c.head_dim],
                 "physical": "one tensor per layer: past_key_values.{i}.key|value in, present.{i}.key|value out; bind "
@@ -55,7 +63,8 @@ def cache_layout(model: EdgeLM, max_len: int, cache: str = "full") -> dict:
 
 def graph_io(path: Path, prefill_len: int) -> list[dict]:
     """The prefill and decode views of the exported graph for the manifest, with every shape and dtype read back
-    from one ONNX Runtime call at that token count (the graph's own output dims are mostly symbolic)."""
+    from one ONNX Runtime call at that token count (the graph's own output dims are mostly symbolic). A Hugging
+    Face layout graph is called as its consumers first call it: batch 1, an empty past, an all-ones mask."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -63,8 +72,11 @@ def graph_io(path: Path, prefill_len: int) -> list[dict]:
               "tensor(float16)": np.float16}
     views = []
     for name, t in (("prefill", prefill_len), ("decode", 1)):
-        feed = {i.name: np.zeros([d if isinstance(d, int) else t for d in i.shape], dtypes[i.type])
+        dims = {"batch_size": 1, "past_sequence_length": 0}
+        feed = {i.name: np.zeros([d if isinstance(d, int) else dims.get(d, t) for d in i.shape], dtypes[i.type])
                 for i in session.get_inputs()}
+        if "attention_mask" in feed:
+            feed["attention_mask"] = np.ones_like(feed["attention_mask"])
         outs = session.run(None, feed)
         views.append({
             "name": name, "file": path.name, "tokens_per_call": t,
@@ -103,14 +115,14 @@ def run_export(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, max_len:
 
     from edgedistil.export.gqa import build_gqa_graph
 
-    if cache not in ("full", "gqa"):
+    if cache not in CACHE_LAYOUTS:
         raise EdgeError(f"unknown cache layout '{cache}'", "use [export] cache = \"full\" or \"gqa\"")
     model = load_hf_folder(model_dir, max_len=max_len).eval()
     with atomic_dir(out_dir) as tmp:
         path = tmp / "model.onnx"
         t0 = time.perf_counter()
-        if cache == "gqa":
-            onnx.save(build_gqa_graph(model, max_len), str(path))
+        if cache in ("gqa", "hf"):
+            onnx.save(build_gqa_graph(model, max_len, io="hf" if cache == "hf" else "edgedistil"), str(path))
         else:
             trace_full(model, path, max_len, prefill_len)
         export_s = time.perf_counter() - t0

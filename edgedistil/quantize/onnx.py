@@ -43,7 +43,7 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.export.onnx import op_histogram
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import load_hf_folder
-from edgedistil.quantize import METHODS
+from edgedistil.quantize import METHODS, PRECISION
 from edgedistil.quantize.blockwise import (calibrate, quantize_gathers, quantize_matmuls, smooth_norm_inputs,
                                            store_matmuls_int8)
 from edgedistil.quantize.precision import layer_precisions, precision_report
@@ -51,8 +51,6 @@ from edgedistil.records import sha256_file, versions
 from edgedistil.runtimes.ort import OrtLM
 from edgedistil.runtimes.torch_step import TorchLM
 
-PRECISION = {"int8": "int8", "int8_wo": "int8", "int8_storage": "int8", "int8_static": "int8", "int4": "int4",
-             "fp16": "fp16"}
 GPTQ_METHODS = ("int4", "int8_wo", "int8_storage")  # the methods `rounding` applies to
 # Chosen per method from the per-layer sensitivity measured on the embedded default (docs/design.md, Quantization).
 DEFAULT_KEEP_FLOAT: dict[str, list[str]] = {"int8": [], "int8_wo": [], "int8_storage": [], "int8_static": [],

@@ -36,10 +36,12 @@ class OrtLM:
             raise EdgeError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}",
                             "the file is corrupt or not an edgedistil export; rerun `edgedistil export`")
         inputs = {i.name: i for i in self.session.get_inputs()}
-        # two cache layouts: "full" (k_cache/v_cache [L,1,KV,S,D] in and out) and "gqa" (per-layer caches that
-        # GroupQueryAttention updates in place, export/gqa.py)
-        self.layout = "gqa" if "past_key_values.0.key" in inputs else "full"
-        need = {"input_ids", "position"} | ({"k_cache", "v_cache"} if self.layout == "full" else set())
+        # three cache layouts: "full" (k_cache/v_cache [L,1,KV,S,D] in and out), "gqa" (per-layer caches that
+        # GroupQueryAttention updates in place, export/gqa.py) and "hf" (the gqa graph with the Hugging Face
+        # layout's attention_mask instead of position; run here with one max_len buffer per layer, in place)
+        self.layout = ("hf" if "attention_mask" in inputs else "gqa") if "past_key_values.0.key" in inputs else "full"
+        need = {"input_ids", "attention_mask" if self.layout == "hf" else "position"} | (
+            {"k_cache", "v_cache"} if self.layout == "full" else set())
         missing = need - set(inputs)
         if missing:
             raise EdgeError(f"{path} lacks the inputs {sorted(missing)} of the edgedistil cache convention",
@@ -47,14 +49,23 @@ class OrtLM:
         if self.layout == "full":
             self.cache_shape = tuple(inputs["k_cache"].shape)
             self.max_len = int(self.cache_shape[3])
-        else:
+        elif self.layout == "gqa":
             self.layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
             self.cache_shape = tuple(inputs["past_key_values.0.key"].shape)  # [1, KV, S, D] per layer
             self.max_len = int(self.cache_shape[2])
+        else:
+            self.layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
+            meta = self.session.get_modelmeta().custom_metadata_map
+            if "edgedistil.max_len" not in meta:
+                raise EdgeError(f"{path} has no edgedistil.max_len metadata (the length its RoPE tables serve)",
+                                "export the model with `edgedistil export`")
+            self.max_len = int(meta["edgedistil.max_len"])
+            _, kv_heads, _, head_dim = inputs["past_key_values.0.key"].shape
+            self.cache_shape = (1, kv_heads, self.max_len, head_dim)
         self.path = path
 
     def empty_cache(self):
-        if self.layout == "gqa":
+        if self.layout in ("gqa", "hf"):
             import onnxruntime as ort
 
             return [ort.OrtValue.ortvalue_from_numpy(np.zeros(self.cache_shape, np.float32))
@@ -73,8 +84,12 @@ class OrtLM:
                 "input_ids": ids_arr, "position": pos_arr, "k_cache": k, "v_cache": v})
             return logits[0], (k, v), dict(zip(taps, tapped))
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids_arr)
-        binding.bind_cpu_input("position", pos_arr)
+        if self.layout == "hf":  # the mask's length says where the new tokens go: position + T in all
+            binding.bind_cpu_input("input_ids", ids_arr.astype(np.int64))
+            binding.bind_cpu_input("attention_mask", np.ones((1, position + len(ids)), np.int64))
+        else:
+            binding.bind_cpu_input("input_ids", ids_arr)
+            binding.bind_cpu_input("position", pos_arr)
         for name in ("logits", *taps):  # first: get_outputs() lists outputs in binding order
             binding.bind_output(name)
         for i in range(self.layers):

@@ -10,6 +10,7 @@ from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import EdgeError, read_json
 from edgedistil.records import sha256_file, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
+from edgedistil.targets._hf_layout import hf_stage_names, hf_stages, write_hf_section
 
 TEACHER_ONNX = "export/teacher/model.onnx"
 
@@ -49,15 +50,18 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
                              log=run.log)
 
     def bundle_key(run: Run) -> str:
-        return stage_key("convert", profile.target, [run.key_of(n) for n in (*upstream, "bench[web]", "eval")])
+        hf = [profile.hf_onnx, [run.key_of(n) for n in hf_stage_names(profile)]] if profile.hf_onnx else []
+        return stage_key("convert", profile.target, [run.key_of(n) for n in (*upstream, "bench[web]", "eval")], *hf)
 
     def bundle(run: Run, folder: Path) -> dict:
         from edgedistil.convert.web import run_convert_web
 
+        hf = (lambda dest: write_hf_section(run, profile, dest)) if profile.hf_onnx else None
         return dict(run_convert_web(run.out / student, run.out / "distill" / "student", folder, records(run, method),
-                                    log=run.log))
+                                    log=run.log, hf_section=hf))
 
     return [export_stage("student"), export_stage("teacher"), quantize_stage(method),
+            *(hf_stages(profile) if profile.hf_onnx else []),
             ort_bench_stage({"student": student, "teacher": TEACHER_ONNX}, threads),
             Stage("bench[web]", "bench-web", browser_key, browser),
             Stage(f"convert[{profile.target}]", f"dist/{profile.target}", bundle_key, bundle, convert=True)]

@@ -1,0 +1,56 @@
+"""The Hugging Face ONNX layout as stages, for any target whose profile names `hf_onnx` (onnx, web): the hf export
+of the student, one quantize stage per method the profile's files need, and the folder written into a bundle with
+the checks by its real consumers (convert/hf_consumers.py). Not a target module itself (the leading underscore)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgedistil.build import Run, export_stage, quantize_stage
+from edgedistil.config import TargetProfile
+from edgedistil.convert.hf_onnx import EXPORT, hf_fidelity, hf_graph_sources, write_hf_folder
+from edgedistil.targets import Stage
+
+CACHE = "hf"  # export_stage/quantize_stage layout: export/student-hf/, quantize/<method>-hf/
+CONSUMER_NEW_TOKENS = 32
+
+
+def hf_methods(profile: TargetProfile) -> list[str]:
+    return [m for m in dict.fromkeys(profile.hf_onnx.values()) if m != EXPORT]
+
+
+def hf_stages(profile: TargetProfile) -> list[Stage]:
+    return [export_stage("student", cache=CACHE), *(quantize_stage(m, cache=CACHE) for m in hf_methods(profile))]
+
+
+def hf_stage_names(profile: TargetProfile) -> list[str]:
+    """The stages a bundle with the layout reads, for its key."""
+    return [s.name for s in hf_stages(profile)]
+
+
+def consumer_texts(run: Run) -> list[str]:
+    """Two held-out prompts of different lengths (the genai batch), the shorter one also Transformers.js'."""
+    words = (run.out / "distill" / "heldout.txt").read_text(encoding="utf-8").split()
+    return [" ".join(words[:12]), " ".join(words[12:16])]
+
+
+def write_hf_section(run: Run, profile: TargetProfile, dest: Path) -> dict:
+    """Write the layout into the bundle folder `dest` (still its temp folder), run onnxruntime-genai and
+    Transformers.js on it, and return the manifest's `hf_onnx` section."""
+    from edgedistil.convert.hf_consumers import check_genai, check_transformersjs
+
+    student = run.out / "distill" / "student"
+    written = write_hf_folder(dest, student, hf_graph_sources(run.out, profile.hf_onnx), run.recipe.export.max_len)
+    texts = consumer_texts(run)
+    prompt = run.heldout_ids()[: run.recipe.export.prefill_len // 2].tolist()
+    run.log(f"hf-onnx: checking {dest.name}/onnx/ with onnxruntime-genai and Transformers.js")
+    consumers = {
+        "onnxruntime-genai": check_genai(dest, student, texts, CONSUMER_NEW_TOKENS),
+        "transformers.js": check_transformersjs(dest, student, prompt, texts[1], CONSUMER_NEW_TOKENS, log=run.log),
+    }
+    for name, c in consumers.items():
+        state = ("unavailable: " + c["reason"]) if not c.get("available") else (
+            f"ids equal to the references: {c.get('ids_equal')}" if c.get("ran", True) else "failed: " + c["reason"])
+        run.log(f"hf-onnx: {name}: {state}")
+    return {"layout": "Hugging Face ONNX (Transformers.js, onnxruntime-genai, Optimum)", "written": written,
+            "files": hf_fidelity(run.out, profile.hf_onnx), "consumers": consumers}

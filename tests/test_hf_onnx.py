@@ -1,0 +1,107 @@
+"""The Hugging Face ONNX layout (`--target onnx`, dist/onnx/) on the tiny recipe: the folder's files and graph I/O,
+each file's fidelity against the fp32 PyTorch student, and the real consumers' results recorded by the build:
+onnxruntime-genai (og.Model on the folder, one prompt and a batch of two) and Transformers.js in Chromium."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import TINY, TINY_BUDGETS, WEB_RUNTIME_ENV, edgedistil
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tiny_run, tmp_path_factory):
+    """`build --target onnx` in a copy of the tiny web run: distill, eval and the hf stages web shares are cached."""
+    out = tmp_path_factory.mktemp("onnx-run") / "run"
+    shutil.copytree(tiny_run[0], out, ignore=shutil.ignore_patterns(".lock"))
+    proc = edgedistil("build", "--target", "onnx", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", out,
+                      env={"EDGEDISTIL_CACHE": str(tmp_path_factory.mktemp("cache")), **WEB_RUNTIME_ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return out, json.loads((out / "dist" / "onnx" / "manifest.json").read_text())
+
+
+def test_folder_holds_the_layout_with_consumer_graph_io(onnx_run):
+    out, manifest = onnx_run
+    bundle = out / "dist" / "onnx"
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"config.json", "generation_config.json", "genai_config.json", "tokenizer.json", "tokenizer_config.json",
+            "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/model_q4.onnx", "manifest.json"} - {"manifest.json"} \
+        <= paths
+    genai = json.loads((bundle / "genai_config.json").read_text())["model"]
+    config = json.loads((bundle / "config.json").read_text())
+    assert genai["decoder"]["filename"] == "onnx/model.onnx" and genai["type"] == config["model_type"] == "llama"
+    assert genai["decoder"]["num_key_value_heads"] == config["num_key_value_heads"]
+    for name in ("model.onnx", "model_quantized.onnx", "model_q4.onnx"):
+        m = onnx.load(str(bundle / "onnx" / name), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)  # weights inline
+        io = {i.name: i.type.tensor_type for i in m.graph.input}
+        assert set(io) == {"input_ids", "attention_mask"} | {f"past_key_values.{i}.{kv}" for i in range(2)
+                                                             for kv in ("key", "value")}
+        assert io["input_ids"].elem_type == io["attention_mask"].elem_type == onnx.TensorProto.INT64
+        past = [d.dim_value or d.dim_param for d in io["past_key_values.0.key"].shape.dim]
+        assert past == ["batch_size", config["num_key_value_heads"], "past_sequence_length", config["head_dim"]]
+        assert "GroupQueryAttention" in {n.op_type for n in m.graph.node}
+
+
+def test_each_file_is_measured_against_pytorch_with_its_floors(onnx_run):
+    _, manifest = onnx_run
+    files = manifest["hf_onnx"]["files"]
+    assert {f["floors"]["precision"] for f in files.values()} == {"fp32", "int8", "int4"}
+    fp32 = files["model.onnx"]
+    assert fp32["floors"]["passed"] and fp32["top1_agreement"] >= 0.999 and fp32["positions_compared"] > 100
+    assert manifest["fidelity"]["top1_agreement"] == files["model_quantized.onnx"]["top1_agreement"]
+
+
+def test_onnxruntime_genai_generates_pytorch_ids_alone_and_in_a_batch(onnx_run):
+    genai = onnx_run[1]["hf_onnx"]["consumers"]["onnxruntime-genai"]
+    assert genai["available"] and genai["runtime"].startswith("onnxruntime-genai 0.18")
+    assert genai["prompt_tokens"][0] != genai["prompt_tokens"][1]  # two lengths: genai pads the batch
+    for result in [genai["single"], *genai["batch"]]:
+        assert result["ids_equal"] and len(result["ids"]) >= 8, result
+    assert genai["batch"][0]["reference_ids"] != genai["batch"][1]["reference_ids"]
+
+
+def test_transformersjs_loads_the_folder_in_chromium(onnx_run):
+    tjs = onnx_run[1]["hf_onnx"]["consumers"]["transformers.js"]
+    assert tjs["ran"] and tjs["runtime"].startswith("Transformers.js 4.3.1"), tjs
+    fp32 = tjs["files"]["fp32"]
+    assert fp32["ids_equal"] and len(fp32["ids"]) >= 8 and fp32["reference"] == "fp32 PyTorch student"
+    assert fp32["pipeline_text_equal_python"] and fp32["pipeline_text"]
+    q8 = tjs["files"]["q8"]  # fp32 compute on int8 weights: the same kernels as Python onnxruntime's
+    assert q8["ran"] and q8["ids_equal"] and q8["reference"] == "Python onnxruntime, same file"
+    q4 = tjs["files"]["q4"]  # MatMulNBits: wasm and native kernels may part at a near-tie; where, is recorded
+    assert q4["ran"] and (q4["ids_equal"] or abs(q4["divergence"]["logit_gap"]) < 0.5)
+
+
+def test_hf_graph_grows_its_cache_as_transformersjs_feeds_it(onnx_run):
+    """The consumers' own calling convention (past of length P in, P + T out), which OrtLM does not use."""
+    import onnxruntime as ort
+
+    out, manifest = onnx_run
+    s = ort.InferenceSession(str(out / "dist" / "onnx" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    kv, hd = manifest["kv_cache"]["kv_heads"], manifest["kv_cache"]["head_dim"]
+    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, hd), np.float32) for i in range(2) for k in ("key", "value")}
+    ids, names = [5, 9, 13, 17], [o.name for o in s.get_outputs()]
+    full = s.run(None, {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, 4), np.int64), **past})
+    res = dict(zip(names, s.run(None, {"input_ids": np.array([ids[:3]], np.int64),
+                                       "attention_mask": np.ones((1, 3), np.int64), **past})))
+    grown = {k.replace("present", "past_key_values"): v for k, v in res.items() if k.startswith("present")}
+    assert grown["past_key_values.0.key"].shape == (1, kv, 3, hd)
+    step = s.run(None, {"input_ids": np.array([[ids[3]]], np.int64), "attention_mask": np.ones((1, 4), np.int64),
+                        **grown})
+    assert np.abs(step[0][0, -1] - full[0][0, -1]).max() < 1e-4
+
+
+def test_a_profile_with_an_unknown_dtype_is_refused_in_one_line(tmp_path):
+    profile = tmp_path / "onnx.toml"
+    from conftest import REPO
+
+    text = (REPO / "targets" / "onnx.toml").read_text().replace('q4 = "int4"', 'q3 = "int4"')
+    profile.write_text(text)
+    proc = edgedistil("build", "--target", profile, "--config", TINY, "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    assert "hf_onnx names dtype 'q3'" in proc.stderr and "fp32, fp16, q8, q4" in proc.stderr
+    assert not (tmp_path / "out" / "dist").exists()
