@@ -130,7 +130,7 @@ def test_profile_naming_an_unknown_device_fails_at_its_line(tmp_path):
 def test_profile_names_the_module_that_builds_it(tmp_path):
     from edgedistil.targets import target_of
 
-    assert {load_target(t).module for t in TARGETS} <= {"web", "android", "ios"}
+    assert {load_target(t).module for t in TARGETS} <= {"web", "android", "ios", "onnx"}
     text = 'target = "web"\nformat = "onnx"\nquantization = "int8"\nruntime = "x"\nmodule = "wbe"\n'
     with pytest.raises(EdgeError) as e:
         load_target(write(tmp_path, text, "p.toml"))
