@@ -166,6 +166,39 @@ def test_the_shipped_litertlm_says_what_our_loop_says_on_its_tflite(android_run)
     assert got.prompt_tokens == len(ids) and got.text == tokenizer.decode(ours)
 
 
+def test_litertlm_figures_are_gated_by_check_and_shown_in_the_report(android_run, tmp_path):
+    """check reads LiteRT-LM's benchmark and its greedy tokens from the manifest; the report shows both."""
+    from edgedistil.report.html import collect, summary_markdown
+
+    out, _ = android_run
+    bundle = out / "dist" / "android"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    decode = manifest["litertlm_bench"]["student"]["decode_tokens_per_s"]
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text(f"[budgets]\nlitertlm_fp32_tokens_match_min = 1.0\nlitertlm_decode_tokens_per_s_min = "
+                       f"{decode * 10}\nlitertlm_decode_vs_host_loop_min = 0.0\n")
+    proc = edgedistil("check", bundle, "--budgets", budgets, "--format", "json")
+    assert proc.returncode == 1, proc.stdout
+    rows = {r["budget"]: r for r in json.loads(proc.stdout)["budgets"]}
+    assert rows["litertlm_fp32_tokens_match_min"]["measured"] == 1.0  # fp32 in LiteRT-LM says what PyTorch says
+    assert rows["litertlm_fp32_tokens_match_min"]["status"] == "pass"
+    assert rows["litertlm_decode_tokens_per_s_min"]["measured"] == decode
+    assert rows["litertlm_decode_tokens_per_s_min"]["status"] == "fail"  # ten times what it measured
+    assert rows["litertlm_decode_vs_host_loop_min"]["measured"] == manifest["litertlm_bench"]["student"][
+        "decode_vs_host_loop"] > 0
+    md = summary_markdown(collect(out))
+    assert f"| decode tok/s | {decode:.1f} |" in md and "LiteRT-LM decode / our loop" in md
+    assert "| fp32 | held-out text, longer than one prefill chunk | 32/32 | yes |" in md
+
+
+def test_a_litertlm_budget_on_a_bundle_without_litertlm_fails_as_not_measured():
+    from edgedistil.check.budgets import evaluate
+
+    manifest = {"target": "web", "files": [{"bytes": 10}]}
+    [row] = evaluate(manifest, {"litertlm_decode_tokens_per_s_min": 10.0})
+    assert row["status"] == "fail" and row["note"] == "not measured"
+
+
 def tiny_lm(seed=0) -> EdgeLM:
     cfg = EdgeConfig.from_hf_dict({"model_type": "llama", "vocab_size": 67, "hidden_size": 32,
                                    "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -84,6 +84,10 @@ def no_artifacts(run: Path) -> list[dict]:
     return []
 
 
+def no_blocks(manifest: dict) -> list[tuple]:
+    return []
+
+
 @dataclass(frozen=True)
 class Target:
     # the stages after distill, in order, for this profile and recipe; the last one writes dist/<target>/
@@ -95,6 +99,8 @@ class Target:
     figures: Callable[[dict], dict] = manifest_figures  # what `check` gates, read from this target's manifest
     # the report's extra artifacts from a run folder: {name, mb, fidelity, decode} for the size/speed/fidelity plots
     artifacts: Callable[[Path], list[dict]] = no_artifacts
+    # the report's summary blocks ("p", lines) / ("table", head, rows) for figures only this target's manifest has
+    report_blocks: Callable[[dict], list[tuple]] = no_blocks
     device_bench: bool = False  # the `bench` verb takes --device (a phone over adb)
 
 
