@@ -45,6 +45,7 @@ class BenchRequest:
     device: str | None  # None: the host; "" or a serial: a device (only where Target.device_bench)
     benchmark_tool: Path | None
     log: Callable[[str], None]
+    emulator: bool = False  # android: the bundle on an emulated ARM64 CPU (QEMU), beside this host
 
 
 def manifest_figures(manifest: dict) -> dict[str, tuple[float | None, list | None]]:

@@ -106,6 +106,8 @@ def bench(req: BenchRequest) -> dict:
     """Host LiteRT (1, 2, 4 threads), or with --device a phone over adb with LiteRT's benchmark_model."""
     from edgedistil.check.budgets import load_bundle_manifest
 
+    if req.emulator:
+        return emulated_bench(req)
     model = Path(req.model) if req.model else None
     if req.bundle:
         manifest = load_bundle_manifest(req.bundle)
@@ -124,6 +126,28 @@ def bench(req: BenchRequest) -> dict:
     b = req.recipe.bench
     return run_bench_android(models, fixed_prompt(req.prompt_tokens or prefill_len), b.new_tokens, b.repeats,
                              req.profile.threads, log=req.log)
+
+
+def emulated_bench(req: BenchRequest) -> dict:
+    """The bundle on emulated ARM64 and on this host against the run's fp32 PyTorch student (the bundle must sit in
+    its run folder, RUN/dist/android); the record also goes into the bundle's manifest as `emulated_arm64`."""
+    from edgedistil.bench.emulated_arm64 import run_emulated_bench, write_into_manifest
+    from edgedistil.check.budgets import load_bundle_manifest
+    from edgedistil.convert.android import AndroidOptions
+
+    bundle = Path(req.bundle)
+    manifest = load_bundle_manifest(bundle)
+    run = Run(bundle.resolve().parent.parent, req.recipe, log=req.log)
+    student = run.out / "distill" / "student"
+    if not (student / "config.json").is_file() or not (run.out / "distill" / "heldout.txt").is_file():
+        raise EdgeError(f"{bundle} is not inside the run folder that built it (no {student}/config.json or "
+                        "heldout text beside it)", "pass --bundle RUN/dist/android of a `edgedistil build` run")
+    teacher = run.out / "litert" / "teacher" / manifest["quantization"]["method"] / "model.tflite"
+    opts = AndroidOptions()
+    record = run_emulated_bench(bundle, manifest, run.heldout_ids(), student, teacher if teacher.is_file() else None,
+                                req.recipe.bench.new_tokens, opts.fidelity_segments, opts.greedy_tokens, log=req.log)
+    write_into_manifest(bundle, record)
+    return record
 
 
 def verify(bundle: Path, manifest: dict) -> list[dict]:
@@ -173,7 +197,9 @@ def figures(manifest: dict) -> dict[str, tuple[float | None, list | None]]:
             "litertlm_speedup_vs_teacher": (lm.get("speedup_vs_teacher"), None),
             "litertlm_decode_vs_host_loop": (s.get("decode_vs_host_loop"), None),
             "litertlm_tokens_match": (tokens_match(checks.get(shipped)), None),
-            "litertlm_fp32_tokens_match": (tokens_match(checks.get("fp32")), None)}
+            "litertlm_fp32_tokens_match": (tokens_match(checks.get("fp32")), None),
+            # `bench --emulator`: |top-1 on emulated ARM64 - top-1 on x86-64|, both against the fp32 PyTorch student
+            "emulated_arm64_top1_gap": ((manifest.get("emulated_arm64") or {}).get("top1_gap"), None)}
 
 
 LITERTLM_ROWS = (("decode_tokens_per_s", "decode tok/s", "{:.1f}"), ("prefill_tokens_per_s", "prefill tok/s", "{:.0f}"),
