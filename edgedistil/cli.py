@@ -213,7 +213,11 @@ def convert(config, sets, out, target, min_ios):
               help="android: run on a phone over adb (the only one attached, or SERIAL).")
 @click.option("--benchmark-tool", type=click.Path(path_type=Path),
               help="android --device: LiteRT's benchmark_model binary for arm64 (see docs/android.md).")
-def bench(config, sets, out, target, bundle, model, teacher_model, prompt_tokens, as_json, device, benchmark_tool):
+@click.option("--emulator", is_flag=True,
+              help="android --bundle RUN/dist/android: run the bundle on an emulated ARM64 CPU (QEMU; the arm64 root "
+                   "is set up once into the cache) beside this host, and write the figures into its manifest.")
+def bench(config, sets, out, target, bundle, model, teacher_model, prompt_tokens, as_json, device, benchmark_tool,
+          emulator):
     """Benchmark on the target runtime: prefill and decode tokens/s, TTFT, peak memory (student vs teacher).
 
     With --target web --bundle DIR the bundle's own page runs in headless Chromium (/usr/bin/chromium, or
@@ -230,10 +234,15 @@ def bench(config, sets, out, target, bundle, model, teacher_model, prompt_tokens
     if device is not None and not module.device_bench:
         on = [t for t in TARGETS if target_of(t).device_bench]
         raise EdgeError(f"--device is for --target {' or '.join(on)}, not {target}", "drop --device")
+    if emulator and not module.device_bench:
+        raise EdgeError(f"--emulator is for --target android, not {target}", "drop --emulator")
+    if emulator and not bundle:
+        raise EdgeError("--emulator needs --bundle RUN/dist/android (it compares the bundle with the run's PyTorch "
+                        "student)", "pass --bundle instead of --model")
     recipe = load_recipe(config, sets)
     check_out(Path(out))
     record = module.bench(BenchRequest(profile, recipe, bundle, model, teacher_model, prompt_tokens, device,
-                                       benchmark_tool, log))
+                                       benchmark_tool, log, emulator))
     write_json(Path(out) / "bench.json", record)
     click.echo(json.dumps(record, indent=2) if as_json else f"wrote {Path(out) / 'bench.json'}")
 

@@ -199,6 +199,19 @@ BUDGETS = {
     "benchmark_margin_kept_pooled_min": ("min", ""),  # summed margins: robust where a teacher is near chance
     "degenerate_answers_max": ("max", ""),
     "rouge_l_vs_teacher_min": ("min", ""),
+    # android: LiteRT-LM's own benchmark of the .litertlm on the host CPU (manifest `litertlm_bench`), and the share
+    # of greedy tokens LiteRT-LM generates equal to the fp32 PyTorch student's (the shipped variant's, and fp32's)
+    "litertlm_decode_tokens_per_s_min": ("min", "tok/s"),
+    "litertlm_prefill_tokens_per_s_min": ("min", "tok/s"),
+    "litertlm_ttft_ms_max": ("max", "ms"),
+    "litertlm_peak_memory_mb_max": ("max", "MB"),
+    "litertlm_speedup_vs_teacher_min": ("min", "x"),
+    "litertlm_decode_vs_host_loop_min": ("min", "x"),  # LiteRT-LM decode / our host LiteRT loop, same graph
+    "litertlm_tokens_match_min": ("min", ""),
+    "litertlm_fp32_tokens_match_min": ("min", ""),
+    # android `bench --emulator`: top-1 agreement on emulated ARM64 minus x86-64's, in absolute value (0.005 = 0.5
+    # points, the issue's goal)
+    "emulated_arm64_top1_gap_max": ("max", ""),
     # an estimate from a named device profile (check/devices.py), never a measurement
     "projected_decode_tokens_per_s_min": ("min", "tok/s (estimate)"),
 }

@@ -88,6 +88,42 @@ def fidelity_segments(n_ids: int, chunk: int, max_len: int, segments: int = 16,
     return [(s * stride, s * stride + seg_len) for s in range(segments) if s * stride + seg_len <= n_ids]
 
 
+def teacher_forced(runtime, heldout_ids: np.ndarray, chunk: int, max_len: int, segments: int = 16,
+                   decode_tokens: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """`runtime`'s logits over the held-out segments (chunked prefill, then token-by-token decode), each row with
+    the next token it predicts: (logits, targets)."""
+    rows, targets = [], []
+    for start, end in fidelity_segments(len(heldout_ids), chunk, max_len, segments, decode_tokens):
+        seg = [int(t) for t in heldout_ids[start:end]]
+        logits_p, cache = prefill(runtime.step, runtime.empty_cache(), seg[:chunk], chunk, max_len)
+        logits_d, _ = decode(runtime.step, cache, seg[chunk:], chunk)
+        rows.append(np.concatenate([logits_p, logits_d])[:-1])  # the last row has no next token to score
+        targets.append(np.asarray(seg[1:]))
+    return np.concatenate(rows), np.concatenate(targets)
+
+
+def compare_teacher_forced(ref: np.ndarray, got: np.ndarray, targets: np.ndarray) -> dict:
+    """Agreement of two runs of `teacher_forced` and each one's held-out perplexity."""
+    result = logits_agreement(ref, got)
+    result["positions_compared"] = int(len(targets))
+    ppl_ref, ppl_got = perplexity(ref, targets), perplexity(got, targets)
+    result.update({"perplexity_reference": ppl_ref, "perplexity": ppl_got,
+                   "perplexity_change": ppl_got / ppl_ref - 1.0})  # relative: +0.01 = 1% worse than the source
+    return result
+
+
+def greedy_prompt(heldout_ids: np.ndarray, chunk: int) -> list[int]:
+    """The greedy check's prompt: shorter than one chunk, so padding is exercised."""
+    return [int(t) for t in heldout_ids[: max(1, chunk // 2)]]
+
+
+def greedy_agreement(ref_tokens: list[int], got_tokens: list[int]) -> dict:
+    n = len(ref_tokens)
+    first = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)) if a != b), n)
+    return {"greedy_tokens_matching": int(sum(a == b for a, b in zip(ref_tokens, got_tokens))),
+            "greedy_tokens": n, "greedy_first_divergence": first}
+
+
 def measure_fidelity(reference, candidate, heldout_ids: np.ndarray, chunk: int, segments: int = 16,
                      decode_tokens: int = 16, greedy_tokens: int = 64) -> dict:
     """Compare `candidate` (any runtime with .step/.empty_cache/.max_len) against `reference` (the PyTorch source).
@@ -95,29 +131,12 @@ def measure_fidelity(reference, candidate, heldout_ids: np.ndarray, chunk: int, 
     16 segments of chunk + 16 tokens score 1,264 positions for chunk 64: at 2-4 segments one position moved top-1
     by 0.3-0.6%, more than some variants' margin to their floor."""
     max_len = min(reference.max_len, candidate.max_len)
-    ref_rows, got_rows, targets = [], [], []
-    for start, end in fidelity_segments(len(heldout_ids), chunk, max_len, segments, decode_tokens):
-        seg = heldout_ids[start:end].tolist()
-        for runtime, rows in ((reference, ref_rows), (candidate, got_rows)):
-            logits_p, cache = prefill(runtime.step, runtime.empty_cache(), seg[:chunk], chunk, max_len)
-            logits_d, _ = decode(runtime.step, cache, seg[chunk:], chunk)
-            rows.append(np.concatenate([logits_p, logits_d])[:-1])  # the last row has no next token to score
-        targets.append(np.asarray(seg[1:]))
-    ref_all, got_all, targets = np.concatenate(ref_rows), np.concatenate(got_rows), np.concatenate(targets)
-    result = logits_agreement(ref_all, got_all)
-    result["positions_compared"] = int(len(targets))
-    ppl_ref, ppl_got = perplexity(ref_all, targets), perplexity(got_all, targets)
-    result.update({"perplexity_reference": ppl_ref, "perplexity": ppl_got,
-                   "perplexity_change": ppl_got / ppl_ref - 1.0})  # relative: +0.01 = 1% worse than the source
-
-    prompt = heldout_ids[: max(1, chunk // 2)].tolist()
+    ref_all, targets = teacher_forced(reference, heldout_ids, chunk, max_len, segments, decode_tokens)
+    got_all, _ = teacher_forced(candidate, heldout_ids, chunk, max_len, segments, decode_tokens)
+    result = compare_teacher_forced(ref_all, got_all, targets)
+    prompt = greedy_prompt(heldout_ids, chunk)
     n = min(greedy_tokens, max_len - len(prompt))
     ref_tokens = greedy(reference.step, reference.empty_cache(), prompt, n, chunk, max_len)
     got_tokens = greedy(candidate.step, candidate.empty_cache(), prompt, n, chunk, max_len)
-    first = next((i for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)) if a != b), n)
-    result.update({
-        "greedy_tokens_matching": int(sum(a == b for a, b in zip(ref_tokens, got_tokens))),
-        "greedy_tokens": n,
-        "greedy_first_divergence": first,
-    })
+    result.update(greedy_agreement(ref_tokens, got_tokens))
     return result

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Set up a fresh Linux machine for edgedistil, from the package registries only:
-# Debian's Chromium and npm (the web target runs its bundle in a real browser), a Python 3.11 venv in .venv with
+# Debian's Chromium and npm (the web target runs its bundle in a real browser), qemu-user-static and debootstrap (the
+# android target's emulated ARM64 bench, `bench --target android --emulator`), a Python 3.11 venv in .venv with
 # edgedistil and its test tools, and the web bundle's pinned JS runtime (npm ci into edgedistil's cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null || need+=(nodejs npm)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -31,7 +31,7 @@ def evaluate(manifest: dict, budgets: dict[str, float], noise_passes: bool = Fal
     for name, limit in budgets.items():
         direction, unit = BUDGETS[name]
         metric = name.rsplit("_", 1)[0]
-        value, spread = metrics[metric]
+        value, spread = metrics.get(metric, (None, None))  # a figure this target never measures: not measured
         projected = metric.startswith("projected_")
         if name in skip:
             rows.append({"budget": name, "metric": metric, "measured": value, "spread": spread, "limit": limit,
@@ -67,7 +67,7 @@ def compare_baseline(manifest: dict, baseline: dict, max_regression_pct: float) 
     rows = []
     for name, (direction, unit) in BUDGETS.items():
         metric = name.rsplit("_", 1)[0]
-        value, old = now[metric][0], before[metric][0]
+        value, old = now.get(metric, (None,))[0], before.get(metric, (None,))[0]
         if value is None or old is None or old == 0:
             continue  # a figure measured in only one of the two bundles cannot regress
         change = 100.0 * (value - old) / abs(old)

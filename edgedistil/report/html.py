@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from edgedistil.errors import EdgeError, atomic_file
-from edgedistil.targets import every_target
+from edgedistil.targets import every_target, target_of
 
 
 def _read(path: Path):
@@ -204,6 +204,8 @@ def summary(data: dict) -> list[tuple]:
                     for role, figures in by_threads.items()]))
         elif m and isinstance(m.get("bench"), dict) and m["bench"].get("reason"):
             blocks.append(("p", [f"dist/{target}: speed not measured here ({m['bench']['reason']})."]))
+        if m and m.get("target"):
+            blocks += target_of(m["target"]).report_blocks(m)
     rows = variants(data)
     if rows:
         table = []

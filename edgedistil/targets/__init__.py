@@ -45,6 +45,7 @@ class BenchRequest:
     device: str | None  # None: the host; "" or a serial: a device (only where Target.device_bench)
     benchmark_tool: Path | None
     log: Callable[[str], None]
+    emulator: bool = False  # android: the bundle on an emulated ARM64 CPU (QEMU), beside this host
 
 
 def manifest_figures(manifest: dict) -> dict[str, tuple[float | None, list | None]]:
@@ -84,6 +85,10 @@ def no_artifacts(run: Path) -> list[dict]:
     return []
 
 
+def no_blocks(manifest: dict) -> list[tuple]:
+    return []
+
+
 @dataclass(frozen=True)
 class Target:
     # the stages after distill, in order, for this profile and recipe; the last one writes dist/<target>/
@@ -95,6 +100,8 @@ class Target:
     figures: Callable[[dict], dict] = manifest_figures  # what `check` gates, read from this target's manifest
     # the report's extra artifacts from a run folder: {name, mb, fidelity, decode} for the size/speed/fidelity plots
     artifacts: Callable[[Path], list[dict]] = no_artifacts
+    # the report's summary blocks ("p", lines) / ("table", head, rows) for figures only this target's manifest has
+    report_blocks: Callable[[dict], list[tuple]] = no_blocks
     device_bench: bool = False  # the `bench` verb takes --device (a phone over adb)
 
 

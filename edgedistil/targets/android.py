@@ -13,7 +13,7 @@ from edgedistil.build import Run, bench_prompt, eval_record
 from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
 from edgedistil.records import folder_fingerprint, sha256_file, stage_key
-from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
+from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt, manifest_figures
 
 
 def options(profile: TargetProfile, recipe: Recipe, **changes):
@@ -106,6 +106,8 @@ def bench(req: BenchRequest) -> dict:
     """Host LiteRT (1, 2, 4 threads), or with --device a phone over adb with LiteRT's benchmark_model."""
     from edgedistil.check.budgets import load_bundle_manifest
 
+    if req.emulator:
+        return emulated_bench(req)
     model = Path(req.model) if req.model else None
     if req.bundle:
         manifest = load_bundle_manifest(req.bundle)
@@ -124,6 +126,28 @@ def bench(req: BenchRequest) -> dict:
     b = req.recipe.bench
     return run_bench_android(models, fixed_prompt(req.prompt_tokens or prefill_len), b.new_tokens, b.repeats,
                              req.profile.threads, log=req.log)
+
+
+def emulated_bench(req: BenchRequest) -> dict:
+    """The bundle on emulated ARM64 and on this host against the run's fp32 PyTorch student (the bundle must sit in
+    its run folder, RUN/dist/android); the record also goes into the bundle's manifest as `emulated_arm64`."""
+    from edgedistil.bench.emulated_arm64 import run_emulated_bench, write_into_manifest
+    from edgedistil.check.budgets import load_bundle_manifest
+    from edgedistil.convert.android import AndroidOptions
+
+    bundle = Path(req.bundle)
+    manifest = load_bundle_manifest(bundle)
+    run = Run(bundle.resolve().parent.parent, req.recipe, log=req.log)
+    student = run.out / "distill" / "student"
+    if not (student / "config.json").is_file() or not (run.out / "distill" / "heldout.txt").is_file():
+        raise EdgeError(f"{bundle} is not inside the run folder that built it (no {student}/config.json or "
+                        "heldout text beside it)", "pass --bundle RUN/dist/android of a `edgedistil build` run")
+    teacher = run.out / "litert" / "teacher" / manifest["quantization"]["method"] / "model.tflite"
+    opts = AndroidOptions()
+    record = run_emulated_bench(bundle, manifest, run.heldout_ids(), student, teacher if teacher.is_file() else None,
+                                req.recipe.bench.new_tokens, opts.fidelity_segments, opts.greedy_tokens, log=req.log)
+    write_into_manifest(bundle, record)
+    return record
 
 
 def verify(bundle: Path, manifest: dict) -> list[dict]:
@@ -149,4 +173,69 @@ def artifacts(run: Path) -> list[dict]:
     return rows
 
 
-TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, artifacts=artifacts, device_bench=True)
+def tokens_match(check: dict | None) -> float | None:
+    """The share of the fp32 PyTorch student's greedy tokens that LiteRT-LM generated alike (all prompts)."""
+    return check["tokens_matching"] / check["reference_tokens"] if check and check["reference_tokens"] else None
+
+
+def figures(manifest: dict) -> dict[str, tuple[float | None, list | None]]:
+    """The shared figures, and LiteRT-LM's: its own benchmark of the student's .litertlm (host CPU) and its greedy
+    tokens against PyTorch, for the shipped variant and for fp32."""
+    lm = manifest.get("litertlm_bench") or {}
+    s = lm.get("student") or {}
+    checks = (manifest.get("litertlm") or {}).get("checked_in_litertlm") or {}
+    shipped = (manifest.get("quantization") or {}).get("method")
+
+    def b(key):
+        return s.get(key), s.get(key + "_spread")
+
+    return {**manifest_figures(manifest),
+            "litertlm_decode_tokens_per_s": b("decode_tokens_per_s"),
+            "litertlm_prefill_tokens_per_s": b("prefill_tokens_per_s"),
+            "litertlm_ttft_ms": b("ttft_ms"),
+            "litertlm_peak_memory_mb": (s.get("peak_memory_mb"), None),
+            "litertlm_speedup_vs_teacher": (lm.get("speedup_vs_teacher"), None),
+            "litertlm_decode_vs_host_loop": (s.get("decode_vs_host_loop"), None),
+            "litertlm_tokens_match": (tokens_match(checks.get(shipped)), None),
+            "litertlm_fp32_tokens_match": (tokens_match(checks.get("fp32")), None),
+            # `bench --emulator`: |top-1 on emulated ARM64 - top-1 on x86-64|, both against the fp32 PyTorch student
+            "emulated_arm64_top1_gap": ((manifest.get("emulated_arm64") or {}).get("top1_gap"), None)}
+
+
+LITERTLM_ROWS = (("decode_tokens_per_s", "decode tok/s", "{:.1f}"), ("prefill_tokens_per_s", "prefill tok/s", "{:.0f}"),
+                 ("init_seconds", "init s", "{:.3f}"), ("ttft_ms", "TTFT ms", "{:.1f}"),
+                 ("peak_memory_mb", "peak RSS MB", "{:.0f}"))
+
+
+def report_blocks(manifest: dict) -> list[tuple]:
+    """LiteRT-LM's own benchmark (student, teacher, ratio, beside our host loop on the same graph) and what
+    LiteRT-LM generated against the fp32 PyTorch student, per variant and prompt."""
+    blocks = []
+    lm = manifest.get("litertlm_bench") or {}
+    s, t = lm.get("student"), lm.get("teacher")
+    if s:
+        rows = [[label, fmt.format(s[k]), fmt.format(t[k]) if t else "-", f"{s[k] / t[k]:.2f}x" if t and t[k] else "-"]
+                for k, label, fmt in LITERTLM_ROWS]
+        host, host_t = manifest.get("bench") or {}, manifest.get("teacher_bench") or {}
+        if host.get("decode_tokens_per_s"):
+            rows.append(["our host LiteRT loop, decode tok/s (same graph)", f"{host['decode_tokens_per_s']:.1f}",
+                         f"{host_t['decode_tokens_per_s']:.1f}" if host_t.get("decode_tokens_per_s") else "-", ""])
+            rows.append(["LiteRT-LM decode / our loop", f"{s['decode_vs_host_loop']:.2f}x",
+                         f"{t['decode_vs_host_loop']:.2f}x" if t else "-", ""])
+        blocks += [("p", [f"dist/android through LiteRT-LM's own benchmark: {s['runtime']}, {s['repeats']} repeats "
+                          "(medians). Host figures, not a phone."]),
+                   ("table", ["LiteRT-LM", "student", "teacher", "ratio"], rows)]
+    elif lm.get("reason"):
+        blocks.append(("p", [f"dist/android: LiteRT-LM's benchmark not run ({lm['reason']})."]))
+    checks = (manifest.get("litertlm") or {}).get("checked_in_litertlm") or {}
+    rows = [[variant, p["kind"], f"{p['tokens_matching']}/{p['reference_tokens']}", "yes" if p["text_equal"] else "no"]
+            for variant, c in checks.items() for p in c["prompts"]]
+    if rows:
+        runtime = next(iter(checks.values()))["runtime"]
+        blocks += [("p", [f"Greedy tokens generated by {runtime} against the fp32 PyTorch student."]),
+                   ("table", ["variant", "prompt", "tokens equal", "text equal"], rows)]
+    return blocks
+
+
+TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, artifacts=artifacts, figures=figures,
+                report_blocks=report_blocks, device_bench=True)
