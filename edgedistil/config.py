@@ -54,7 +54,7 @@ SHRINK_INITS = ("importance", "slice", "random")
 
 @dataclass
 class StudentConfig:
-    layers: int = 6
+    layers: int = 11
     # "auto" (teacher layers chosen by measurement, distill/prune.py) | "greedy" | "block_influence" | "angular" |
     # "even" (evenly spaced, as DistilBERT did) | "first" | "random" | a list of teacher layer indices
     init: str | list = "auto"

@@ -117,6 +117,7 @@ def test_margin_kept_and_ratio():
     row = run.compare_task("piqa", {"n": 10, "acc": 55.0, "acc_norm": 60.0}, {"n": 10, "acc": 70.0, "acc_norm": 70.0})
     assert row["margin_kept"] == {"acc": 0.25, "acc_norm": 0.5}
     assert row["ratio"]["acc_norm"] == round(60 / 70, 4)
+    assert row["student"]["stderr"] == round(100 * (0.6 * 0.4 / 10) ** 0.5, 2)  # of the headline metric
     rows = {"piqa": row, "arc_easy": run.compare_task("arc_easy", {"n": 4, "acc": 50.0, "acc_norm": 0.0},
                                                       {"n": 4, "acc": 75.0, "acc_norm": 0.0})}
     mean = run.mean_row(rows)  # piqa's headline is acc_norm, arc_easy's acc
@@ -128,6 +129,9 @@ def test_margin_kept_and_ratio():
     mean = run.mean_row(rows)  # a teacher one point above chance: its share (-4) swamps the mean, not the pool
     assert mean["margin_kept"] == round((0.5 + 0.5 - 4.0) / 3, 4)
     assert mean["margin_kept_pooled"] == round((10 + 25 - 4) / (20 + 50 + 1), 4)
+    rows["winogrande"] = run.compare_task("winogrande", {"n": 4, "acc": 60.0, "acc_norm": 60.0},
+                                          {"n": 4, "acc": 47.5, "acc_norm": 47.5})
+    assert run.mean_row(rows)["margin_kept_pooled"] == mean["margin_kept_pooled"]  # teacher below chance: left out
 
 
 def test_degenerate_detector():

@@ -97,13 +97,21 @@ def compare_task(name: str, student: dict | None, teacher: dict | None) -> dict:
     row = {"n": (student or teacher)["n"], "chance": chance, "metric": task.metric if task else "acc_norm"}
     for role, res in (("student", student), ("teacher", teacher)):
         if res is not None:
-            row[role] = {"acc": round(res["acc"], 2), "acc_norm": round(res["acc_norm"], 2)}
+            row[role] = {"acc": round(res["acc"], 2), "acc_norm": round(res["acc_norm"], 2),
+                         "stderr": stderr(res[row["metric"]], res["n"])}
     if student is not None and teacher is not None:
         row["ratio"], row["margin_kept"] = {}, {}
         for m in ("acc", "acc_norm"):
             row["ratio"][m] = round(student[m] / teacher[m], 4) if teacher[m] else None
             row["margin_kept"][m] = margin_kept(student[m], teacher[m], chance)
     return row
+
+
+def stderr(accuracy: float, n: int) -> float | None:
+    """The binomial standard error of an accuracy in points: on 80 items about 5, the size of a small teacher's
+    whole margin above chance, which is why the fast subset's per-task shares are read with it."""
+    p = accuracy / 100
+    return round(100 * (p * (1 - p) / n) ** 0.5, 2) if n else None
 
 
 def margin_kept(student: float, teacher: float, chance: float | None) -> float | None:
@@ -139,6 +147,7 @@ def pooled_margin_kept(rows: dict[str, dict]) -> float | None:
     """
     pairs = [(r["student"][r["metric"]] - r["chance"], r["teacher"][r["metric"]] - r["chance"])
              for r in rows.values() if r.get("chance") is not None and "student" in r and "teacher" in r]
+    pairs = [(s, t) for s, t in pairs if t > 0]  # a teacher at or below chance has no margin to keep (as per task)
     teacher_margin = sum(t for _, t in pairs)
     return round(sum(s for s, _ in pairs) / teacher_margin, 4) if teacher_margin > 0 else None
 
