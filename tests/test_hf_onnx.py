@@ -1,6 +1,7 @@
 """The Hugging Face ONNX layout (`--target onnx`, dist/onnx/) on the tiny recipe: the folder's files and graph I/O,
 each file's fidelity against the fp32 PyTorch student, and the real consumers' results recorded by the build:
-onnxruntime-genai (og.Model on the folder, one prompt and a batch of two) and Transformers.js in Chromium."""
+onnxruntime-genai (og.Model on the folder, one prompt and a batch of two), Optimum (its own venv) and
+Transformers.js in Chromium."""
 
 import json
 import shutil
@@ -62,6 +63,20 @@ def test_onnxruntime_genai_generates_pytorch_ids_alone_and_in_a_batch(onnx_run):
     for result in [genai["single"], *genai["batch"]]:
         assert result["ids_equal"] and len(result["ids"]) >= 8, result
     assert genai["batch"][0]["reference_ids"] != genai["batch"][1]["reference_ids"]
+
+
+def test_optimum_loads_the_folder_and_generates_the_same_ids(onnx_run):
+    """ORTModelForCausalLM in its own venv (transformers 4.57), every onnx/ file, greedy through its generate()."""
+    optimum = onnx_run[1]["hf_onnx"]["consumers"]["optimum"]
+    assert optimum["ran"] and "optimum-onnx 0.1.0, transformers 4.57" in optimum["runtime"], optimum
+    assert set(optimum["files"]) == {"fp32", "q8", "q4"}
+    fp32 = optimum["files"]["fp32"]
+    assert fp32["reference"] == "fp32 PyTorch student" and fp32["ids_equal"] and len(fp32["ids"]) >= 8, fp32
+    for dtype in ("q8", "q4"):  # the same CPU kernels as Python onnxruntime on the same file
+        assert optimum["files"][dtype]["ids_equal"] and optimum["files"][dtype]["reference"] == \
+            "Python onnxruntime, same file", optimum["files"][dtype]
+    # the files differ, so equal ids say each file was run, not one of them three times
+    assert len({tuple(f["reference_ids"]) for f in optimum["files"].values()}) >= 2
 
 
 def test_transformersjs_loads_the_folder_in_chromium(onnx_run):

@@ -369,8 +369,10 @@ def verify_onnx(bundle: Path, manifest: dict) -> list[dict]:
 
 
 
-if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS packages now (CI does this)
-    from edgedistil.convert.hf_consumers import transformersjs_runtime
+if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned consumer runtimes now (CI does
+    # this): the JS packages, and Optimum's venv (about two minutes the first time, 1.3 GB)
+    from edgedistil.convert.hf_consumers import optimum_python, transformersjs_runtime
 
     print(web_runtime())
     print(transformersjs_runtime())
+    print(optimum_python())

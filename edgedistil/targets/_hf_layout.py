@@ -35,17 +35,18 @@ def consumer_texts(run: Run) -> list[str]:
 
 
 def write_hf_section(run: Run, profile: TargetProfile, dest: Path) -> dict:
-    """Write the layout into the bundle folder `dest` (still its temp folder), run onnxruntime-genai and
-    Transformers.js on it, and return the manifest's `hf_onnx` section."""
-    from edgedistil.convert.hf_consumers import check_genai, check_transformersjs
+    """Write the layout into the bundle folder `dest` (still its temp folder), run onnxruntime-genai, Optimum
+    and Transformers.js on it, and return the manifest's `hf_onnx` section."""
+    from edgedistil.convert.hf_consumers import check_genai, check_optimum, check_transformersjs
 
     student = run.out / "distill" / "student"
     written = write_hf_folder(dest, student, hf_graph_sources(run.out, profile.hf_onnx), run.recipe.export.max_len)
     texts = consumer_texts(run)
     prompt = run.heldout_ids()[: run.recipe.export.prefill_len // 2].tolist()
-    run.log(f"hf-onnx: checking {dest.name}/onnx/ with onnxruntime-genai and Transformers.js")
+    run.log(f"hf-onnx: checking {dest.name}/onnx/ with onnxruntime-genai, Optimum and Transformers.js")
     consumers = {
         "onnxruntime-genai": check_genai(dest, student, texts, CONSUMER_NEW_TOKENS),
+        "optimum": check_optimum(dest, student, prompt, CONSUMER_NEW_TOKENS, log=run.log),
         "transformers.js": check_transformersjs(dest, student, prompt, texts[1], CONSUMER_NEW_TOKENS, log=run.log),
     }
     for name, c in consumers.items():
