@@ -181,8 +181,9 @@ def check_optimum(folder: Path, student_dir: Path, prompt: list[int], new_tokens
 
 # ---- Transformers.js in Chromium --------------------------------------------------------------------------------
 
+CHAT_NEW_TOKENS = 8
 TJS_JS = """
-async ({ dtypes, prompt, text, chat, newTokens }) => {
+async ({ dtypes, prompt, text, chat, newTokens, chatNewTokens }) => {
   const { env, pipeline, Tensor } = await import("/vendor/transformers.min.js");
   env.allowLocalModels = true;         // false by default in browsers
   env.allowRemoteModels = false;       // offline: nothing from the Hub
@@ -202,9 +203,15 @@ async ({ dtypes, prompt, text, chat, newTokens }) => {
     const fromText = await generator(text, { max_new_tokens: 8, do_sample: false, return_full_text: false });
     r.textOutput = fromText[0].generated_text;
     if (chat) {
+      // return_dict: false, or 4.x returns {input_ids, attention_mask}
       r.chatIds = generator.tokenizer.apply_chat_template(chat, { add_generation_prompt: true, tokenize: true,
-                                                                  return_tensor: false }).map(Number);
-      const answer = await generator(chat, { max_new_tokens: 8, do_sample: false });
+                                                                  return_tensor: false, return_dict: false })
+        .map(Number);
+      const chatTensor = new Tensor("int64", BigInt64Array.from(r.chatIds.map(BigInt)), [1, r.chatIds.length]);
+      const chatSeq = await generator.model.generate({ input_ids: chatTensor, max_new_tokens: chatNewTokens,
+                                                        do_sample: false });
+      r.chatGenIds = chatSeq.tolist()[0].slice(r.chatIds.length).map(Number);
+      const answer = await generator(chat, { max_new_tokens: chatNewTokens, do_sample: false });
       r.chatReply = answer[0].generated_text.at(-1);
     }
     out.files[dtype] = r;
@@ -248,7 +255,7 @@ def check_transformersjs(folder: Path, student_dir: Path, prompt: list[int], tex
                 page.on("pageerror", lambda e: errors.append(str(e)[:300]))
                 page.goto(base + "index.html")
                 got = page.evaluate(TJS_JS, {"dtypes": [dtype], "prompt": prompt, "text": text, "chat": chat,
-                                             "newTokens": new_tokens})
+                                             "newTokens": new_tokens, "chatNewTokens": CHAT_NEW_TOKENS})
                 raw["version"], raw["files"][dtype] = got["version"], got["files"][dtype]
                 page.close()
         except Exception as e:  # Playwright's errors carry the page's exception text
@@ -284,9 +291,14 @@ def tjs_record(raw: dict, folder: Path, student_dir: Path, tokenizer, prompt: li
                  "pipeline_text": r["textOutput"], "pipeline_text_equal_python": r["textOutput"] == python_text}
         if not entry["ids_equal"] and dtype != "fp32":  # how close Python's own logits were where the two parted
             entry["divergence"] = divergence_gap(path, prompt, entry["reference_ids"], entry["ids"], len(prompt))
-        if chat:
+        if chat:  # the template rendered by Transformers.js, and what the model generates from it
             entry["chat_ids_equal_python_template"] = list(r["chatIds"]) == list(chat_ids)
+            chat_ref = (torch_greedy(student_dir, list(chat_ids), CHAT_NEW_TOKENS, max_len) if dtype == "fp32"
+                        else ort_greedy(path, list(chat_ids), CHAT_NEW_TOKENS))
+            entry["chat"] = compare(r["chatGenIds"], chat_ref, eos)
             entry["chat_reply"] = r["chatReply"]
+            entry["chat_reply_equal_python"] = r["chatReply"].get("content") == tokenizer.decode(
+                until_eos(chat_ref, eos), skip_special_tokens=True)
         files[dtype] = entry
     return {"available": True, "ran": True, "runtime": f"Transformers.js {raw['version']} (onnxruntime-web wasm, "
             f"1 thread) in headless Chromium", "new_tokens": new_tokens, "files": files,
