@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/bench_eval_harness.py [--model DIR] [--per-task 100]
 
-Makes its own venv (<edgedistil cache>/lmeval-venv) with lm-eval[hf] 0.4.13 and torch 2.13.0 pinned in one pip
-command (torch resolves to the wheel the project already installed from; no second torch download), writes the
+Makes its own venv (<edgedistil cache>/lmeval-venv) with lm-eval[hf] 0.4.13, torch 2.13.0 installed first and
+pinned by constraints (edgedistil.runtimes.venv: the wheel already on disk, no second torch download), writes the
 items edgedistil scores as local jsonl files with one lm-eval task YAML each (`dataset_path: json`, the text,
 choices and gold taken verbatim; WinoGrande as lm-eval's partial scoring: one context per choice, one shared
 continuation), runs `lm_eval --model hf` on the teacher's HF folder (fp32, CPU, offline, trust_remote_code off)
@@ -35,18 +35,9 @@ TOLERANCE = 0.5  # points
 
 
 def harness_venv(log=print) -> Path:
-    venv = cache_dir() / "lmeval-venv"
-    marker = venv / "edgedistil-pins.txt"
-    want = " ".join([LM_EVAL, *PINS])
-    if marker.is_file() and marker.read_text() == want:
-        return venv
-    log(f"making {venv} with {want}")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    # one resolve with torch pinned, so no dependency can pull another torch
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", LM_EVAL, *PINS],
-                   check=True)
-    marker.write_text(want)
-    return venv
+    from edgedistil.runtimes.venv import pinned_venv
+
+    return pinned_venv("lmeval-venv", [LM_EVAL, *PINS[1:]], log)  # torch (PINS[0]) is pinned by pinned_venv
 
 
 def write_tasks(items: dict[str, list], folder: Path) -> list[str]:

@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 DRIVER = REPO / "scripts" / "peers" / "train_peer.py"
-TORCH_PIN = "torch==2.13.0"  # the project's torch: a CPU wheel already on disk; constraints stop any second torch
 PEER_VENVS = {  # venv name -> packages pinned (torch comes first, then these under the constraint)
     "trl": ["trl==1.16.0", "transformers==5.23.0"],
     "torchtune": ["torchtune==0.6.1", "torchao==0.11.0"],  # torchao 0.12+ dropped the nf4tensor torchtune imports
@@ -55,23 +54,10 @@ SPEED_GOAL = 1.5
 
 
 def peer_venv(name: str, log=print) -> Path:
-    """<edgedistil cache>/peers-<name>-venv with torch pinned first, then the peer's pins (made once)."""
-    from edgedistil.sources.cache import cache_dir
+    """<venv root>/peers-<name>-venv with torch pinned first, then the peer's pins (made once)."""
+    from edgedistil.runtimes.venv import pinned_venv
 
-    venv = cache_dir() / f"peers-{name}-venv"
-    marker = venv / "edgedistil-pins.txt"
-    want = " ".join([TORCH_PIN, *PEER_VENVS[name]])
-    if marker.is_file() and marker.read_text() == want:
-        return venv
-    log(f"making {venv} with {want}")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, TORCH_PIN], check=True)
-    constraints = venv / "constraints.txt"
-    constraints.write_text(TORCH_PIN + "\n")
-    subprocess.run([*pip, "-c", str(constraints), *PEER_VENVS[name]], check=True)
-    marker.write_text(want)
-    return venv
+    return pinned_venv(f"peers-{name}-venv", PEER_VENVS[name], log)
 
 
 def one_line(text: str) -> str:

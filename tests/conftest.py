@@ -18,11 +18,14 @@ WEB_METHOD = load_target("web").quantization  # the quantize method, and so the 
 
 
 def _web_runtime_env() -> dict:
-    """The web bundle's npm runtime stays in the user's cache (`.ci/run` installs it) even where a test points
-    EDGEDISTIL_CACHE at an empty folder; npm is kept offline so a test can never reach the registry."""
+    """The web bundle's npm runtime and the consumers' venvs (Optimum's) stay in the user's cache (`.ci/run`
+    installs them) even where a test points EDGEDISTIL_CACHE at an empty folder; npm is kept offline so a test can
+    never reach the registry."""
     from edgedistil.convert.web import npm_cache_root
+    from edgedistil.runtimes.venv import venv_root
 
-    return {"EDGEDISTIL_NPM_CACHE": str(npm_cache_root()), "npm_config_offline": "true"}
+    return {"EDGEDISTIL_NPM_CACHE": str(npm_cache_root()), "EDGEDISTIL_VENVS": str(venv_root()),
+            "npm_config_offline": "true"}
 
 
 WEB_RUNTIME_ENV = _web_runtime_env()

@@ -18,14 +18,15 @@ def manifest_of(out):
 
 def test_every_stage_writes_artifacts_and_a_record(tiny_run):
     out, _ = tiny_run
-    for stage in ("distill", "export/student", "export/teacher", f"quantize/{WEB_METHOD}", "bench"):
+    for stage in ("distill", "export/student-hf", "export/teacher-hf", f"quantize/{WEB_METHOD}-hf", "bench"):
         record = json.loads((out / stage / "record.json").read_text())
         assert record["stage"] == stage.split("/")[0]
-    for name in ("distill", "export-student", "export-teacher", f"quantize-{WEB_METHOD}", "bench", "convert-web"):
+    for name in ("distill", "export-student-hf", "export-teacher-hf", f"quantize-{WEB_METHOD}-hf", "bench",
+                 "convert-web"):
         assert json.loads((out / "stages" / f"{name}.json").read_text())["key"]
     assert (out / "distill" / "student" / "model.safetensors").is_file()
     assert len((out / "distill" / "train.jsonl").read_text().splitlines()) == 30  # one line per step of tiny.toml
-    for stage in ("export/student", "export/teacher", f"quantize/{WEB_METHOD}"):
+    for stage in ("export/student-hf", "export/teacher-hf", f"quantize/{WEB_METHOD}-hf"):
         assert (out / stage / "model.onnx").is_file() and (out / stage / "verify.json").is_file()
     assert not list(out.rglob("*.tmp")), "no temp folders may be left behind"
 
@@ -44,9 +45,12 @@ def test_manifest_has_the_contract_keys_and_measured_numbers(tiny_run):
     assert {g["name"] for g in m["graphs"]} == {"prefill", "decode"}
     decode = next(g for g in m["graphs"] if g["name"] == "decode")
     names = {i["name"]: i for i in decode["inputs"]}
-    assert names["input_ids"]["dtype"] == "int32" and names["input_ids"]["shape"] == [1, 1]
-    assert names["k_cache"]["shape"] == m["kv_cache"]["shape"]
-    assert m["kv_cache"]["max_len"] == 128 and m["kv_cache"]["layers"] == 2
+    # the Hugging Face layout's graph, which our module and Transformers.js both run
+    assert names["input_ids"]["dtype"] == names["attention_mask"]["dtype"] == "int64"
+    assert names["input_ids"]["shape"] == [1, 1]
+    kv = m["kv_cache"]
+    assert names["past_key_values.0.key"]["shape"] == [1, kv["kv_heads"], 0, kv["head_dim"]]
+    assert kv["max_len"] == 128 and kv["layers"] == 2 and kv["layout"] == "hf"
     for key in ("max_abs_diff", "top1_agreement", "kl_mean"):
         assert isinstance(m["fidelity"][key], float)
     for who in ("bench", "teacher_bench"):
@@ -56,13 +60,13 @@ def test_manifest_has_the_contract_keys_and_measured_numbers(tiny_run):
     for key in ("student_perplexity", "teacher_perplexity", "top1_agreement_with_teacher"):
         assert m["quality"][key] > 0
     paths = {f["path"] for f in m["files"]}
-    assert {"model.onnx", "tokenizer.json", "USAGE.md"} <= paths
+    assert {"onnx/model_quantized.onnx", "tokenizer.json", "USAGE.md"} <= paths
 
 
 def test_fp32_export_matches_pytorch(tiny_run):
     out, _ = tiny_run
     for role in ("student", "teacher"):
-        fid = json.loads((out / "export" / role / "verify.json").read_text())
+        fid = json.loads((out / "export" / f"{role}-hf" / "verify.json").read_text())
         assert fid["max_abs_diff"] < 1e-3 and fid["top1_agreement"] == 1.0, (role, fid)
         assert fid["greedy_tokens_matching"] == fid["greedy_tokens"]
 
@@ -88,7 +92,7 @@ def test_rebuild_reuses_every_stage(tiny_run, tmp_path):
     proc = edgedistil("build", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", copy)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "running" not in proc.stderr
-    for stage in ("distill", "export[student]", "export[teacher]", f"quantize[{WEB_METHOD}]", "bench", "convert[web]"):
+    for stage in ("distill", "export[student-hf]", "export[teacher-hf]", f"quantize[{WEB_METHOD}-hf]", "bench", "convert[web]"):
         assert f"[{stage}] cached" in proc.stderr
 
 
@@ -136,11 +140,11 @@ def test_force_reruns_a_stage_and_everything_after_it(tiny_run, tmp_path):
     proc = edgedistil("build", "--target", "web", "--config", TINY, "--budgets", TINY_BUDGETS, "--out", copy,
                       "--force", "quantize")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for stage in ("distill", "export[student]", "export[teacher]"):
+    for stage in ("distill", "export[student-hf]", "export[teacher-hf]"):
         assert f"[{stage}] cached" in proc.stderr
-    for stage in (f"quantize[{WEB_METHOD}]", "bench", "convert[web]"):
+    for stage in (f"quantize[{WEB_METHOD}-hf]", "bench", "convert[web]"):
         assert f"[{stage}] running" in proc.stderr
-    assert f"[quantize[{WEB_METHOD}]] running" in (copy / "build.log").read_text()
+    assert f"[quantize[{WEB_METHOD}-hf]] running" in (copy / "build.log").read_text()
 
 
 def test_a_second_build_into_a_running_folder_is_refused(tmp_path):

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY, edgedistil
+from conftest import REPO, TINY, edgedistil
 from test_cli_errors import assert_one_line_error
 
 
@@ -53,10 +53,11 @@ def test_a_bad_corpus_fails_before_anything_is_written(tmp_path, content, expect
 
 
 def test_a_profile_that_cannot_build_fails_before_anything_is_written(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text((TINY.read_text() + "\n").replace("[export]\n", "[export]\ncache = \"gqa\"\n"))
-    proc = edgedistil("build", "--target", "web", "--config", bad, "--out", tmp_path / "run")
-    assert_one_line_error(proc, "is not the web bundle's cache layout")
+    web = tmp_path / "web.toml"  # the web bundle is the HF layout: a profile that names no file of it cannot build
+    web.write_text("\n".join(ln for ln in (REPO / "targets" / "web.toml").read_text().splitlines()
+                             if not ln.startswith("hf_onnx")))
+    proc = edgedistil("build", "--target", web, "--config", TINY, "--out", tmp_path / "run")
+    assert_one_line_error(proc, "profile names no hf_onnx files")
     proc = edgedistil("build", "--target", "ios", "--config", TINY, "--set", "export.max_len=512", "--set",
                       "export.prefill_len=16", "--out", tmp_path / "run")
     assert_one_line_error(proc, "exceeds the ios profile's max_len")

@@ -1,6 +1,7 @@
 """The Hugging Face ONNX layout (`--target onnx`, dist/onnx/) on the tiny recipe: the folder's files and graph I/O,
 each file's fidelity against the fp32 PyTorch student, and the real consumers' results recorded by the build:
-onnxruntime-genai (og.Model on the folder, one prompt and a batch of two) and Transformers.js in Chromium."""
+onnxruntime-genai (og.Model on the folder, one prompt and a batch of two), Optimum (its own venv) and
+Transformers.js in Chromium."""
 
 import json
 import shutil
@@ -64,6 +65,20 @@ def test_onnxruntime_genai_generates_pytorch_ids_alone_and_in_a_batch(onnx_run):
     assert genai["batch"][0]["reference_ids"] != genai["batch"][1]["reference_ids"]
 
 
+def test_optimum_loads_the_folder_and_generates_the_same_ids(onnx_run):
+    """ORTModelForCausalLM in its own venv (transformers 4.57), every onnx/ file, greedy through its generate()."""
+    optimum = onnx_run[1]["hf_onnx"]["consumers"]["optimum"]
+    assert optimum["ran"] and "optimum-onnx 0.1.0, transformers 4.57" in optimum["runtime"], optimum
+    assert set(optimum["files"]) == {"fp32", "q8", "q4"}
+    fp32 = optimum["files"]["fp32"]
+    assert fp32["reference"] == "fp32 PyTorch student" and fp32["ids_equal"] and len(fp32["ids"]) >= 8, fp32
+    for dtype in ("q8", "q4"):  # the same CPU kernels as Python onnxruntime on the same file
+        assert optimum["files"][dtype]["ids_equal"] and optimum["files"][dtype]["reference"] == \
+            "Python onnxruntime, same file", optimum["files"][dtype]
+    # the files differ, so equal ids say each file was run, not one of them three times
+    assert len({tuple(f["reference_ids"]) for f in optimum["files"].values()}) >= 2
+
+
 def test_transformersjs_loads_the_folder_in_chromium(onnx_run):
     tjs = onnx_run[1]["hf_onnx"]["consumers"]["transformers.js"]
     assert tjs["ran"] and tjs["runtime"].startswith("Transformers.js 4.3.1"), tjs
@@ -105,3 +120,31 @@ def test_a_profile_with_an_unknown_dtype_is_refused_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "hf_onnx names dtype 'q3'" in proc.stderr and "fp32, fp16, q8, q4" in proc.stderr
     assert not (tmp_path / "out" / "dist").exists()
+
+
+def test_transformersjs_chat_prompt_goes_through_the_template_in_the_page(tmp_path):
+    """A 2-layer random ChatML model (tiny_teacher(chat=True)) through the layout: the page renders the chat
+    prompt with Transformers.js' own template, equal to transformers' apply_chat_template, and generates from it
+    the ids PyTorch generates from the same prompt."""
+    from edgedistil.convert.hf_consumers import check_transformersjs
+    from edgedistil.convert.hf_onnx import write_hf_folder
+    from edgedistil.distill.data import load_tokenizer
+    from edgedistil.export.onnx import run_export
+    from edgedistil.sources import load_corpus, tiny_teacher
+
+    model = tiny_teacher(tmp_path / "chat-model", load_corpus("tiny").text, layers=2, chat=True)
+    text = "The sea is wide and deep, and ships sail on it to far lands."
+    heldout = np.asarray(load_tokenizer(model).encode(text * 8).ids)
+    run_export(model, tmp_path / "export", heldout, 96, 8, "student", log=lambda *_: None, cache="hf")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    write_hf_folder(folder, model, {"fp32": tmp_path / "export" / "model.onnx"}, 96)
+    assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]  # inline: where TJS reads it
+    tjs = check_transformersjs(folder, model, heldout[:8].tolist(), text, 16, log=lambda *_: None)
+    assert tjs["ran"] and tjs["chat_template"], tjs
+    fp32 = tjs["files"]["fp32"]
+    assert fp32["ran"] and fp32["chat_ids_equal_python_template"], fp32
+    chat = fp32["chat"]
+    assert chat["ids_equal"] and chat["ids"], chat  # from the rendered chat prompt: PyTorch's greedy ids
+    assert fp32["chat_reply"]["role"] == "assistant" and fp32["chat_reply_equal_python"], fp32["chat_reply"]
+    assert fp32["ids_equal"]

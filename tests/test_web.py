@@ -13,6 +13,7 @@ from conftest import TINY, WEB_RUNTIME_ENV, edgedistil
 from edgedistil.bench.web import CHROMIUM_ARGS, chromium_path, reference_ids, serve
 from edgedistil.errors import EdgeError
 
+SHIPPED = "onnx/model_quantized.onnx"
 VENDOR = {"vendor/ort.wasm.bundle.min.mjs", "vendor/ort-wasm-simd-threaded.wasm", "vendor/tokenizers.min.mjs"}
 
 
@@ -24,7 +25,10 @@ def test_bundle_ships_the_pinned_runtime_and_verifies(tiny_run):
     bundle = bundle_of(tiny_run)
     manifest = json.loads((bundle / "manifest.json").read_text())
     paths = {f["path"] for f in manifest["files"]}
-    assert VENDOR | {"edgedistil-web.js", "index.html", "USAGE.md", "model.onnx", "tokenizer.json"} <= paths
+    assert VENDOR | {"edgedistil-web.js", "index.html", "USAGE.md", SHIPPED, "tokenizer.json"} <= paths
+    # one graph: our module runs the layout's own q8 file, the one Transformers.js loads
+    assert [p for p in paths if p.endswith(".onnx")] == [SHIPPED]
+    assert {g["file"] for g in manifest["graphs"]} == {SHIPPED} and "edgedistil-web.js" in manifest["runtime"]["demo_uses"]
     assert manifest["runtime"]["name"] == "onnxruntime-web" and manifest["runtime"]["version"] == "1.30.0"
     for page in ("index.html", "edgedistil-web.js"):  # everything loads from the bundle, nothing from a CDN
         text = (bundle / page).read_text()
@@ -49,7 +53,7 @@ def test_build_ran_the_bundle_in_chromium_with_the_python_reference_ids(tiny_run
     assert record["cross_origin_isolated"] is True and record["wasm_simd"] is True
     assert student["renderer_peak_rss_mb"] > 50 and student["js_heap_used_mb"] > 0
     # an independent reference: the same file and prompt through Python onnxruntime here
-    ref = reference_ids(out / "dist" / "web" / "model.onnx", _bench_prompt(out), len(student["ids"]),
+    ref = reference_ids(out / "dist" / "web" / SHIPPED, _bench_prompt(out), len(student["ids"]),
                         manifest["graphs"][0]["tokens_per_call"])
     assert student["ids"] == ref == student["reference_ids"]
     assert student["streamed_equals_returned"] and student["ids_same_every_run"]
@@ -84,17 +88,18 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
             page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
             shot = tmp_path / "demo.png"
             page.screenshot(path=str(shot), full_page=True)
-            output, stats = page.inner_text("#output"), page.inner_text("#stats")
+            output, stats, status = page.inner_text("#output"), page.inner_text("#stats"), page.inner_text("#status")
             last = page.evaluate("window.edgedistil.last")
             js_ids = page.evaluate(f"window.edgedistil.lm.encode({json.dumps(prompt)})")
         finally:
             ctx.close()
     assert "tokens/s" in stats and "first token" in stats
+    assert f"edgedistil-web.js on {SHIPPED} (the file Transformers.js' q8 loads)" in status
     assert output.startswith(prompt) and len(output.strip()) > len(prompt)  # generated text appeared
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert js_ids == Tokenizer.from_file(str(bundle / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids
     assert last["promptIds"] == js_ids
-    ref = reference_ids(bundle / "model.onnx", js_ids, 24, json.loads((bundle / "manifest.json").read_text())
+    ref = reference_ids(bundle / SHIPPED, js_ids, 24, json.loads((bundle / "manifest.json").read_text())
                         ["graphs"][0]["tokens_per_call"])
     assert last["ids"] == ref[: len(last["ids"])]  # the page stops early only at the end-of-sequence token
 

@@ -360,10 +360,11 @@ def compare_with_native(record: dict, native: dict) -> dict:
     return record
 
 
-def run_bench_web(records: dict, quantized_onnx: Path, student_dir: Path, teacher_onnx: Path | None, folder: Path,
-                  prompt: list[int], new_tokens: int, repeats: int, threads: int, log=print) -> dict:
-    """The build's browser bench: assemble the bundle in a temp folder (the same files convert will ship), run it in
-    Chromium, and write `folder/record.json`. Convert then puts these figures into the bundle's manifest."""
+def run_bench_web(records: dict, model: str, hf_layout, teacher_onnx: Path | None, folder: Path, prompt: list[int],
+                  new_tokens: int, repeats: int, threads: int, log=print) -> dict:
+    """The build's browser bench: assemble the bundle in a temp folder (the same files convert will ship; `hf_layout`
+    writes the layout, `model` is the file in it our module runs), run it in Chromium, and write
+    `folder/record.json`. Convert then puts these figures into the bundle's manifest."""
     from edgedistil.convert.web import assemble_web_bundle, web_runtime
     from edgedistil.errors import atomic_dir, write_json
 
@@ -371,8 +372,8 @@ def run_bench_web(records: dict, quantized_onnx: Path, student_dir: Path, teache
     with tempfile.TemporaryDirectory(prefix="edgedistil-web-stage-") as stage:
         staged = Path(stage) / "web"
         staged.mkdir()
-        assemble_web_bundle(staged, quantized_onnx, student_dir, {k: v for k, v in records.items() if k != "bench_web"},
-                            node_modules)
+        assemble_web_bundle(staged, model, {k: v for k, v in records.items() if k != "bench_web"}, node_modules,
+                            hf_layout)
         record = bench_web(staged, prompt, new_tokens, repeats, threads, teacher=teacher_onnx, log=log)
     native = records.get("bench")
     if native:

@@ -7,7 +7,9 @@
   offline: the page loads Transformers.js and onnxruntime-web's wasm from this machine and the folder from a local
   model path. In fp32 its greedy ids must equal PyTorch's; a quantized file's must equal Python onnxruntime's on
   the same file; `pipeline('text-generation')` runs on text, and a chat prompt goes through the template;
-- Optimum `ORTModelForCausalLM` is not checked yet (it pins transformers 4.57: it needs a venv of its own).
+- Optimum `ORTModelForCausalLM` (optimum-onnx pins transformers 4.57: it runs in a venv of its own,
+  edgedistil.runtimes.venv, through optimum_worker.py): every onnx/ file loaded from the folder, its generate()'s
+  greedy ids equal PyTorch's in fp32, Python onnxruntime's on the same file else.
 
 A runtime that cannot run here is reported as unavailable with the reason, never replaced by anything else.
 Greedy ids are compared up to and including the first end-of-sequence token, since every consumer stops there.
@@ -125,10 +127,63 @@ def check_genai(folder: Path, student_dir: Path, texts: list[str], new_tokens: i
     return out
 
 
+# ---- Optimum ------------------------------------------------------------------------------------------------
+
+OPTIMUM_PINS = ["optimum-onnx==0.1.0", "optimum==2.1.0", "transformers==4.57.6", "onnxruntime==1.32.0"]
+OPTIMUM_VENV = "optimum-venv"
+OPTIMUM_WORKER = Path(__file__).resolve().parent / "optimum_worker.py"
+
+
+def optimum_python(log=print) -> Path:
+    from edgedistil.runtimes.venv import pinned_venv
+
+    return pinned_venv(OPTIMUM_VENV, OPTIMUM_PINS, log) / "bin" / "python"
+
+
+def check_optimum(folder: Path, student_dir: Path, prompt: list[int], new_tokens: int, log=print) -> dict:
+    """`ORTModelForCausalLM.from_pretrained(folder, subfolder="onnx", file_name=...)` on every onnx/ file, greedy."""
+    import json
+    import subprocess
+
+    folder = Path(folder)
+    try:
+        python = optimum_python(log)
+    except (subprocess.CalledProcessError, OSError) as e:
+        return {"available": False, "reason": f"the Optimum venv could not be made ({e})"}
+    dtypes = {name: d for d, name in DTYPE_FILES.items() if (folder / "onnx" / name).is_file()}
+    with tempfile.TemporaryDirectory(prefix="edgedistil-optimum-") as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"files": list(dtypes), "prompt": prompt, "new_tokens": new_tokens}))
+        proc = subprocess.run([str(python), str(OPTIMUM_WORKER), str(folder), str(job)], capture_output=True,
+                              text=True, timeout=1800)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
+        return {"available": True, "ran": False, "reason": lines[-1][:300]}
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    eos = eos_ids(folder)
+    max_len = read_json(folder / "genai_config.json", "genai config")["model"]["context_length"]
+    files = {}
+    for name, r in raw["files"].items():
+        if "error" in r:
+            files[dtypes[name]] = {"file": f"onnx/{name}", "ran": False, "reason": r["error"], "ids_equal": False}
+            continue
+        fp32 = dtypes[name] == "fp32"
+        ref = torch_greedy(student_dir, prompt, new_tokens, max_len) if fp32 else \
+            ort_greedy(folder / "onnx" / name, prompt, new_tokens)
+        files[dtypes[name]] = {"file": f"onnx/{name}", "ran": True, **compare(r["ids"], ref, eos),
+                               "reference": "fp32 PyTorch student" if fp32 else "Python onnxruntime, same file"}
+    v = raw["versions"]
+    return {"available": True, "ran": True, "new_tokens": new_tokens, "files": files,
+            "runtime": f"Optimum ORTModelForCausalLM (optimum-onnx {v['optimum-onnx']}, transformers "
+                       f"{v['transformers']}, onnxruntime {v['onnxruntime']} CPU)",
+            "ids_equal": all(f["ids_equal"] for f in files.values())}
+
+
 # ---- Transformers.js in Chromium --------------------------------------------------------------------------------
 
+CHAT_NEW_TOKENS = 8
 TJS_JS = """
-async ({ dtypes, prompt, text, chat, newTokens }) => {
+async ({ dtypes, prompt, text, chat, newTokens, chatNewTokens }) => {
   const { env, pipeline, Tensor } = await import("/vendor/transformers.min.js");
   env.allowLocalModels = true;         // false by default in browsers
   env.allowRemoteModels = false;       // offline: nothing from the Hub
@@ -148,9 +203,15 @@ async ({ dtypes, prompt, text, chat, newTokens }) => {
     const fromText = await generator(text, { max_new_tokens: 8, do_sample: false, return_full_text: false });
     r.textOutput = fromText[0].generated_text;
     if (chat) {
+      // return_dict: false, or 4.x returns {input_ids, attention_mask}
       r.chatIds = generator.tokenizer.apply_chat_template(chat, { add_generation_prompt: true, tokenize: true,
-                                                                  return_tensor: false }).map(Number);
-      const answer = await generator(chat, { max_new_tokens: 8, do_sample: false });
+                                                                  return_tensor: false, return_dict: false })
+        .map(Number);
+      const chatTensor = new Tensor("int64", BigInt64Array.from(r.chatIds.map(BigInt)), [1, r.chatIds.length]);
+      const chatSeq = await generator.model.generate({ input_ids: chatTensor, max_new_tokens: chatNewTokens,
+                                                        do_sample: false });
+      r.chatGenIds = chatSeq.tolist()[0].slice(r.chatIds.length).map(Number);
+      const answer = await generator(chat, { max_new_tokens: chatNewTokens, do_sample: false });
       r.chatReply = answer[0].generated_text.at(-1);
     }
     out.files[dtype] = r;
@@ -194,7 +255,7 @@ def check_transformersjs(folder: Path, student_dir: Path, prompt: list[int], tex
                 page.on("pageerror", lambda e: errors.append(str(e)[:300]))
                 page.goto(base + "index.html")
                 got = page.evaluate(TJS_JS, {"dtypes": [dtype], "prompt": prompt, "text": text, "chat": chat,
-                                             "newTokens": new_tokens})
+                                             "newTokens": new_tokens, "chatNewTokens": CHAT_NEW_TOKENS})
                 raw["version"], raw["files"][dtype] = got["version"], got["files"][dtype]
                 page.close()
         except Exception as e:  # Playwright's errors carry the page's exception text
@@ -230,9 +291,14 @@ def tjs_record(raw: dict, folder: Path, student_dir: Path, tokenizer, prompt: li
                  "pipeline_text": r["textOutput"], "pipeline_text_equal_python": r["textOutput"] == python_text}
         if not entry["ids_equal"] and dtype != "fp32":  # how close Python's own logits were where the two parted
             entry["divergence"] = divergence_gap(path, prompt, entry["reference_ids"], entry["ids"], len(prompt))
-        if chat:
+        if chat:  # the template rendered by Transformers.js, and what the model generates from it
             entry["chat_ids_equal_python_template"] = list(r["chatIds"]) == list(chat_ids)
+            chat_ref = (torch_greedy(student_dir, list(chat_ids), CHAT_NEW_TOKENS, max_len) if dtype == "fp32"
+                        else ort_greedy(path, list(chat_ids), CHAT_NEW_TOKENS))
+            entry["chat"] = compare(r["chatGenIds"], chat_ref, eos)
             entry["chat_reply"] = r["chatReply"]
+            entry["chat_reply_equal_python"] = r["chatReply"].get("content") == tokenizer.decode(
+                until_eos(chat_ref, eos), skip_special_tokens=True)
         files[dtype] = entry
     return {"available": True, "ran": True, "runtime": f"Transformers.js {raw['version']} (onnxruntime-web wasm, "
             f"1 thread) in headless Chromium", "new_tokens": new_tokens, "files": files,

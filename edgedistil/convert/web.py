@@ -1,7 +1,9 @@
-"""The convert stage for `web`: records + quantized ONNX -> dist/web/, a folder a web developer serves as it is.
+"""The convert stage for `web`: records + the Hugging Face ONNX layout -> dist/web/, a folder a web developer serves
+as it is.
 
-The bundle holds the model for onnxruntime-web, the tokenizer, `edgedistil-web.js` (load, tokenize, chunked
-prefill, greedy decode streaming tokens to a callback), a demo page, and under `vendor/` the few files of the
+The bundle is the layout (config, tokenizer, onnx/model_quantized.onnx: the file Transformers.js' q8 loads, written
+by the target's `hf_section`) plus `edgedistil-web.js` (load, tokenize, chunked prefill, greedy decode streaming
+tokens to a callback), which runs that same file, a demo page using our module, and under `vendor/` the few files of the
 pinned npm packages that the page loads (onnxruntime-web's wasm build and the Hugging Face tokenizer library), so
 nothing comes from a CDN. `manifest.json` lists every file with its sha256 and says what was measured.
 
@@ -24,7 +26,6 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.records import file_entry, sha256_file
 
 SCHEMA_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 RUNTIME_SRC = Path(__file__).resolve().parent / "web_runtime"
 OWN_FILES = ("edgedistil-web.js", "index.html")  # ours, copied from web_runtime/
 # bundle path -> path under node_modules: only what the page loads (the bundled ESM build of onnxruntime-web
@@ -104,13 +105,15 @@ USAGE = """\
 # {name}: web bundle
 
 Serve this folder as it is and open `index.html`: a demo page with a prompt box that streams the generated text
-and shows tokens/s. Everything it loads is in the folder (onnxruntime-web {ort_version} and
+and shows tokens/s. The page uses our module, `edgedistil-web.js`; Transformers.js loads the same folder unchanged
+(`pipeline("text-generation", ..., {{ dtype: "q8" }})`, see the edgedistil README). Everything it loads is in the folder (onnxruntime-web {ort_version} and
 @huggingface/tokenizers {tok_version} are under `vendor/`); no CDN is contacted.
 
 | file | what |
 |---|---|
-| `model.onnx` | {size_mb:.1f} MB, one graph for prefill and decode; {quantization} |
-| `tokenizer.json`, `tokenizer_config.json` | the tokenizer, read by @huggingface/tokenizers |
+| `{model}` | {size_mb:.1f} MB, one graph for prefill and decode; {quantization}. The file Transformers.js' `dtype: "q8"` loads: the demo page runs it through our module, Transformers.js runs it as it is |
+| `config.json`, `generation_config.json`, `genai_config.json` | the Hugging Face ONNX layout (Transformers.js, onnxruntime-genai, Optimum) |
+| `tokenizer.json`, `tokenizer_config.json` | the tokenizer (chat template inline), read by @huggingface/tokenizers |
 | `edgedistil-web.js` | ES module: load, tokenize, chunked prefill, greedy decode streaming tokens |
 | `index.html` | the demo page |
 | `vendor/` | `ort.wasm.bundle.min.mjs` + `ort-wasm-simd-threaded.wasm` (onnxruntime-web, MIT), `tokenizers.min.mjs` |
@@ -152,10 +155,12 @@ imports at the relative paths of this folder; to move them, keep `edgedistil-web
 
 ## The model's calling convention
 
-One graph serves prefill (`input_ids` int32 `[1, {prefill}]`) and decode (`[1, 1]`), with `position` int32 `[1]`
-(the position of `input_ids[0]`). The KV cache has the shape `{cache_shape}` (float32); feed the previous step's
-`k_cache_out`/`v_cache_out` back in as `k_cache`/`v_cache`. Prompts run in chunks of {prefill} tokens: pad the last
-chunk with token 0 and read the logits of its last real token. `logits` is `[1, T, {vocab}]`.
+The Hugging Face ONNX convention: one graph serves prefill and decode. `input_ids` int64 `[1, T]`,
+`attention_mask` int64 ones `[1, past + T]` (its length says where the new tokens go), and per layer
+`past_key_values.{{i}}.key|value` float32 `{cache_shape}` (past length 0 at the start); it returns `logits`
+`[1, T, {vocab}]` and `present.{{i}}.key|value` (past + T rows), fed back as the next step's past. Our module runs
+prompts in chunks of {prefill} tokens, pads the last chunk with token 0, reads the logits of its last real token
+and drops the padded rows from the cache, as edgedistil's Python loop does.
 
 ## What was measured
 
@@ -189,27 +194,24 @@ def _measured_text(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, records: dict, node_modules: Path,
-                        hf_section=None) -> dict:
+def assemble_web_bundle(dest: Path, model: str, records: dict, node_modules: Path, hf_section) -> dict:
     """Write the bundle into the existing, empty folder `dest` and return its manifest.
 
-    `records` holds the export, quantize and distill records, and optionally `bench` (native ONNX Runtime) and
-    `bench_web` (the browser, see edgedistil.bench.web). `hf_section(dest)`, when given, writes the Hugging Face
-    ONNX layout beside the bundle's own files (targets/_hf_layout.py) and returns the manifest's `hf_onnx`.
+    `hf_section(dest)` writes the Hugging Face ONNX layout (targets/_hf_layout.py) and returns the manifest's
+    `hf_onnx`; `model` is the layout's file our module runs (onnx/model_quantized.onnx). `records` holds the hf
+    export, its quantize and the distill records, and optionally `bench` (native ONNX Runtime) and `bench_web` (the
+    browser, see edgedistil.bench.web).
     """
     dest = Path(dest)
     export, quant, distill = records["export"], records["quantize"], records["distill"]
-    shutil.copy2(quantized_onnx, dest / "model.onnx")
-    for name in TOKENIZER_FILES:
-        if (Path(student_dir) / name).is_file():
-            shutil.copy2(Path(student_dir) / name, dest / name)
+    hf = hf_section(dest)
     for name in OWN_FILES:
         shutil.copy2(RUNTIME_SRC / name, dest / name)
     (dest / "vendor").mkdir()
     for rel, src in VENDOR_FILES.items():
         shutil.copy2(node_modules / src, dest / rel)
     versions = runtime_versions(node_modules)
-    graphs = [{**g, "file": "model.onnx"} for g in export["graphs"]]
+    graphs = [{**g, "file": model} for g in export["graphs"]]
     name = f"{records.get('recipe_name', 'student')}-student"
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -218,6 +220,7 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         "created_by": f"edgedistil {__version__}",
         "runtime": {"name": "onnxruntime-web", "version": versions["onnxruntime-web"], "execution_provider": "wasm",
                     "opset": export["opset"], "module": "edgedistil-web.js", "demo": "index.html",
+                    "demo_uses": "edgedistil-web.js (our module) on " + model + "; Transformers.js loads the same file",
                     "tokenizer_library": f"@huggingface/tokenizers {versions['@huggingface/tokenizers']}",
                     "vendor": {rel: src for rel, src in VENDOR_FILES.items()},
                     "npm_lock_sha256_16": lock_hash()},
@@ -236,28 +239,27 @@ def assemble_web_bundle(dest: Path, quantized_onnx: Path, student_dir: Path, rec
         "student": student_entry(distill),
     }
     (dest / "USAGE.md").write_text(USAGE.format(
-        name=name, size_mb=quant["bytes"] / 1e6, quantization=f"`{quant['method']}` ({quant['scheme']})",
+        name=name, model=model, size_mb=quant["bytes"] / 1e6, quantization=f"`{quant['method']}` ({quant['scheme']})",
         prefill=graphs[0]["tokens_per_call"],
         cache_shape=export["kv_cache"]["shape"], vocab=graphs[0]["outputs"][0]["shape"][-1],
         ort_version=versions["onnxruntime-web"], tok_version=versions["@huggingface/tokenizers"],
         measured=_measured_text(manifest)))
-    if hf_section:
-        manifest["hf_onnx"] = hf_section(dest)
+    manifest["hf_onnx"] = hf
     manifest["files"] = [file_entry(p, dest) for p in sorted(dest.rglob("*")) if p.is_file()]
     write_json(dest / "manifest.json", manifest)
     return manifest
 
 
-def run_convert_web(quantized_onnx: Path, student_dir: Path, out_dir: Path, records: dict, log=print,
-                    hf_section=None) -> dict:
-    """Assemble `out_dir` (dist/web) atomically; see assemble_web_bundle for `records`."""
+def run_convert_web(quantized_onnx: Path, model: str, out_dir: Path, records: dict, hf_section, log=print) -> dict:
+    """Assemble `out_dir` (dist/web) atomically; `quantized_onnx` is the run folder's copy of `model`; see
+    assemble_web_bundle for the rest."""
     node_modules = web_runtime(log)
     web = records.get("bench_web")
     if web and web["student"]["sha256"] != sha256_file(quantized_onnx):
         raise EdgeError("the browser bench record is for another model file than the one being bundled",
                         "rerun `edgedistil build --target web` so the browser bench runs on this model")
     with atomic_dir(out_dir) as tmp:
-        manifest = assemble_web_bundle(tmp, quantized_onnx, student_dir, records, node_modules, hf_section)
+        manifest = assemble_web_bundle(tmp, model, records, node_modules, hf_section)
     files = manifest["files"]
     log(f"convert[web]: {out_dir} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB in {len(files)} files)")
     return manifest
@@ -369,8 +371,10 @@ def verify_onnx(bundle: Path, manifest: dict) -> list[dict]:
 
 
 
-if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned JS packages now (CI does this)
-    from edgedistil.convert.hf_consumers import transformersjs_runtime
+if __name__ == "__main__":  # `python -m edgedistil.convert.web`: install the pinned consumer runtimes now (CI does
+    # this): the JS packages, and Optimum's venv (about two minutes the first time, 1.3 GB)
+    from edgedistil.convert.hf_consumers import optimum_python, transformersjs_runtime
 
     print(web_runtime())
     print(transformersjs_runtime())
+    print(optimum_python())

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from edgedistil.build import Run, export_stage, quantize_stage
 from edgedistil.config import TargetProfile
-from edgedistil.convert.hf_onnx import EXPORT, hf_fidelity, hf_graph_sources, write_hf_folder
+from edgedistil.convert.hf_onnx import DTYPE_FILES, EXPORT, hf_fidelity, hf_graph_sources, write_hf_folder
+from edgedistil.errors import EdgeError
 from edgedistil.targets import Stage
 
 CACHE = "hf"  # export_stage/quantize_stage layout: export/student-hf/, quantize/<method>-hf/
@@ -23,6 +24,32 @@ def hf_stages(profile: TargetProfile) -> list[Stage]:
     return [export_stage("student", cache=CACHE), *(quantize_stage(m, cache=CACHE) for m in hf_methods(profile))]
 
 
+def check_hf_profile(profile: TargetProfile) -> None:
+    """A profile that ships the layout names its files, and its quantization makes one of them (the headline)."""
+    if not profile.hf_onnx:
+        raise EdgeError(f"{profile.path}: the {profile.target} profile names no hf_onnx files",
+                        "add hf_onnx = { fp32 = \"fp32\", q8 = \"int8_storage\", q4 = \"int4\" } to the profile")
+    if profile.quantization not in profile.hf_onnx.values():
+        raise EdgeError(f"{profile.path}: quantization '{profile.quantization}' makes none of the hf_onnx files",
+                        f"set quantization to one of: {', '.join(dict.fromkeys(profile.hf_onnx.values()))}")
+
+
+def headline_dtype(profile: TargetProfile) -> str:
+    """The file whose figures the manifest's `fidelity` and `bench` carry: the one the profile's quantization makes."""
+    return next(d for d, m in profile.hf_onnx.items() if m == profile.quantization)
+
+
+def headline_source(profile: TargetProfile) -> str:
+    """Where the headline file lies in the run folder (relative): the hf export or its quantize stage's output."""
+    method = profile.hf_onnx[headline_dtype(profile)]
+    return "export/student-hf/model.onnx" if method == EXPORT else f"quantize/{method}-hf/model.onnx"
+
+
+def headline_file(profile: TargetProfile) -> str:
+    """The headline file's path inside the bundle."""
+    return f"onnx/{DTYPE_FILES[headline_dtype(profile)]}"
+
+
 def hf_stage_names(profile: TargetProfile) -> list[str]:
     """The stages a bundle with the layout reads, for its key."""
     return [s.name for s in hf_stages(profile)]
@@ -34,18 +61,25 @@ def consumer_texts(run: Run) -> list[str]:
     return [" ".join(words[:12]), " ".join(words[12:16])]
 
 
+def write_hf_layout(run: Run, profile: TargetProfile, dest: Path) -> list[str]:
+    """Write the layout's files into the bundle folder `dest`; returns the paths written, relative to it."""
+    student = run.out / "distill" / "student"
+    return write_hf_folder(dest, student, hf_graph_sources(run.out, profile.hf_onnx), run.recipe.export.max_len)
+
+
 def write_hf_section(run: Run, profile: TargetProfile, dest: Path) -> dict:
-    """Write the layout into the bundle folder `dest` (still its temp folder), run onnxruntime-genai and
-    Transformers.js on it, and return the manifest's `hf_onnx` section."""
-    from edgedistil.convert.hf_consumers import check_genai, check_transformersjs
+    """Write the layout into the bundle folder `dest` (still its temp folder), run onnxruntime-genai, Optimum
+    and Transformers.js on it, and return the manifest's `hf_onnx` section."""
+    from edgedistil.convert.hf_consumers import check_genai, check_optimum, check_transformersjs
 
     student = run.out / "distill" / "student"
-    written = write_hf_folder(dest, student, hf_graph_sources(run.out, profile.hf_onnx), run.recipe.export.max_len)
+    written = write_hf_layout(run, profile, dest)
     texts = consumer_texts(run)
     prompt = run.heldout_ids()[: run.recipe.export.prefill_len // 2].tolist()
-    run.log(f"hf-onnx: checking {dest.name}/onnx/ with onnxruntime-genai and Transformers.js")
+    run.log(f"hf-onnx: checking {dest.name}/onnx/ with onnxruntime-genai, Optimum and Transformers.js")
     consumers = {
         "onnxruntime-genai": check_genai(dest, student, texts, CONSUMER_NEW_TOKENS),
+        "optimum": check_optimum(dest, student, prompt, CONSUMER_NEW_TOKENS, log=run.log),
         "transformers.js": check_transformersjs(dest, student, prompt, texts[1], CONSUMER_NEW_TOKENS, log=run.log),
     }
     for name, c in consumers.items():

@@ -9,23 +9,17 @@ from pathlib import Path
 from edgedistil import __version__
 from edgedistil.build import Run, eval_record, ort_bench_stage
 from edgedistil.config import Recipe, TargetProfile
-from edgedistil.convert.hf_onnx import DTYPE_FILES, EXPORT
+from edgedistil.convert.hf_onnx import DTYPE_FILES
 from edgedistil.convert.manifest import evaluation_entry, quality_entry, student_entry
-from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
+from edgedistil.errors import atomic_dir, read_json, write_json
 from edgedistil.records import file_entry, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
-from edgedistil.targets._hf_layout import hf_stage_names, hf_stages, write_hf_section
-
-
-def headline_dtype(profile: TargetProfile) -> str:
-    """The file whose figures the manifest's `fidelity` and `bench` carry: the one the profile's quantization makes."""
-    return next(d for d, m in profile.hf_onnx.items() if m == profile.quantization)
+from edgedistil.targets._hf_layout import (check_hf_profile, headline_dtype, headline_source, hf_stage_names,
+                                           hf_stages, write_hf_section)
 
 
 def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
-    dtype = headline_dtype(profile)
-    method = profile.hf_onnx[dtype]
-    headline = "export/student-hf/model.onnx" if method == EXPORT else f"quantize/{method}-hf/model.onnx"
+    headline = headline_source(profile)
     upstream = ["distill", *hf_stage_names(profile), "bench"]
 
     def bundle_key(run: Run) -> str:
@@ -82,12 +76,7 @@ def assemble(run: Run, profile: TargetProfile, dest: Path, headline: str) -> dic
 
 
 def check(profile: TargetProfile, recipe: Recipe) -> None:
-    if not profile.hf_onnx:
-        raise EdgeError(f"{profile.path}: the {profile.target} profile names no hf_onnx files",
-                        "add hf_onnx = { fp32 = \"fp32\", q8 = \"int8_storage\", q4 = \"int4\" } to the profile")
-    if profile.quantization not in profile.hf_onnx.values():
-        raise EdgeError(f"{profile.path}: quantization '{profile.quantization}' makes none of the hf_onnx files",
-                        f"set quantization to one of: {', '.join(dict.fromkeys(profile.hf_onnx.values()))}")
+    check_hf_profile(profile)
 
 
 def bench(req: BenchRequest) -> dict:

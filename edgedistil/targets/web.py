@@ -1,26 +1,30 @@
-"""Web browsers through onnxruntime-web (wasm): the ONNX export of student and teacher, the profile's quantization,
-native ONNX Runtime and headless-Chromium benches, and dist/web/ (model, tokenizer, JS module, demo page)."""
+"""Web browsers through onnxruntime-web (wasm): dist/web/ is the Hugging Face ONNX layout (targets/_hf_layout.py)
+plus our JS module and demo page, which run the layout's own file (onnx/model_quantized.onnx, Transformers.js' q8),
+so the bundle holds one graph that both run. The teacher goes through the same hf export for the benches: native
+ONNX Runtime and the bundle's page in headless Chromium, side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edgedistil.build import Run, bench_prompt, eval_record, export_stage, ort_bench_stage, quantize_stage
+from edgedistil.build import Run, bench_prompt, eval_record, export_stage, ort_bench_stage
 from edgedistil.config import Recipe, TargetProfile
-from edgedistil.errors import EdgeError, read_json
+from edgedistil.errors import read_json
 from edgedistil.records import sha256_file, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
-from edgedistil.targets._hf_layout import hf_stage_names, hf_stages, write_hf_section
+from edgedistil.targets._hf_layout import (CACHE, check_hf_profile, headline_file, headline_source, hf_stage_names,
+                                           hf_stages, write_hf_layout, write_hf_section)
 
-TEACHER_ONNX = "export/teacher/model.onnx"
+TEACHER_ONNX = f"export/teacher-{CACHE}/model.onnx"
 
 
-def records(run: Run, method: str) -> dict:
-    """The records a bundle's manifest is made from; the benches only when they ran."""
+def records(run: Run, student: str) -> dict:
+    """The records a bundle's manifest is made from (`student`: the shipped file's path in the run folder); the
+    benches only when they ran."""
     out = {
         "distill": read_json(run.out / "distill" / "record.json", "distill record"),
-        "export": read_json(run.out / "export" / "student" / "record.json", "export record"),
-        "quantize": read_json(run.out / "quantize" / method / "record.json", "quantize record"),
+        "export": read_json(run.out / "export" / f"student-{CACHE}" / "record.json", "export record"),
+        "quantize": read_json(run.out / Path(student).parent / "record.json", "quantize record"),
         "recipe_name": run.recipe.name,
         "eval": eval_record(run),
     }
@@ -32,9 +36,8 @@ def records(run: Run, method: str) -> dict:
 
 
 def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
-    method, threads = profile.quantization, profile.threads
-    student = f"quantize/{method}/model.onnx"
-    upstream = ("distill", "export[student]", f"quantize[{method}]", "bench")
+    threads, student, shipped = profile.threads, headline_source(profile), headline_file(profile)
+    upstream = ("distill", *hf_stage_names(profile), f"export[teacher-{CACHE}]", "bench")
 
     def browser_key(run: Run) -> str:
         return stage_key("bench-web", sha256_file(run.out / student), sha256_file(run.out / TEACHER_ONNX),
@@ -45,33 +48,28 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
         from edgedistil.bench.web import run_bench_web
 
         b = run.recipe.bench
-        return run_bench_web(records(run, method), run.out / student, run.out / "distill" / "student",
-                             run.out / TEACHER_ONNX, folder, bench_prompt(run), b.new_tokens, b.repeats, threads,
-                             log=run.log)
+        layout = lambda dest: {"written": write_hf_layout(run, profile, dest)}  # noqa: E731 (no consumer checks)
+        return run_bench_web(records(run, student), shipped, layout, run.out / TEACHER_ONNX, folder,
+                             bench_prompt(run), b.new_tokens, b.repeats, threads, log=run.log)
 
     def bundle_key(run: Run) -> str:
-        hf = [profile.hf_onnx, [run.key_of(n) for n in hf_stage_names(profile)]] if profile.hf_onnx else []
-        return stage_key("convert", profile.target, [run.key_of(n) for n in (*upstream, "bench[web]", "eval")], *hf)
+        return stage_key("convert", profile.target, profile.hf_onnx,
+                         [run.key_of(n) for n in (*upstream, "bench[web]", "eval")])
 
     def bundle(run: Run, folder: Path) -> dict:
         from edgedistil.convert.web import run_convert_web
 
-        hf = (lambda dest: write_hf_section(run, profile, dest)) if profile.hf_onnx else None
-        return dict(run_convert_web(run.out / student, run.out / "distill" / "student", folder, records(run, method),
-                                    log=run.log, hf_section=hf))
+        return dict(run_convert_web(run.out / student, shipped, folder, records(run, student),
+                                    lambda dest: write_hf_section(run, profile, dest), log=run.log))
 
-    return [export_stage("student"), export_stage("teacher"), quantize_stage(method),
-            *(hf_stages(profile) if profile.hf_onnx else []),
+    return [*hf_stages(profile), export_stage("teacher", cache=CACHE),
             ort_bench_stage({"student": student, "teacher": TEACHER_ONNX}, threads),
             Stage("bench[web]", "bench-web", browser_key, browser),
             Stage(f"convert[{profile.target}]", f"dist/{profile.target}", bundle_key, bundle, convert=True)]
 
 
 def check(profile: TargetProfile, recipe: Recipe) -> None:
-    if recipe.export.cache != "full":
-        # the bundle's JS and manifest speak the whole-cache I/O; the gqa layout is for ONNX Runtime hosts
-        raise EdgeError(f"[export] cache = \"{recipe.export.cache}\" is not the web bundle's cache layout",
-                        "use cache = \"full\" for --target web (gqa is for native ONNX Runtime)")
+    check_hf_profile(profile)  # the bundle is the layout: its page runs the layout's own file
 
 
 def bench(req: BenchRequest) -> dict:

@@ -94,7 +94,7 @@ def bundle_copy(tmp: Path, fx: dict) -> Path:
 
 def tampered_bundle(tmp: Path, fx: dict) -> list:
     b = bundle_copy(tmp, fx)
-    with open(b / "model.onnx", "r+b") as f:
+    with open(b / "onnx" / "model_quantized.onnx", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
     return ["verify", b]
@@ -102,7 +102,7 @@ def tampered_bundle(tmp: Path, fx: dict) -> list:
 
 def truncated_bundle(tmp: Path, fx: dict) -> list:
     b = bundle_copy(tmp, fx)
-    m = b / "model.onnx"
+    m = b / "onnx" / "model_quantized.onnx"
     m.write_bytes(m.read_bytes()[:1000])
     return ["verify", b]
 
@@ -118,7 +118,7 @@ def manifest_io_mismatch(tmp: Path, fx: dict) -> list:
 
     b = bundle_copy(tmp, fx)
     manifest = json.loads((b / "manifest.json").read_text())
-    manifest["graphs"][-1]["inputs"][0]["dtype"] = "int64"  # the model takes int32 ids
+    manifest["graphs"][-1]["inputs"][0]["dtype"] = "int32"  # the model takes int64 ids
     (b / "manifest.json").write_text(json.dumps(manifest))
     return ["verify", b]
 

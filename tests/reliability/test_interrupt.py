@@ -87,7 +87,7 @@ def test_sigkill_during_the_bundle_stages_then_rerun_finishes_from_the_cache(tin
     assert proc.returncode == -signal.SIGKILL
     rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    for stage in ("distill", "export[student]", "export[teacher]", f"quantize[{WEB_METHOD}]", "bench"):
+    for stage in ("distill", "export[student-hf]", "export[teacher-hf]", f"quantize[{WEB_METHOD}-hf]", "bench"):
         assert f"[{stage}] cached" in rerun.stderr
     assert "[bench[web]] running" in rerun.stderr and "[convert[web]] running" in rerun.stderr
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "a killed run's temp folders were kept"

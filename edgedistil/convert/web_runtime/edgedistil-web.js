@@ -1,7 +1,8 @@
 // edgedistil-web.js: run an edgedistil web bundle in the browser with onnxruntime-web (wasm).
 //
-// The bundle holds the model (one ONNX graph for prefill and decode), tokenizer.json, manifest.json and, under
-// vendor/, the pinned onnxruntime-web and @huggingface/tokenizers files, so nothing is loaded from a CDN.
+// The bundle is a Hugging Face ONNX folder (onnx/model_quantized.onnx: one graph for prefill and decode, the file
+// Transformers.js' q8 loads), plus manifest.json and, under vendor/, the pinned onnxruntime-web and
+// @huggingface/tokenizers files, so nothing is loaded from a CDN.
 //
 //   import { load } from "./edgedistil-web.js";
 //   const lm = await load();                        // reads manifest.json beside this file
@@ -9,8 +10,10 @@
 //
 // Decoding follows edgedistil/decoding.py exactly, so the browser's greedy tokens can be compared with Python's:
 // the prompt runs in chunks of P tokens (the last one padded with token 0, its padded rows ignored), the first new
-// token is the argmax of the last real prompt row, then one token per step. The whole KV cache goes in and comes
-// back out of every step (`k_cache` -> `k_cache_out`), as the exported graph defines.
+// token is the argmax of the last real prompt row, then one token per step. The graph speaks the Hugging Face
+// convention: int64 input_ids and attention_mask (ones, past + T long), per-layer past_key_values.{i}.key|value in
+// and present.{i}.key|value (past + T rows) out; after the padded last chunk the padded rows are dropped, so the
+// cache holds exactly the prompt (Python writes them into its buffer and never attends to them: the same logits).
 
 import * as ort from "./vendor/ort.wasm.bundle.min.mjs";
 import { Tokenizer } from "./vendor/tokenizers.min.mjs";
@@ -90,10 +93,14 @@ export class EdgeLM {
     this.file = file;
     this.loadMs = loadMs;
     this.threads = threads;
-    // the cache shape comes from the model itself, so a teacher with other dimensions loads the same way
-    const kv = session.inputMetadata.find((m) => m.name === "k_cache");
-    this.cacheShape = kv && kv.shape.every((d) => typeof d === "number") ? kv.shape.slice() : manifest.kv_cache.shape;
-    this.maxLen = this.cacheShape[3];
+    // layers, kv heads and head dim come from the model itself, so a teacher with other dimensions loads the same way
+    this.layers = session.inputNames.filter((n) => /^past_key_values\.\d+\.key$/.test(n)).length;
+    const kv = session.inputMetadata.find((m) => m.name === "past_key_values.0.key");
+    const [kvHeads, headDim] = kv && typeof kv.shape[1] === "number" ? [kv.shape[1], kv.shape[3]]
+      : [manifest.kv_cache.kv_heads, manifest.kv_cache.head_dim];
+    this.kvHeads = kvHeads;
+    this.headDim = headDim;
+    this.maxLen = manifest.kv_cache.max_len;  // the positions the graph's RoPE tables serve
     this.chunk = manifest.graphs.find((g) => g.name === "prefill").tokens_per_call;
     const eos = tokenizerConfig.eos_token;
     this.eosId = eos == null ? null : tokenizer.token_to_id(typeof eos === "string" ? eos : eos.content) ?? null;
@@ -107,21 +114,40 @@ export class EdgeLM {
     return this.tokenizer.decode(ids, { skip_special_tokens: true });
   }
 
+  // the past before the first token: per layer a key and a value of 0 rows
   emptyCache() {
-    const size = this.cacheShape.reduce((a, b) => a * b, 1);
-    return [new ort.Tensor("float32", new Float32Array(size), this.cacheShape),
-      new ort.Tensor("float32", new Float32Array(size), this.cacheShape)];
+    const empty = () => new ort.Tensor("float32", new Float32Array(0), [1, this.kvHeads, 0, this.headDim]);
+    return Array.from({ length: 2 * this.layers }, empty);
   }
 
-  // One call of the graph: `ids` (a chunk or one token) from `position`; returns logits [1, T, V] and the cache.
-  async step(ids, position, cache) {
-    const out = await this.session.run({
-      input_ids: new ort.Tensor("int32", Int32Array.from(ids), [1, ids.length]),
-      position: new ort.Tensor("int32", Int32Array.of(position), [1]),
-      k_cache: cache[0],
-      v_cache: cache[1],
+  // The first `rows` positions of each cache tensor [1, KV, S, D]: drops the padded rows of a prefill chunk.
+  trimCache(cache, rows) {
+    const D = this.headDim;
+    return cache.map((t) => {
+      const S = t.dims[2];
+      if (S === rows) return t;
+      const out = new Float32Array(this.kvHeads * rows * D);
+      for (let h = 0; h < this.kvHeads; h++) out.set(t.data.subarray(h * S * D, h * S * D + rows * D), h * rows * D);
+      return new ort.Tensor("float32", out, [1, this.kvHeads, rows, D]);
     });
-    return [out.logits, [out.k_cache_out, out.v_cache_out]];
+  }
+
+  // One call of the graph: `ids` (a chunk or one token) from `position` (the cache holds `position` rows);
+  // returns logits [1, T, V] and the cache grown by T rows.
+  async step(ids, position, cache) {
+    const feeds = {
+      input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
+      attention_mask: new ort.Tensor("int64", new BigInt64Array(position + ids.length).fill(1n),
+        [1, position + ids.length]),
+    };
+    for (let i = 0; i < this.layers; i++) {
+      feeds[`past_key_values.${i}.key`] = cache[2 * i];
+      feeds[`past_key_values.${i}.value`] = cache[2 * i + 1];
+    }
+    const out = await this.session.run(feeds);
+    const grown = [];
+    for (let i = 0; i < this.layers; i++) grown.push(out[`present.${i}.key`], out[`present.${i}.value`]);
+    return [out.logits, grown];
   }
 
   /**
@@ -166,6 +192,7 @@ export class EdgeLM {
       const padded = piece.concat(new Array(P - piece.length).fill(0));
       [logits, cache] = await this.step(padded, i, cache);
     }
+    cache = this.trimCache(cache, promptIds.length);
     const vocab = logits.dims[logits.dims.length - 1];
     const first = argmaxRow(logits.data, lastRow, vocab);
     const ttftMs = performance.now() - t0;
