@@ -207,43 +207,72 @@ def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, exc
     _replace_weight_matmuls(model, excluded, replace)
 
 
-def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """`weight` [N, K] as symmetric int8 codes [N, K] and one fp32 scale per row [N, 1]."""
-    codes, scales, zeros = gptq(weight, hessian, 8, weight.shape[1], symmetric=True)
-    return (codes - zeros).astype(np.int8), scales.astype(np.float32)
+# int8_storage rounds each MatMul weight with a scale per block of this many inputs (K) of each output column. One
+# scale per column took the 11-layer default under the int8 top-1 floor (0.975 against the fp32 student; blocks:
+# 0.983, docs/benchmarks.md "int8 storage: block scales"), for 1/8 more bytes than the int8 codes (fp32 scales) and one
+# more folded Reshape at load. The tied embedding / head table keeps a scale per row: blocks there did not help.
+INT8_STORAGE_BLOCK = 32
+
+
+def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None, block: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`weight` [N, K] as symmetric int8 codes [N, K] and fp32 scales: one per row [N, 1], or with `block` (a
+    divisor of K) one per block of `block` columns, codes [N, K / block, block] and scales [N, K / block, 1]."""
+    n, k = weight.shape
+    block = block if block and k % block == 0 else k
+    codes, scales, zeros = gptq(weight, hessian, 8, block, symmetric=True)
+    codes, scales = (codes - np.repeat(zeros, block, 1)).astype(np.int8), scales.astype(np.float32)
+    if block == k:
+        return codes, scales
+    return codes.reshape(n, k // block, block), scales.reshape(n, k // block, 1)
 
 
 def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarray] | None) -> dict[str, tuple]:
-    """Store every weight MatMul's B of `model` (changed in place) not in `excluded` as int8, one scale per output
-    column, behind Cast -> Mul(scales): both constant, so ONNX Runtime folds them into the fp32 weight when the
-    session loads. The file is int8, compute is fp32: for runtimes whose int8 kernels are slower than their fp32
-    ones (onnxruntime-web: wasm has no int8 dot product). Per column rather than in blocks because a block needs
-    a Reshape too, and each folded node is one more transient fp32 copy of the weight in a wasm heap that never
-    shrinks. GPTQ-rounded when `hessians` are given.
+    """Store every weight MatMul's B of `model` (changed in place) not in `excluded` as int8, a scale per block of
+    INT8_STORAGE_BLOCK inputs of each output column, behind Cast -> Mul(scales) -> Reshape: all constant, so ONNX
+    Runtime folds them into the fp32 weight when the session loads. The file is int8, compute is fp32: for runtimes
+    whose int8 kernels are slower than their fp32 ones (onnxruntime-web: wasm has no int8 dot product). Each folded
+    node is one more transient fp32 copy of a weight in a wasm heap that never shrinks, which is why there are no
+    more of them. GPTQ-rounded when `hessians` are given.
 
-    A head whose weight is an embedding table transposed (tied embeddings, exported as two copies) is stored once,
-    as the table's int8 rows with a scale per row, read through a Transpose; returns {table: (codes, scales)} for
-    quantize_gathers to look the embedding up in the same int8 rows."""
+    A head whose weight is an embedding table (tied embeddings: a row Gather of a second copy, or in the gqa
+    layouts a column Gather of the head's own matrix) is stored once, as the table's int8 rows with a scale per row,
+    read through a Transpose; returns {table: (codes, scales)} for quantize_gathers to look the embedding up in
+    the same int8 rows."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    tables = {n.input[0]: numpy_helper.to_array(inits[n.input[0]]) for n in model.graph.node
-              if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2
-              and all(a.i == 0 for a in n.attribute if a.name == "axis")}
+    gathers = [(n.input[0], next((a.i for a in n.attribute if a.name == "axis"), 0)) for n in model.graph.node
+               if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
+    tables = {t: numpy_helper.to_array(inits[t]) for t, axis in gathers if axis == 0}
+    # the gqa layouts read the head's own [K, N] matrix with a column Gather: the same table, already shared
+    column_tables = {t for t, axis in gathers if axis == 1}
     shared: dict[str, tuple] = {}
 
     def replace(node, weight):
         a, b = node.input
-        codes, scales = _int8_rows(weight, None if hessians is None else hessians[a])
-        tied = next((t for t, table in tables.items() if t not in shared and table.shape == weight.shape
-                     and np.array_equal(table, weight)), None)
+        hessian = None if hessians is None else hessians[a]
+        tied = b if b in column_tables and b not in shared else next(
+            (t for t, table in tables.items() if t not in shared and table.shape == weight.shape
+             and np.array_equal(table, weight)), None)
         if tied is None:
+            codes, scales = _int8_rows(weight, hessian, INT8_STORAGE_BLOCK)
             q, sc = f"{b}_Q8", f"{b}_scales"
+            if codes.ndim == 2:
+                return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
+                         helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_dequantized"], name=f"{b}_scale"),
+                         helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
+                        [numpy_helper.from_array(codes.T.copy(), q),  # [K, N]
+                         numpy_helper.from_array(scales.T.copy(), sc)])  # [1, N]
+            # [N, G, B] codes, [N, G, 1] scales -> [G, B, N] and [G, 1, N], unblocked to B's [K, N]
             return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
-                     helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_dequantized"], name=f"{b}_scale"),
+                     helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_blocks"], name=f"{b}_scale"),
+                     helper.make_node("Reshape", [f"{b}_blocks", f"{b}_shape"], [f"{b}_dequantized"],
+                                      name=f"{b}_unblock"),
                      helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                    [numpy_helper.from_array(codes.T.copy(), q),  # [K, N]
-                     numpy_helper.from_array(scales.T.copy(), sc)])  # [1, N]
+                    [numpy_helper.from_array(codes.transpose(1, 2, 0).copy(), q),
+                     numpy_helper.from_array(scales.transpose(1, 2, 0).copy(), sc),
+                     numpy_helper.from_array(np.array(weight.shape[::-1], np.int64), f"{b}_shape")])
+        codes, scales = _int8_rows(weight, hessian)
         q, sc = shared[tied] = (f"{tied}_Q8", f"{tied}_scales")
         return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
                  helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_rows"], name=f"{b}_scale"),
@@ -353,7 +382,7 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
             continue
         base = node.input[0] + ("_rows" if axis == 1 else "")
         if portable:
-            tied = (shared or {}).get(node.input[0]) if axis == 0 else None
+            tied = (shared or {}).get(node.input[0])  # rows of the table, for a row or a column Gather alike
             q, sc = tied or (f"{base}_Q8", f"{base}_scales")
             if tied is None:
                 codes, scales = _int8_rows(table, None)

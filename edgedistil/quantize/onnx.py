@@ -12,8 +12,8 @@ quantize/blockwise.py):
   rounding, SmoothQuant moves the RMSNorm outputs' outlier channels into the weights, where per-block activation
   quantization rounded them worst (the LM head's input most). The int8 method that holds the
   int8 floor at int8 speed on ONNX Runtime (scripts/bench_onnx_quant.py).
-- `int8_storage`: int8 weights in the file, fp32 compute: each MatMul weight int8 per output column (GPTQ-rounded)
-  behind Cast -> Mul, which ONNX Runtime folds into the fp32 weight when the session loads, and the embedding an
+- `int8_storage`: int8 weights in the file, fp32 compute: each MatMul weight int8 in blocks of 32 inputs (GPTQ-rounded)
+  behind Cast -> Mul -> Reshape, which ONNX Runtime folds into the fp32 weight when the session loads, and the embedding an
   int8 row lookup in standard ops. For onnxruntime-web, whose wasm int8 kernels are slower than its fp32 ones:
   there it decodes faster than `int8` and `int8_wo` and holds the int8 floor, for a larger renderer heap (the fp32
   weights) and a slower prefill (scripts/bench_web.py). Natively `int8_wo` is the one.
@@ -62,8 +62,9 @@ SCHEME = {
     "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4, "
                "{rounding} rounding (with GPTQ: RMSNorm outputs smoothed first); embedding GatherBlockQuantized int8, "
                "block {block_size}",
-    "int8_storage": "int8 weights per output column, {rounding} rounding, behind Cast and Mul that ONNX Runtime "
-                    "folds to fp32 at load (fp32 compute); embedding int8 per row, gathered with standard ops",
+    "int8_storage": "int8 weights, a scale per 32 inputs of each output column, {rounding} rounding, behind Cast, Mul "
+                    "and Reshape that ONNX Runtime folds to fp32 at load (fp32 compute); embedding int8 per row, gathered "
+                    "with standard ops",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
     "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
             "{rounding} rounding; 8-bit layers: {eight_bit}",

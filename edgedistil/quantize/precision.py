@@ -14,7 +14,7 @@ from pathlib import Path
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Gather": 0, "MatMulInteger": 1, "DynamicQuantizeMatMul": 1,
                 "MatMulNBits": 1, "GatherBlockQuantized": 0, "QLinearMatMul": 3}
 # what stands between a stored weight and its reader
-STORAGE_OPS = ("DequantizeLinear", "Cast", "Mul", "Transpose")
+STORAGE_OPS = ("DequantizeLinear", "Cast", "Mul", "Reshape", "Transpose")
 _SUFFIX = re.compile(r"(_quantized|_Q\d+|_DQ_Q\d+|_fp16)$")
 
 
@@ -39,7 +39,7 @@ def layer_precisions(path: Path | str) -> list[dict]:
             continue
         name, via = n.input[idx], n.op_type
         # QDQ: the weight sits behind a DQ node; fp16 storage: behind a Cast to fp32; int8 storage: behind
-        # Cast -> Mul(scales), a tied head then Transpose (quantize/blockwise.py, store_matmuls_int8)
+        # Cast -> Mul(scales), a tied head then Reshape (its blocks) and Transpose (quantize/blockwise.py)
         while name not in inits and name in producer and producer[name].op_type in STORAGE_OPS:
             name, via = producer[name].input[0], producer[name].op_type
         if name not in inits:
