@@ -314,8 +314,11 @@ def quantize_stage(method: str, src: Path | None = None, cache: str | None = Non
 
     def key(run: Run) -> str:
         read_json(source(run).parent / "record.json", "export record")  # refuses a model with no export record
-        return stage_key("quantize", method, sha256_file(source(run)), run.recipe.export.prefill_len,
-                         run.recipe.section("quantize"))
+        from edgedistil.quantize.onnx import SCHEME
+
+        # the scheme's text names the method's rounding and grouping: a change there makes a new file
+        return stage_key("quantize", method, SCHEME.get(method), sha256_file(source(run)),
+                         run.recipe.export.prefill_len, run.recipe.section("quantize"))
 
     def go(run: Run, folder: Path) -> dict:
         from edgedistil.quantize.onnx import run_quantize
