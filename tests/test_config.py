@@ -131,7 +131,7 @@ def test_profile_names_the_module_that_builds_it(tmp_path):
     from edgedistil.targets import target_of
 
     assert {load_target(t).module for t in TARGETS} <= {"web", "android", "ios", "onnx"}
-    text = 'target = "web"\nformat = "onnx"\nquantization = "int8"\nruntime = "x"\nmodule = "wbe"\n'
+    text = 'target = "web"\nformat = "onnx"\nquantization = "int8"\nruntime = "x"\nmodule = "wbe"\nhf_onnx = { q8 = "int8" }\n'
     with pytest.raises(EdgeError) as e:
         load_target(write(tmp_path, text, "p.toml"))
     assert "p.toml:5: no target module 'wbe'" in e.value.line() and "did you mean 'web'" in e.value.line()

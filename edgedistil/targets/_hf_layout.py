@@ -36,6 +36,7 @@ def check_hf_profile(profile: TargetProfile) -> None:
 
 def headline_dtype(profile: TargetProfile) -> str:
     """The file whose figures the manifest's `fidelity` and `bench` carry: the one the profile's quantization makes."""
+    check_hf_profile(profile)  # the stages may be asked for before the target's check has run
     return next(d for d, m in profile.hf_onnx.items() if m == profile.quantization)
 
 

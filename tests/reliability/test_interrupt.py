@@ -16,8 +16,11 @@ from edgedistil.errors import atomic_dir, atomic_file
 
 def test_sigint_during_distill_leaves_no_half_written_stage(tmp_path):
     out = tmp_path / "run"
+    # enough steps that the signal lands inside the loop: the tiny recipe's 30 run in a tenth of a second, so on a
+    # loaded machine the training could end before the signal arrived
     proc = subprocess.Popen([sys.executable, "-m", "edgedistil.cli", "build", "--target", "web", "--config", TINY,
-                             "--out", out], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                             "--set", "distill.steps=5000", "--out", out], cwd=REPO, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
     seen = []
     for line in proc.stderr:
         seen.append(line)
