@@ -48,7 +48,8 @@ def main() -> None:
         ran = [line[1:-len("] running")].replace("[", "-").replace("]", "") for line in last
                if line.startswith("[") and line.endswith("] running")]
         stages = {name: stages[name] for name in ran if name in stages}
-        wall, cmd, code = sum(stages.values()), None, 0
+        # the build's own exit code is not kept; a failed budget is what made it 1
+        wall, cmd, code = sum(stages.values()), None, 0 if check.get("passed") else 1
         host = out / "bench-android" / "record.json"  # every thread count with its Python-glue breakdown
         if args.target == "android" and host.is_file():
             manifest = {**manifest, "bench_android_record": json.loads(host.read_text())}

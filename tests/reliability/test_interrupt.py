@@ -14,13 +14,19 @@ from conftest import REPO, TINY, TINY_BUDGETS, WEB_METHOD, WEB_RUNTIME_ENV
 from edgedistil.errors import atomic_dir, atomic_file
 
 
+def default_sigint() -> None:
+    """A suite started in the background (`nohup ... &`) has SIGINT ignored, and a child that starts with it ignored
+    never turns it into KeyboardInterrupt; give the build the disposition an interactive Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_distill_leaves_no_half_written_stage(tmp_path):
     out = tmp_path / "run"
     # enough steps that the signal lands inside the loop: the tiny recipe's 30 run in a tenth of a second, so on a
     # loaded machine the training could end before the signal arrived
     proc = subprocess.Popen([sys.executable, "-m", "edgedistil.cli", "build", "--target", "web", "--config", TINY,
                              "--set", "distill.steps=5000", "--out", out], cwd=REPO, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.DEVNULL, text=True, preexec_fn=default_sigint)
     seen = []
     for line in proc.stderr:
         seen.append(line)
