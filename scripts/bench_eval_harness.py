@@ -27,17 +27,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgedistil.errors import write_json  # noqa: E402
+from edgedistil.runtimes.venv import TORCH_PIN  # noqa: E402
 from edgedistil.sources.cache import cache_dir  # noqa: E402
 
 LM_EVAL = "lm-eval[hf]==0.4.13"
-PINS = ["torch==2.13.0", "transformers==5.23.0"]  # the project's own versions: pip reuses what is on disk
+PINS = ["transformers==5.23.0"]  # the project's own version (torch is pinned by pinned_venv): pip reuses the disk
 TOLERANCE = 0.5  # points
 
 
 def harness_venv(log=print) -> Path:
     from edgedistil.runtimes.venv import pinned_venv
 
-    return pinned_venv("lmeval-venv", [LM_EVAL, *PINS[1:]], log)  # torch (PINS[0]) is pinned by pinned_venv
+    return pinned_venv("lmeval-venv", [LM_EVAL, *PINS], log)
 
 
 def write_tasks(items: dict[str, list], folder: Path) -> list[str]:
@@ -84,7 +85,7 @@ def run_lm_eval(venv: Path, model: Path, tasks: list[str], folder: Path, threads
         rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
         samples[task] = {r["doc_id"]: [float(resp[0][0]) for resp in r["resps"]] for r in rows}
     return {"results": results["results"], "samples": samples, "seconds": seconds,
-            "versions": {"lm_eval": LM_EVAL, **dict(p.split("==") for p in PINS)}}
+            "versions": {"lm_eval": LM_EVAL, **dict(p.split("==") for p in [TORCH_PIN, *PINS])}}
 
 
 def main() -> None:

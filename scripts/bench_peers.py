@@ -48,8 +48,7 @@ PEER_VENVS = {  # venv name -> packages pinned (torch comes first, then these un
     "trl": ["trl==1.16.0", "transformers==5.23.0"],
     "torchtune": ["torchtune==0.6.1", "torchao==0.11.0"],  # torchao 0.12+ dropped the nf4tensor torchtune imports
 }
-PEERS = ("trl", "torchtune", "torchtune_lora")
-DEFAULT_PEERS = ("trl", "torchtune", "torchtune_lora")
+PEERS = ("trl", "torchtune", "torchtune_lora")  # all run by default
 SPEED_GOAL = 1.5
 
 
@@ -94,7 +93,7 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="recipe TOML (default: the built-in default)")
     ap.add_argument("--steps", type=int, default=None, help="training steps for every run (default: the recipe's)")
     ap.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens per corpus (default: recipe's)")
-    ap.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"comma list of {', '.join(PEERS)}")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {', '.join(PEERS)}")
     ap.add_argument("--no-live", action="store_true", help="skip the edgedistil run with the live teacher")
     ap.add_argument("--run-eval", action="store_true", help="also run edgedistil eval (fast benchmarks, chat)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in every run (default: all cores)")
@@ -291,7 +290,7 @@ def main() -> None:
         "command": "python scripts/bench_peers.py" + "".join(
             f" {k} {v}" for k, v in (("--config", args.config), ("--steps", args.steps),
                                      ("--eval-tokens", args.eval_tokens), ("--threads", args.threads)) if v)
-            + (f" --peers {args.peers}" if args.peers != ",".join(DEFAULT_PEERS) else "")
+            + (f" --peers {args.peers}" if args.peers != ",".join(PEERS) else "")
             + (" --no-live" if args.no_live else "") + (" --run-eval" if args.run_eval else ""),
         "teacher": str(teacher_dir), "corpus": corpus.name, "heldout_corpus": other_name,
         "student": {k: design.get(k) for k in ("layers", "init", "teacher_layers") if k in design},
