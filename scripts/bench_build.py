@@ -33,6 +33,11 @@ def main() -> None:
     ap.add_argument("--from-run", default=None, metavar="RUN",
                     help="do not build: collect what `edgedistil build --target T --out RUN` recorded (wall time = "
                          "the sum of the stages it ran)")
+    ap.add_argument("--wall", type=float, default=None, metavar="SECONDS",
+                    help="with --from-run: the build command's own wall time (e.g. from `time`), first-use work "
+                         "outside the stages included; without it, the sum of the stages")
+    ap.add_argument("--cold", action="store_true",
+                    help="with --from-run: the build ran on an empty edgedistil cache (a new machine)")
     args = ap.parse_args()
 
     recipe = Path(args.config).stem if args.config else "default"
@@ -49,7 +54,7 @@ def main() -> None:
                if line.startswith("[") and line.endswith("] running")]
         stages = {name: stages[name] for name in ran if name in stages}
         # the build's own exit code is not kept; a failed budget is what made it 1
-        wall, cmd, code = sum(stages.values()), None, 0 if check.get("passed") else 1
+        wall, cmd, code = args.wall or sum(stages.values()), None, 0 if check.get("passed") else 1
         host = out / "bench-android" / "record.json"  # every thread count with its Python-glue breakdown
         if args.target == "android" and host.is_file():
             manifest = {**manifest, "bench_android_record": json.loads(host.read_text())}
@@ -84,7 +89,7 @@ def build_once(args):
 def write_result(args, dest, command, wall, stages, code, manifest, check):
     result = {
         "command": command,
-        "cold_cache": not args.warm_cache and not args.from_run,
+        "cold_cache": args.cold if args.from_run else not args.warm_cache,
         "wall_seconds": round(wall, 1),
         "stage_seconds": stages,
         "exit_code": code,
