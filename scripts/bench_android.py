@@ -11,7 +11,8 @@ estimate edgedistil.convert.android.converter_peak_bytes gives for the same para
 measures each like the convert stage does (LiteRT against the fp32 PyTorch student on 16 held-out segments), and
 times its decode (1 thread) and peak memory in a fresh process, one after the other in one run, with the fp32 file
 as the first row; written to docs/results/android_int8_schemes.json: the search for a scheme that meets the int8
-floors, and what each costs in speed and memory.
+floors, and what each costs in speed and memory. The GPTQ row converts RUN's student itself (GPTQ-rounded in
+PyTorch on held-out text between the scored segments), as the convert stage does.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def int8_schemes(run: Path, dest: Path) -> None:
     from ai_edge_quantizer import quantizer, qtyping
 
     from edgedistil.build import Run
-    from edgedistil.convert.android import _bytes_tensor_names, weight_only_int8_recipe
+    from edgedistil.convert.android import _bytes_tensor_names, convert_tflite, weight_only_int8_recipe
     from edgedistil.config import load_recipe
     from edgedistil.fidelity import measure_fidelity
     from edgedistil.model import load_hf_folder
@@ -93,7 +94,8 @@ def int8_schemes(run: Path, dest: Path) -> None:
     torch.set_num_threads(1)
     src = run / "litert" / "student" / "fp32" / "model.tflite"
     heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
-    reference = TorchLM(load_hf_folder(run / "distill" / "student", max_len=256).eval(), 256)
+    student = load_hf_folder(run / "distill" / "student", max_len=256).eval()
+    reference = TorchLM(student, 256)
     ops = qtyping.TFLOperationName.ALL_SUPPORTED
     not_head = "^(?!.*logits).*$"  # the LM head's output is the signature output `logits`
     hadamard = Path(quantizer.__file__).parent / "recipes" / "dynamic_wi8_afp32_hadamard_recipe.json"
@@ -108,8 +110,13 @@ def int8_schemes(run: Path, dest: Path) -> None:
             weight_only_int8_recipe()[:1]),
         "weight_only_int8, vocabulary matrix fp16": lambda q: q.load_quantization_recipe(
             weight_only_int8_recipe()[:2]),  # KEPT_FP16's first entry is the vocabulary matrix
-        "weight_only_int8, vocabulary matrix and down_proj fp16 (shipped)": lambda q: q.load_quantization_recipe(
+        "weight_only_int8, vocabulary matrix and down_proj fp16": lambda q: q.load_quantization_recipe(
+            weight_only_int8_recipe()[:3]),
+        "weight_only_int8, vocabulary matrix, down_proj and v_proj fp16": lambda q: q.load_quantization_recipe(
             weight_only_int8_recipe()),
+        # from the student itself, not the fp32 file: GPTQ (act order) rounds its weights in PyTorch first
+        "weight_only_int8 GPTQ, vocabulary matrix, down_proj and v_proj fp16 (shipped)": lambda path: convert_tflite(
+            student, "weight_only_int8", path, 64, 256, calib_ids=heldout),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +124,8 @@ def int8_schemes(run: Path, dest: Path) -> None:
             path = Path(tmp) / "q.tflite"
             if configure is None:
                 shutil.copy(src, path)
+            elif "GPTQ" in name:
+                configure(path)
             else:
                 q = quantizer.Quantizer(str(src))
                 configure(q)

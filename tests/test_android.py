@@ -90,9 +90,9 @@ def test_every_variant_is_measured_and_fp32_matches_pytorch(android_run):
     types = {v: r["weight_types"] for v, r in record["variants"].items()}
     assert types["fp32"] == {"float32": 7 * layers + 1}
     assert types["dynamic_int8"] == {"int8": 7 * layers + 1}
-    # weight-only int8 keeps the vocabulary matrix and every down_proj fp16, nothing left fp32
-    assert types["weight_only_int8"] == {"float16": layers + 1, "int8": 6 * layers}
-    assert record["variants"]["weight_only_int8"]["kept_fp16"] == ["down_proj", "vocabulary matrix (embedding/LM head)"]
+    # weight-only int8 keeps the vocabulary matrix and every down_proj and v_proj fp16, nothing left fp32
+    assert types["weight_only_int8"] == {"float16": 2 * layers + 1, "int8": 5 * layers}
+    assert record["variants"]["weight_only_int8"]["kept_fp16"] == ["down_proj", "v_proj", "vocabulary matrix (embedding/LM head)"]
     for r in record["variants"].values():  # int8 on the tiny random model is looser; measured, never assumed
         assert r["fidelity"]["top1_agreement"] > 0.8
         assert isinstance(r["fidelity"]["meets_floors"], bool)
@@ -455,3 +455,45 @@ def test_a_model_folder_without_an_eos_token_is_refused(chat_litertlm, tmp_path)
     (copy / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(EdgeError, match="names no eos token"):
         generation_settings(copy)
+
+
+def test_weight_only_int8_ships_the_gptq_codes_exactly(tmp_path):
+    """GPTQ-rounded weights go into the .tflite as they are: LiteRT on the file computes what PyTorch computes with
+    the rounded weights (and the kept matrices in fp16), and the rounding beats round-to-nearest on held-out text."""
+    from edgedistil.convert.android import GPTQ_SKIP
+    from edgedistil.quantize.torch_gptq import gptq_int8_rows
+
+    model = tiny_lm(3)
+    ids = np.random.default_rng(0).integers(0, 67, size=2000)
+    path = tmp_path / "model.tflite"
+    how = convert_tflite(model, "weight_only_int8", path, prefill_len=8, max_len=32, calib_ids=ids)
+    assert how["rounding"] == "gptq" and how["layers"] == 5 * 2 and how["calibration_tokens"] >= 256
+    rounded, _ = gptq_int8_rows(model, ids, 8, 32, GPTQ_SKIP)
+    row = rounded.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()[0]
+    scale = np.abs(row).max() / 127
+    np.testing.assert_allclose(row / scale, np.round(row / scale), atol=1e-3)  # on its row's int8 grid
+    expected = rounded
+    with torch.no_grad():  # the file keeps these fp16
+        for name, p in expected.named_parameters():
+            if any(part in name for part in GPTQ_SKIP + ("embed_tokens",)):
+                p.copy_(p.half().float())
+    lm = LiteRtLM(path)
+    prompt = ids[:8].tolist()
+    logits, _ = lm.step(prompt, 0, lm.empty_cache())
+    with torch.no_grad():
+        want, _, _ = expected.step(torch.tensor([prompt]), torch.tensor([0]), *expected.empty_cache(32))
+    np.testing.assert_allclose(logits, want[0].numpy(), atol=2e-3)
+
+    nearest = tmp_path / "nearest.tflite"
+    assert convert_tflite(model, "weight_only_int8", nearest, 8, 32)["rounding"] == "nearest"
+    errors = {"gptq": 0.0, "nearest": 0.0}
+    from edgedistil.fidelity import fidelity_segments
+
+    for start, _ in fidelity_segments(len(ids), 8, 32)[:6]:  # scored text, which calibration never reads
+        prompt = ids[start:start + 8].tolist()
+        with torch.no_grad():
+            ref, _, _ = model.step(torch.tensor([prompt]), torch.tensor([0]), *model.empty_cache(32))
+        for label, file in (("gptq", path), ("nearest", nearest)):
+            got, _ = LiteRtLM(file).step(prompt, 0, LiteRtLM(file).empty_cache())
+            errors[label] += float(np.abs(got - ref[0].numpy()).mean())
+    assert errors["gptq"] < errors["nearest"], errors

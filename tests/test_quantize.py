@@ -281,3 +281,15 @@ def test_int4_gptq_beats_round_to_nearest_and_records_it(source):
     with pytest.raises(EdgeError, match="GPTQ calibration"):
         run_quantize(src, hf, root / "int4-short", heldout[:100], CHUNK, "int4", **QUIET)
     assert not (root / "int4-short").exists()
+
+
+def test_narrow_gptq_codes_stay_within_tflite_symmetric_int8():
+    from edgedistil.quantize.blockwise import gptq
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(256, 48))
+    w = rng.normal(size=(16, 48))
+    codes, scales, zeros = gptq(w, 2 * x.T @ x / len(x), 8, 48, symmetric=True, narrow=True)
+    signed = codes - zeros
+    assert signed.min() >= -127 and signed.max() <= 127
+    assert (np.abs(signed) == 127).any()  # the scale still spans the row

@@ -5,8 +5,9 @@ LiteRT-LM's calling convention: `prefill_<P>` (tokens int32 [1, P]) and `decode`
 `input_pos` int32 [T] and per layer `kv_cache_k_<i>`/`kv_cache_v_<i>` float32 [1, kv_heads, max_len, head_dim] in
 and out, and `logits` [1, T, V] out. fp32 and the shipped variant are also packed with the tokenizer and LlmMetadata
 into a .litertlm (convert/litertlm.py) and run through LiteRT-LM itself. Variants: fp32, fp16 weights, dynamic int8 (int8 weights, int8 activations quantized per call)
-and weight-only int8 (the default: int8 weights per channel, fp32 activations, with the weights that cost most,
-the vocabulary matrix (tied embedding/LM head) and down_proj, kept fp16; ai-edge-quantizer on the fp32 file).
+and weight-only int8 (the default: int8 weights per channel, GPTQ-rounded on held-out text, fp32 activations, with
+the weights that cost most, the vocabulary matrix (tied embedding/LM head), down_proj and v_proj, kept fp16;
+ai-edge-quantizer stores the rounded weights of the fp32 file as they are).
 Every variant is read back from disk (signatures, names, shapes, dtypes, weight types) and run with the
 ai-edge-litert interpreter (XNNPACK) against the fp32 PyTorch student on held-out text.
 
@@ -32,6 +33,7 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.convert.litertlm import LITERTLM_FILE, build_litertlm, check_in_litertlm, read_litertlm
 from edgedistil.fidelity import floor_verdict, measure_fidelity
 from edgedistil.model import EdgeLM, load_hf_folder
+from edgedistil.quantize.torch_gptq import gptq_int8_rows
 from edgedistil.records import file_entry, folder_fingerprint, sha256_file, versions
 from edgedistil.runtimes.litert import (DECODE, LiteRtLM, check_signatures, prefill_signature, quiet_stderr,
                                        read_signatures)
@@ -48,11 +50,15 @@ RUNTIME_LABEL = "host LiteRT (x86-64 XNNPACK)"
 # the 49.6M-parameter default student and 3.5 GB for the 134.5M teacher (scripts/bench_android.py remeasures it into
 # docs/results/android_converter_memory.json). The estimate is a line above both points.
 # weight_only_int8 keeps these fp16, matched on the consuming op's output tensor: the LM head's output is the
-# signature output `logits`, the embedding lookup's is named after torch.nn.modules.sparse.Embedding. On the
-# embedded default, per-channel int8 everywhere measured top-1 0.962, with the vocabulary matrix fp16 0.983 and
-# with down_proj too 0.992 (docs/results/android_int8_schemes.json)
+# signature output `logits`, the embedding lookup's is named after torch.nn.modules.sparse.Embedding. On the 6-layer
+# default, per-channel int8 everywhere measured top-1 0.962, with the vocabulary matrix fp16 0.983 and with down_proj
+# too 0.992 (docs/results/android_int8_schemes.json). The 11-layer default needed GPTQ with act order and v_proj
+# fp16 too (1.2M weights): 0.969 nearest, 0.975 GPTQ, 0.982 with act order, 0.987 with v_proj (docs/android.md).
 KEPT_FP16 = {"vocabulary matrix (embedding/LM head)": r".*(logits|torch\.nn\.modules\.sparse).*",
-             "down_proj": r".*down_proj.*"}
+             "down_proj": r".*down_proj.*", "v_proj": r".*v_proj.*"}
+# the same matrices by their PyTorch names, left out of GPTQ rounding (they stay fp16)
+GPTQ_SKIP = ("lm_head", "down_proj", "v_proj")
+GPTQ_ORDER = "act"  # quantize/torch_gptq.py: the inputs with the largest activations first
 CONVERTER_BASE_BYTES = 1.2e9
 CONVERTER_BYTES_PER_PARAM = 20.0
 
@@ -65,11 +71,15 @@ class AndroidOptions:
     max_len: int = 256
     fidelity_segments: int = 16  # 16 x 79 = 1,264 positions: at 316 one position moved top-1 by 0.3%
     greedy_tokens: int = 64
+    # weight_only_int8's rounding: "gptq" (calibrated on held-out text between the fidelity segments) | "nearest"
+    int8_rounding: str = "gptq"
 
     def check(self) -> "AndroidOptions":
         for v in (*self.variants, self.bundle_variant):
             if v not in VARIANTS:
                 raise EdgeError(f"unknown LiteRT variant '{v}'", f"use one of: {', '.join(VARIANTS)}")
+        if self.int8_rounding not in ("gptq", "nearest"):
+            raise EdgeError(f"unknown int8 rounding '{self.int8_rounding}'", "use \"gptq\" or \"nearest\"")
         return self
 
     def built_variants(self) -> list[str]:
@@ -83,7 +93,9 @@ class AndroidOptions:
     def stage_config(self) -> dict:
         return {"variants": self.built_variants(), "litertlm": self.litertlm_variants(),
                 "signatures": "litert-lm", "prefill_len": self.prefill_len, "max_len": self.max_len,
-                "fidelity_segments": self.fidelity_segments, "greedy_tokens": self.greedy_tokens}
+                "fidelity_segments": self.fidelity_segments, "greedy_tokens": self.greedy_tokens,
+                # the scheme's own text: a changed scheme rebuilds the stage
+                "weight_only_int8": {"rounding": self.int8_rounding, "order": GPTQ_ORDER, "kept_fp16": KEPT_FP16}}
 
 
 # ---- pre-flight and conversion -------------------------------------------------------------------------------
@@ -132,15 +144,17 @@ def quant_config(variant: str):
             "dynamic_int8": quant_recipes.full_dynamic_recipe}[variant]()
 
 
-def weight_only_int8_recipe() -> list[dict]:
+def weight_only_int8_recipe(recovered: bool = False) -> list[dict]:
     """ai-edge-quantizer's recipe: int8 per channel with explicit dequantize everywhere, then KEPT_FP16 cast to fp16
-    (later entries win)."""
+    (later entries win). `recovered`: the weights already lie on a per-row int8 grid (GPTQ_SKIP aside), and the
+    quantizer stores those codes and scales as they are instead of rounding to nearest."""
     def entry(regex, bits, dtype, granularity, algorithm):
         return {"regex": regex, "operation": "*", "algorithm_key": algorithm, "op_config": {
             "weight_tensor_config": {"num_bits": bits, "symmetric": True, "granularity": granularity, "dtype": dtype},
             "compute_precision": "FLOAT", "explicit_dequantize": True}}
 
-    return [entry(".*", 8, "INT", "CHANNELWISE", "min_max_uniform_quantize"),
+    algorithm = "dequantized_weight_recovery" if recovered else "min_max_uniform_quantize"
+    return [entry(".*", 8, "INT", "CHANNELWISE", algorithm),
             *(entry(regex, 16, "FLOAT", "TENSORWISE", "float_casting") for regex in KEPT_FP16.values())]
 
 
@@ -165,25 +179,31 @@ def _bytes_tensor_names():
         dequant_insert.insert_dequant = original
 
 
-def quantize_weight_only_int8(src: Path, dest: Path) -> None:
+def quantize_weight_only_int8(src: Path, dest: Path, recovered: bool = False) -> None:
     from ai_edge_quantizer import quantizer
 
     with _bytes_tensor_names(), quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
         q = quantizer.Quantizer(str(src))
-        q.load_quantization_recipe(weight_only_int8_recipe())
+        q.load_quantization_recipe(weight_only_int8_recipe(recovered))
         q.quantize().export_model(str(dest), overwrite=True)
 
 
-def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, max_len: int) -> None:
-    """Write one .tflite with LiteRT-LM's `prefill_<P>` and `decode` signatures for `variant`."""
+def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, max_len: int,
+                   calib_ids: np.ndarray | None = None, segments: int = 16) -> dict | None:
+    """Write one .tflite with LiteRT-LM's `prefill_<P>` and `decode` signatures for `variant`. weight_only_int8
+    with `calib_ids` (held-out tokens) is GPTQ-rounded on the text between their `segments` fidelity segments,
+    otherwise rounded to nearest; returns how."""
     if variant == "weight_only_int8":
+        rounding = None
+        if calib_ids is not None:
+            model, rounding = gptq_int8_rows(model, calib_ids, prefill_len, max_len, GPTQ_SKIP, segments)
         fp32 = path.with_name(f".{path.name}.fp32")
         try:
             convert_tflite(model, "fp32", fp32, prefill_len, max_len)
-            quantize_weight_only_int8(fp32, path)
+            quantize_weight_only_int8(fp32, path, recovered=rounding is not None)
         finally:
             fp32.unlink(missing_ok=True)
-        return
+        return rounding or {"rounding": "nearest"}
     with quiet_stderr():  # its import and export print absl, torchao and flatbuffer notes straight to fd 2
         import litert_torch
 
@@ -200,6 +220,7 @@ def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, ma
         edge = (litert_torch.signature(prefill_signature(prefill_len), step, sample_kwargs=sample(prefill_len))
                 .signature(DECODE, step, sample_kwargs=sample(1)).convert(quant_config=quant_config(variant)))
         edge.export(str(path))
+    return None
 
 
 # ---- the stage -----------------------------------------------------------------------------------------------
@@ -233,7 +254,9 @@ def _run_litert(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options
             folder.mkdir()
             path = folder / MODEL_FILE
             t0 = time.perf_counter()
-            convert_tflite(model, variant, path, options.prefill_len, options.max_len)
+            rounding = convert_tflite(model, variant, path, options.prefill_len, options.max_len,
+                                      heldout_ids if options.int8_rounding == "gptq" else None,
+                                      options.fidelity_segments)
             convert_s = time.perf_counter() - t0
             signatures = read_signatures(path)
             check_signatures(path, signatures, options.prefill_len, cache_shape, c.vocab_size)
@@ -247,6 +270,7 @@ def _run_litert(model_dir: Path, out_dir: Path, heldout_ids: np.ndarray, options
                 "convert_seconds": round(convert_s, 1), "signatures": signatures,
                 "weight_types": weight_types(path),
                 "kept_fp16": sorted(KEPT_FP16) if variant == "weight_only_int8" else [],
+                "int8_rounding": rounding,
                 "fidelity": {**fidelity, "reference": f"fp32 PyTorch {role}", "runtime": f"{RUNTIME_LABEL}, "
                              "ai-edge-litert Interpreter, 1 thread", "seconds": round(fidelity_s, 1),
                              "precision": PRECISION[variant], "meets_floors": verdict["passed"],

@@ -36,9 +36,9 @@ def weight_matmuls(model) -> list:
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
-def calibration_windows(heldout_ids: np.ndarray, chunk: int, max_len: int) -> list[np.ndarray]:
+def calibration_windows(heldout_ids: np.ndarray, chunk: int, max_len: int, segments: int = 16) -> list[np.ndarray]:
     """Held-out windows between the fidelity segments, each a whole number of prefill chunks (at most max_len)."""
-    spans = fidelity_segments(len(heldout_ids), chunk, max_len) + [(len(heldout_ids), len(heldout_ids))]
+    spans = fidelity_segments(len(heldout_ids), chunk, max_len, segments) + [(len(heldout_ids), len(heldout_ids))]
     windows = []
     for (_, end), (next_start, _) in zip(spans, spans[1:]):
         length = min(max_len, next_start - end) // chunk * chunk
@@ -90,10 +90,11 @@ def calibrate(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 
 
 
 def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: int, symmetric: bool,
-         damp: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         damp: float = 0.01, narrow: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round `weight` [N out, K in] to `bits` in blocks of `block_size` along K. `hessian` None rounds to nearest.
     Returns codes [N, K] (unsigned, 0..2^bits-1), scales and zero points [N, ceil(K / block_size)];
-    weight ~= (codes - zero_point) * scale blockwise."""
+    weight ~= (codes - zero_point) * scale blockwise. `narrow` (symmetric only) leaves out the lowest code, so the
+    signed codes span -(2^(bits-1) - 1)..2^(bits-1) - 1, as TFLite's 8-bit symmetric weights do."""
     import torch
 
     w = torch.from_numpy(np.asarray(weight, np.float64)).clone()
@@ -108,6 +109,7 @@ def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: 
         h += damp * torch.diag(h).mean() * torch.eye(k, dtype=torch.float64)
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     levels = 2 ** bits - 1
+    lowest = 1 if narrow and symmetric else 0
     groups = -(-k // block_size)
     codes = torch.zeros(n, k, dtype=torch.int64)
     scales = torch.zeros(n, groups, dtype=torch.float64)
@@ -130,7 +132,7 @@ def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: 
                     lo, hi = block.amin(1).clamp(max=0), block.amax(1).clamp(min=0)
                     scales[:, g] = ((hi - lo) / levels).clamp(min=1e-12)
                     zeros[:, g] = torch.round(-lo / scales[:, g]).clamp(0, levels).to(torch.int64)
-            q = torch.clamp(torch.round(w1[:, i] / scales[:, g]) + zeros[:, g], 0, levels)
+            q = torch.clamp(torch.round(w1[:, i] / scales[:, g]) + zeros[:, g], lowest, levels)
             codes[:, col] = q.to(torch.int64)
             err = (w1[:, i] - (q - zeros[:, g]) * scales[:, g]) / hinv1[i, i]
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
