@@ -13,6 +13,11 @@ times its decode (1 thread) and peak memory in a fresh process, one after the ot
 as the first row; written to docs/results/android_int8_schemes.json: the search for a scheme that meets the int8
 floors, and what each costs in speed and memory. The GPTQ row converts RUN's student itself (GPTQ-rounded in
 PyTorch on held-out text between the scored segments), as the convert stage does.
+
+--int8-rounding compares weight-only int8 roundings (nearest, GPTQ, GPTQ in act order) and which matrices stay fp16,
+on RUN's student in PyTorch with the file's numerics: int8 per row on the narrow grid, the kept matrices through fp16
+(LiteRT on a converted file computes the same logits within 2e-3: tests/test_android.py). Minutes, no conversion;
+written to docs/results/android_int8_rounding.json.
 """
 
 from __future__ import annotations
@@ -47,8 +52,13 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a build's run folder (its distill/student is converted)")
     ap.add_argument("--variants", default="fp32,dynamic_int8")
     ap.add_argument("--int8-schemes", action="store_true", help="compare int8 schemes instead (see above)")
+    ap.add_argument("--int8-rounding", action="store_true",
+                    help="compare weight-only int8 roundings and kept matrices in PyTorch (see above)")
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "android_converter_memory.json"))
     args = ap.parse_args()
+    if args.int8_rounding:
+        return int8_rounding(Path(args.run), Path(args.json).with_name("android_int8_rounding.json")
+                             if args.json.endswith("android_converter_memory.json") else Path(args.json))
     if args.int8_schemes:
         return int8_schemes(Path(args.run), Path(args.json).with_name("android_int8_schemes.json")
                             if args.json.endswith("android_converter_memory.json") else Path(args.json))
@@ -77,6 +87,54 @@ def main() -> None:
            "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+def int8_rounding(run: Path, dest: Path) -> None:
+    import torch
+
+    from edgedistil.build import Run
+    from edgedistil.config import load_recipe
+    from edgedistil.convert.android import GPTQ_SKIP
+    from edgedistil.fidelity import measure_fidelity
+    from edgedistil.model import load_hf_folder
+    from edgedistil.quantize.torch_gptq import gptq_int8_rows
+    from edgedistil.runtimes.torch_step import TorchLM
+
+    heldout = Run(out=run, recipe=load_recipe(None)).heldout_ids()
+    student = load_hf_folder(run / "distill" / "student", max_len=256).eval()
+    reference = TorchLM(student, 256)
+    schemes = {  # name: (kept fp16 besides the vocabulary matrix, act order, nearest)
+        "nearest, down_proj fp16": (("down_proj",), False, True),
+        "nearest, down_proj and v_proj fp16": (("down_proj", "v_proj"), False, True),
+        "GPTQ, down_proj fp16": (("down_proj",), False, False),
+        "GPTQ act order, down_proj fp16": (("down_proj",), True, False),
+        "GPTQ act order, nothing else fp16": ((), True, False),
+        "GPTQ act order, down_proj and o_proj fp16": (("down_proj", "o_proj"), True, False),
+        "GPTQ act order, down_proj and layer 0 fp16": (("down_proj", "layers.0."), True, False),
+        f"GPTQ act order, {' and '.join(GPTQ_SKIP[1:])} fp16 (shipped)": (GPTQ_SKIP[1:], True, False),
+    }
+    rows = []
+    for name, (kept, act_order, nearest) in schemes.items():
+        rounded, _ = gptq_int8_rows(student, heldout, 64, 256, ("lm_head", *kept), act_order=act_order,
+                                    nearest=nearest)
+        params = 0
+        with torch.no_grad():  # what the file keeps fp16
+            for pname, p in rounded.named_parameters():
+                if "embed_tokens" in pname or any(part in pname for part in kept):
+                    p.copy_(p.half().float())
+                    params += p.numel() if "embed_tokens" not in pname else 0
+        f = measure_fidelity(reference, TorchLM(rounded, 256), heldout, 64, segments=16, greedy_tokens=64)
+        row = {"scheme": name, "fp16_weights_besides_vocabulary": params,
+               **{k: round(f[k], 4) if isinstance(f[k], float) and k != "kl_mean" else f[k]
+                  for k in ("top1_agreement", "kl_mean", "greedy_tokens_matching", "near_tie_share",
+                            "top1_agreement_outside_near_ties")}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    dest.write_text(json.dumps({"command": "python scripts/bench_android.py --run RUN --int8-rounding",
+                                "student": str(run / "distill" / "student"),
+                                "floors": {"top1_agreement_min": 0.98, "kl_mean_max": 0.02}, "rows": rows},
+                               indent=2) + "\n")
+    print(f"wrote {dest}")
 
 
 def int8_schemes(run: Path, dest: Path) -> None:

@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--layers", default="6,9,11,15", help="student layer counts, comma-separated")
     ap.add_argument("--inits", default="even,auto", help="[student] init values, comma-separated")
     ap.add_argument("--budgets", default="1,4,16", help="multiples of the recipe's steps, comma-separated")
+    ap.add_argument("--data-scale", action="store_true",
+                    help="teacher-chat: the teacher writes the budget's multiple of the recipe's conversations too, so "
+                         "a larger budget trains on new text, not more passes over the same (one-time, cached)")
     ap.add_argument("--eval", choices=["fast", "none"], default="fast",
                     help="benchmarks and chat behaviour per point (fast subset), or held-out text only")
     ap.add_argument("--json", default=None, help="output path")
@@ -60,14 +63,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="edgedistil-bench-students-") as tmp:
         run = Run(out=Path(tmp), recipe=recipe, log=log)
-        teacher, corpus = run.teacher_dir(), run.corpus()
+        teacher = run.teacher_dir()
         speeds = measured_speedups(teacher, recipe, layer_counts, log)
         points = []
         for k in layer_counts:
             for init in inits:
                 for mult in budgets:
-                    r = recipe_with(recipe, student={"layers": k, "init": init},
+                    data = {"chat_conversations": recipe.data.chat_conversations * mult} if args.data_scale else {}
+                    r = recipe_with(recipe, student={"layers": k, "init": init}, data=data,
                                     distill={"steps": recipe.distill.steps * mult, "preflight_export": False})
+                    corpus = Run(out=Path(tmp), recipe=r, log=log).corpus()
                     key = point_key(teacher, corpus.name, r, args.eval)
                     path = points_dir / f"{key}.json"
                     if path.is_file():
@@ -88,8 +93,10 @@ def main() -> None:
         "recipe": name,
         "command": "python scripts/bench_students.py" + "".join(
             f" --{k} {v}" for k, v in (("config", args.config), ("layers", args.layers), ("inits", args.inits),
-                                       ("budgets", args.budgets), ("eval", args.eval)) if v),
-        "teacher": str(teacher), "corpus": corpus.name, "base_steps": recipe.distill.steps,
+                                       ("budgets", args.budgets), ("eval", args.eval)) if v)
+            + (" --data-scale" if args.data_scale else ""),
+        "teacher": str(teacher), "corpus": recipe.data.corpus, "base_steps": recipe.distill.steps,
+        "data_scale": args.data_scale, "base_conversations": recipe.data.chat_conversations,
         "tokens_per_step": recipe.distill.batch_size * recipe.data.seq_len,
         "speed": speeds, "points": points,
         "goal": "at the largest budget, a student at >= 1.5x fp32 decode speed with CE ratio >= 0.95 and >= 90% of "
@@ -132,6 +139,7 @@ def train_point(teacher: Path, corpus, recipe, out: Path, eval_mode: str, log) -
              "ce_ratio": q["quality_retained"], "top1": q["top1_agreement_with_teacher"],
              "perplexity": q["student_perplexity"], "teacher_perplexity": q["teacher_perplexity"],
              "heldout_corpus_ce_ratio": other.get("quality_retained"),
+             "train_corpus_tokens": record["corpus"]["train_tokens"],
              "train_seconds": record["train_seconds"], "train_tokens_per_s": record["train_tokens_per_s"]}
     if eval_mode == "fast":
         ev = run_eval(out / "distill" / "student", teacher, out / "eval.json", subset=recipe.eval.subset, log=log,

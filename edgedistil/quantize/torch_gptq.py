@@ -44,10 +44,12 @@ def linear_hessians(model: torch.nn.Module, names: list[str], windows: list[np.n
 
 
 def gptq_int8_rows(model: torch.nn.Module, heldout_ids: np.ndarray, chunk: int, max_len: int,
-                   skip: tuple[str, ...], segments: int = 16, min_tokens: int = 256) -> tuple[torch.nn.Module, dict]:
+                   skip: tuple[str, ...], segments: int = 16, min_tokens: int = 256, act_order: bool = True,
+                   nearest: bool = False) -> tuple[torch.nn.Module, dict]:
     """A copy of `model` whose Linear weights (but those whose name contains a part in `skip`) are GPTQ-rounded to
     symmetric int8 with one scale per output row, stored back as the dequantized floats; and what was done.
-    Calibration reads `heldout_ids` between the `segments` that fidelity scores."""
+    Calibration reads `heldout_ids` between the `segments` that fidelity scores. `act_order` False keeps the
+    columns in their order; `nearest` rounds each weight to its nearest grid point (what the quantizer does)."""
     windows = calibration_windows(heldout_ids, chunk, max_len, segments)
     tokens = sum(len(w) for w in windows)
     if tokens < min_tokens:
@@ -64,12 +66,13 @@ def gptq_int8_rows(model: torch.nn.Module, heldout_ids: np.ndarray, chunk: int, 
         # act order (GPTQ's desc_act): the inputs with the largest activations first, while most columns are left
         # to absorb their error; with one scale per row the order changes no scale. On the embedded default's
         # android int8 it took top-1 from 0.975 to 0.982 (docs/android.md).
-        order = np.argsort(-np.diag(h), kind="stable")
-        codes, scales, zeros = gptq(w[:, order], h[np.ix_(order, order)], 8, w.shape[1], symmetric=True,
-                                    narrow=True)
+        order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(w.shape[1])
+        codes, scales, zeros = gptq(w[:, order], None if nearest else h[np.ix_(order, order)], 8, w.shape[1],
+                                    symmetric=True, narrow=True)
         codes = codes[:, np.argsort(order)]
         with torch.no_grad():
             weight.copy_(torch.from_numpy((codes - zeros) * scales).to(weight.dtype))
-    return rounded, {"rounding": "gptq", "order": "act order (largest input activations first)",
+    return rounded, {"rounding": "nearest" if nearest else "gptq",
+                     "order": "act order (largest input activations first)" if act_order else "as stored",
                      "calibration_tokens": tokens, "layers": len(names),
                      "grid": "symmetric int8 (narrow: -127..127), one scale per output row", "kept": list(skip)}
