@@ -58,7 +58,7 @@ KEPT_FP16 = {"vocabulary matrix (embedding/LM head)": r".*(logits|torch\.nn\.mod
              "down_proj": r".*down_proj.*", "v_proj": r".*v_proj.*"}
 # the same matrices by their PyTorch names, left out of GPTQ rounding (they stay fp16)
 GPTQ_SKIP = ("lm_head", "down_proj", "v_proj")
-GPTQ_ORDER = "act"  # quantize/torch_gptq.py: the inputs with the largest activations first
+GPTQ_ACT_ORDER = True  # quantize/torch_gptq.py: the inputs with the largest activations first
 CONVERTER_BASE_BYTES = 1.2e9
 CONVERTER_BYTES_PER_PARAM = 20.0
 
@@ -95,7 +95,8 @@ class AndroidOptions:
                 "signatures": "litert-lm", "prefill_len": self.prefill_len, "max_len": self.max_len,
                 "fidelity_segments": self.fidelity_segments, "greedy_tokens": self.greedy_tokens,
                 # the scheme's own text: a changed scheme rebuilds the stage
-                "weight_only_int8": {"rounding": self.int8_rounding, "order": GPTQ_ORDER, "kept_fp16": KEPT_FP16}}
+                "weight_only_int8": {"rounding": self.int8_rounding, "act_order": GPTQ_ACT_ORDER,
+                                     "kept_fp16": KEPT_FP16}}
 
 
 # ---- pre-flight and conversion -------------------------------------------------------------------------------
@@ -196,7 +197,8 @@ def convert_tflite(model: EdgeLM, variant: str, path: Path, prefill_len: int, ma
     if variant == "weight_only_int8":
         rounding = None
         if calib_ids is not None:
-            model, rounding = gptq_int8_rows(model, calib_ids, prefill_len, max_len, GPTQ_SKIP, segments)
+            model, rounding = gptq_int8_rows(model, calib_ids, prefill_len, max_len, GPTQ_SKIP, segments,
+                                             act_order=GPTQ_ACT_ORDER)
         fp32 = path.with_name(f".{path.name}.fp32")
         try:
             convert_tflite(model, "fp32", fp32, prefill_len, max_len)

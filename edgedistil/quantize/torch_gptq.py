@@ -23,7 +23,6 @@ def linear_hessians(model: torch.nn.Module, names: list[str], windows: list[np.n
     """H = 2/n X^T X of each named Linear's input X, over full causal forwards of `windows` (fp64 sums)."""
     modules = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
-    counts = {"tokens": 0}
 
     def hook(name):
         def accumulate(_module, args, _output):
@@ -36,11 +35,11 @@ def linear_hessians(model: torch.nn.Module, names: list[str], windows: list[np.n
         with torch.no_grad():
             for window in windows:
                 model(torch.as_tensor(np.asarray(window), dtype=torch.long)[None])
-                counts["tokens"] += len(window)
     finally:
         for h in handles:
             h.remove()
-    return {n: (2.0 * s / counts["tokens"]).numpy() for n, s in sums.items()}
+    tokens = sum(len(w) for w in windows)
+    return {n: (2.0 * s / tokens).numpy() for n, s in sums.items()}
 
 
 def gptq_int8_rows(model: torch.nn.Module, heldout_ids: np.ndarray, chunk: int, max_len: int,
