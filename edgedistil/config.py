@@ -44,6 +44,7 @@ class DataConfig:
     chat_conversations: int = 160  # teacher-chat only: conversations the teacher writes (once, into the cache)
     chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
     chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
+    chat_drop_loops: bool = False  # teacher-chat: leave out conversations whose answer loops (read-time filter)
     heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 
 
@@ -99,6 +100,9 @@ class DistillConfig:
     teacher_cache: str = ""  # the cache folder; "" = in the edgedistil cache, keyed by teacher, data and sampling
     parallel: str = "ddp"  # under torchrun: "ddp" (each rank holds the models) | "fsdp" (student and teacher sharded)
     preflight_export: bool = True  # trial-export the student's decode graph before training
+    # keep the teacher's token embedding (and the LM head tied to it) fixed: a third fewer FLOPs in the head's
+    # backward and no optimizer state for a fifth of SmolLM2 (scripts/bench_distill.py measures both settings)
+    freeze_embeddings: bool = False
 
 
 @dataclass

@@ -140,10 +140,13 @@ def main() -> None:
 
 
 def parse_settings(text: str) -> dict:
-    """"alpha=0.5,temperature=1" -> {"alpha": 0.5, "temperature": 1.0}; numbers become floats (ints for steps)."""
+    """"alpha=0.5,temperature=1" -> {"alpha": 0.5, "temperature": 1.0}; numbers become floats (ints for steps), true/false bools."""
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
+        if value.strip().lower() in ("true", "false"):
+            out[key.strip()] = value.strip().lower() == "true"
+            continue
         try:
             out[key.strip()] = int(value) if key.strip().split(".")[-1] in (
                 "steps", "batch_size", "warmup_steps", "teacher_topk", "seq_len", "chat_conversations",

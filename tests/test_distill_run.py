@@ -238,3 +238,12 @@ def test_cached_batches_follow_the_cache_then_reshuffle():
     second = sum((cached_batch(cache, step, 2, seed=0)[0][:, 0].tolist() for step in range(3, 6)), [])
     assert sorted(second) == list(range(n)) and second != list(range(n))
     assert cached_batch(cache, 4, 2, seed=0)[0].tolist() == cached_batch(cache, 4, 2, seed=0)[0].tolist()
+
+
+def test_frozen_embeddings_stay_the_teachers_while_the_layers_train(tmp_path, teacher_dir, corpus):
+    out = tmp_path / "distill"
+    run_distill(teacher_dir, corpus, recipe(distill={"freeze_embeddings": True}), out, log=lambda m: None)
+    student, teacher = load_hf_folder(out / "student"), load_hf_folder(teacher_dir)
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)  # tied: the head is the same tensor
+    assert not torch.equal(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight)
