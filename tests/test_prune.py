@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from edgedistil.distill import prune
 from edgedistil.distill.data import load_tokenizer, tokenize
 from edgedistil.distill.evaluate import eval_windows
 from edgedistil.distill.student import build_student, even_layers
+from edgedistil.errors import EdgeError
 from edgedistil.model import load_hf_folder
 from edgedistil.sources import load_corpus, tiny_teacher
 
@@ -145,6 +147,15 @@ def test_teacher_chat_corpus_is_written_by_the_teacher_once(tmp_path, monkeypatc
     assert all(r["text"].endswith("<|im_end|>") == r["ended"] for r in rows)
     monkeypatch.setattr(teacher_chat, "_write_batch", lambda *a, **k: pytest.fail("generated again"))
     assert teacher_chat.teacher_chat_corpus(teacher, settings, log=lambda *_: None).text == corpus.text
+    # the loop filter reads the same generation and leaves out the answers the eval calls degenerate
+    done = next((tmp_path / "cache" / "corpora" / "teacher-chat").iterdir()) / "conversations.jsonl"
+    loop = {"batch": 0, "query": "q", "answer": "the cat sat, the cat sat, the cat sat", "ended": True,
+            "text": "LOOPING CONVERSATION"}
+    done.write_text(done.read_text() + json.dumps(loop) + "\n")
+    assert teacher_chat.teacher_chat_corpus(teacher, settings, log=lambda *_: None).text.endswith(loop["text"])
+    filtered = teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(settings, drop_loops=True),
+                                                log=lambda *_: None)
+    assert filtered.text == corpus.text and "1 whose answer loops left out" in filtered.source
 
 
 def test_teacher_chat_needs_a_chat_template(tmp_path, monkeypatch):

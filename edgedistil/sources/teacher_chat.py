@@ -36,12 +36,15 @@ class ChatSettings:
     answer_tokens: int = 112  # the teacher's greedy answer, cut here
     batch_size: int = 32
     seed: int = 0
+    # read-time filter, not part of the generation key: leave out conversations whose answer loops (the eval's
+    # degenerate test), so the student is not taught the teacher's own loops
+    drop_loops: bool = False
 
 
 def chat_settings(recipe) -> ChatSettings:
     d = recipe.data
     return ChatSettings(conversations=d.chat_conversations, query_tokens=d.chat_query_tokens,
-                        answer_tokens=d.chat_answer_tokens, seed=recipe.distill.seed)
+                        answer_tokens=d.chat_answer_tokens, seed=recipe.distill.seed, drop_loops=d.chat_drop_loops)
 
 
 def user_prefix(tokenizer) -> str:
@@ -56,7 +59,8 @@ def user_prefix(tokenizer) -> str:
 def _key(teacher_dir: Path, settings: ChatSettings) -> str:
     from edgedistil.records import folder_fingerprint
 
-    return hashlib.sha256(json.dumps([folder_fingerprint(Path(teacher_dir)), asdict(settings)],
+    generation = {k: v for k, v in asdict(settings).items() if k != "drop_loops"}
+    return hashlib.sha256(json.dumps([folder_fingerprint(Path(teacher_dir)), generation],
                                      sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -149,7 +153,14 @@ def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings
                                           "seconds": round(time.perf_counter() - t0, 1)})
         partial.unlink(missing_ok=True)
     rows = read_jsonl_prefix(done)
+    if settings.drop_loops:
+        from edgedistil.eval.behaviour import degenerate
+
+        kept = [r for r in rows if not degenerate(r["answer"])]
+        source += f"; {len(rows) - len(kept)} whose answer loops left out"
+        rows = kept
     if not rows:
-        raise EdgeError(f"the teacher wrote no usable conversations into {done}",
-                        f"delete {folder} and retry, or use a text corpus")
+        raise EdgeError(f"no usable conversations in {done}" + (" once looping answers are left out"
+                                                                 if settings.drop_loops else ""),
+                        f"delete {folder} and retry with more [data] chat_conversations, or use a text corpus")
     return Corpus(TEACHER_CHAT, "\n".join(r["text"] for r in rows), license_, source)
