@@ -148,3 +148,21 @@ def test_transformersjs_chat_prompt_goes_through_the_template_in_the_page(tmp_pa
     assert chat["ids_equal"] and chat["ids"], chat  # from the rendered chat prompt: PyTorch's greedy ids
     assert fp32["chat_reply"]["role"] == "assistant" and fp32["chat_reply_equal_python"], fp32["chat_reply"]
     assert fp32["ids_equal"]
+
+
+def test_transformersjs_bench_times_each_file_and_generates_its_ids(onnx_run):
+    from edgedistil.bench.transformersjs import bench_transformersjs
+    from edgedistil.convert.hf_consumers import eos_ids, ort_greedy
+
+    folder = onnx_run[0] / "dist" / "onnx"
+    prompt = list(range(5, 21))
+    got = bench_transformersjs(folder, prompt, new_tokens=6, repeats=1, log=lambda *_: None)
+    assert got["runtime"].startswith("Transformers.js 4.3.1") and {"fp32", "q8"} <= set(got["files"])
+    eos = eos_ids(folder)
+    for dtype, r in got["files"].items():
+        assert r["decode_tokens_per_s"] > 0 and r["ttft_ms"] > 0 and r["renderer_peak_rss_mb"] > 50, (dtype, r)
+        assert len(r["ids"]) == 6  # min_new_tokens: every run times the same number of tokens
+        if dtype in ("fp32", "q8"):  # the same kernels as Python onnxruntime's on these files
+            ref = ort_greedy(folder / r["file"], prompt, 6)
+            n = next((i for i, t in enumerate(ref) if t in eos), len(ref))  # the bench never stops at EOS
+            assert r["ids"][:n] == ref[:n], (dtype, r["ids"], ref)
