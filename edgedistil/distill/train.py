@@ -269,7 +269,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     elif ddp.active:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ddp.local_rank] if device != "cpu"
                                                           else None)
-    if d.freeze_embeddings:  # a tied LM head is the same tensor, so it stays the teacher's too
+    if d.freeze_embeddings and design.get("init") == "random":
+        log("distill: the token embedding trains after all: a random init has no teacher embedding to keep")
+    elif d.freeze_embeddings:  # a tied LM head is the same tensor, so it stays the teacher's too
         student.model.embed_tokens.weight.requires_grad_(False)
     trained = [p for p in net.parameters() if p.requires_grad]
     # the fused kernel makes the step one pass over the weights (a fifth of a CPU step before); FSDP's sharded
