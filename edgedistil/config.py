@@ -41,10 +41,10 @@ class DataConfig:
     corpus: str = "teacher-chat"
     heldout_fraction: float = 0.2
     seq_len: int = 64
-    chat_conversations: int = 160  # teacher-chat only: conversations the teacher writes (once, into the cache)
+    chat_conversations: int = 256  # teacher-chat only: conversations the teacher writes (once, into the cache)
     chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
     chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
-    chat_drop_loops: bool = False  # teacher-chat: leave out conversations whose answer loops (read-time filter)
+    chat_drop_loops: bool = True  # teacher-chat: leave out conversations whose answer loops (read-time filter)
     heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 
 

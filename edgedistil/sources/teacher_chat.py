@@ -56,11 +56,15 @@ def user_prefix(tokenizer) -> str:
     return text[:text.index(_MARK)]
 
 
+def _generation(settings: ChatSettings) -> dict:
+    """What the teacher's writing depends on: the settings less the read-time filter."""
+    return {k: v for k, v in asdict(settings).items() if k != "drop_loops"}
+
+
 def _key(teacher_dir: Path, settings: ChatSettings) -> str:
     from edgedistil.records import folder_fingerprint
 
-    generation = {k: v for k, v in asdict(settings).items() if k != "drop_loops"}
-    return hashlib.sha256(json.dumps([folder_fingerprint(Path(teacher_dir)), generation],
+    return hashlib.sha256(json.dumps([folder_fingerprint(Path(teacher_dir)), _generation(settings)],
                                      sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,7 +152,7 @@ def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings
         rows = read_jsonl_prefix(partial)
         with atomic_file(done) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        write_json(folder / "meta.json", {"teacher": str(teacher_dir), "settings": asdict(settings),
+        write_json(folder / "meta.json", {"teacher": str(teacher_dir), "settings": _generation(settings),
                                           "conversations": len(rows), "ended": sum(r["ended"] for r in rows),
                                           "seconds": round(time.perf_counter() - t0, 1)})
         partial.unlink(missing_ok=True)
