@@ -18,7 +18,8 @@ import platform
 import time
 from pathlib import Path
 
-from edgedistil.bench.transformersjs import METRICS, bench_transformersjs
+from edgedistil.bench.ort import METRICS
+from edgedistil.bench.transformersjs import bench_transformersjs
 from edgedistil.bench.web import bench_web
 from edgedistil.build import Run, bench_prompt
 from edgedistil.config import load_recipe

@@ -20,6 +20,16 @@ from edgedistil.records import sha256_file
 METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms")
 
 
+def medians(runs: list[dict]) -> dict:
+    """Each metric's median over the timed runs, and its [min, max] as `<metric>_spread`."""
+    out = {}
+    for m in METRICS:
+        values = [r[m] for r in runs]
+        out[m] = round(statistics.median(values), 2)
+        out[m + "_spread"] = [round(min(values), 2), round(max(values), 2)]
+    return out
+
+
 def runtime_label(threads: int) -> str:
     return (f"onnxruntime {metadata.version('onnxruntime')} CPUExecutionProvider, {threads} thread(s), "
             f"host {platform.machine()} (native, not a browser or phone)")
@@ -37,10 +47,7 @@ def bench_model(path: Path, prompt: list[int], prefill_len: int, new_tokens: int
     out = {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),
            "runtime": runtime_label(threads), "repeats": repeats, "load_seconds": round(raw["load_seconds"], 3),
            "peak_memory_mb": round(raw["peak_memory_mb"], 1), "rss_after_load_mb": round(raw["rss_after_load_mb"], 1)}
-    for m in METRICS:
-        values = [r[m] for r in raw["runs"]]
-        out[m] = round(statistics.median(values), 2)
-        out[m + "_spread"] = [round(min(values), 2), round(max(values), 2)]
+    out.update(medians(raw["runs"]))
     if "llama_bench" in raw:
         out["llama_bench"] = {k: {m: (round(x, 2) if isinstance(x, float) else x) for m, x in v.items()}
                               for k, v in raw["llama_bench"].items()}

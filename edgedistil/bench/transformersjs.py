@@ -10,10 +10,10 @@ not counted; the medians of `repeats` runs are reported with their spread.
 from __future__ import annotations
 
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
+from edgedistil.bench.ort import medians
 from edgedistil.convert.hf_onnx import DTYPE_FILES
 
 TIMING_JS = """
@@ -49,9 +49,6 @@ async ({ dtype, prompt, newTokens, repeats }) => {
   return { version: env.version, loadMs, ids, runs };
 }
 """
-METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms")
-
-
 def bench_transformersjs(folder: Path, prompt: list[int], new_tokens: int, repeats: int,
                          added: dict[str, Path] | None = None, log=print) -> dict:
     """{dtype: timings, renderer peak, ids} for each onnx/ file of `folder`, and for `added` ({dtype: file}:
@@ -94,11 +91,7 @@ def bench_transformersjs(folder: Path, prompt: list[int], new_tokens: int, repea
             entry = {"file": f"onnx/{DTYPE_FILES[dtype]}", "load_ms": round(raw["loadMs"], 1), "ids": raw["ids"],
                      "renderer_peak_rss_mb": round(mem.renderer_peak_mb, 1),
                      "chromium_peak_rss_mb": round(mem.total_peak_mb, 1)}
-            for m in METRICS:
-                values = [r[m] for r in raw["runs"]]
-                entry[m] = round(statistics.median(values), 2)
-                entry[m + "_spread"] = [round(min(values), 2), round(max(values), 2)]
-            out["files"][dtype] = entry
+            out["files"][dtype] = entry = entry | medians(raw["runs"])
             log(f"bench-transformersjs[{dtype}]: decode {entry['decode_tokens_per_s']:.1f} tok/s, TTFT "
                 f"{entry['ttft_ms']:.0f} ms, renderer peak {entry['renderer_peak_rss_mb']:.0f} MB")
     return out

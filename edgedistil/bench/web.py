@@ -15,7 +15,6 @@ import http.server
 import os
 import posixpath
 import shutil
-import statistics
 import subprocess
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
+from edgedistil.bench.ort import medians
 from edgedistil.errors import EdgeError
 from edgedistil.records import sha256_file
 
@@ -31,7 +31,6 @@ CHROMIUM = "/usr/bin/chromium"
 # from the feasibility notes: these run as root on CI machines and keep Chromium off the network
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--enable-precise-memory-info"]
-METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms")
 PAGE_TIMEOUT_MS = 300_000
 
 
@@ -338,11 +337,7 @@ def _summarise(raw: dict, ref: list[int], path: Path, repeats: int, version: str
            "ids_same_every_run": all(r == ids for r in raw["idsPerRun"]),
            "streamed_equals_returned": all(s == r for s, r in zip(raw["streamed"], raw["idsPerRun"])),
            "console_errors": raw["console_errors"]}
-    for m in METRICS:
-        values = [r[m] for r in runs]
-        out[m] = round(statistics.median(values), 2)
-        out[m + "_spread"] = [round(min(values), 2), round(max(values), 2)]
-    return out
+    return out | medians(runs)
 
 
 def runtime_label(ort_version: str | None, threads: int, simd: bool, chromium: str) -> str:
