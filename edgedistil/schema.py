@@ -74,6 +74,6 @@ def coerce(where: str, key: str, value: Any, default: Any) -> Any:
     if not ok:
         raise EdgeError(
             f"{at(where, key)}: '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}",
-            f"write it like {key} = {default!r}",
+            f"write it like {key} = {str(default).lower() if isinstance(default, bool) else repr(default)}",  # TOML
         )
     return value
