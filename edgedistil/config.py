@@ -94,6 +94,8 @@ class DistillConfig:
     seed: int = 0
     eval_tokens: int = 4096
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # "auto": bf16 autocast on a GPU and on a CPU that multiplies bf16 natively (AMX, AVX512-BF16), else fp32
+    precision: str = "auto"
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the global batch of one step
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = none
     teacher_topk: int = 128  # > 0: train from a cache of the teacher's top-k logits per position (built on first use)
@@ -356,6 +358,8 @@ def _validate(r: Recipe, where) -> None:
     _check_range(where, "distill", "eval_tokens", d.eval_tokens >= 2, f"must be >= 2, got {d.eval_tokens}")
     _check_range(where, "distill", "device", d.device in ("auto", "cpu", "cuda"),
                  f"must be auto, cpu or cuda, got {d.device!r}")
+    _check_range(where, "distill", "precision", d.precision in ("auto", "fp32", "bf16"),
+                 f"must be auto, fp32 or bf16, got {d.precision!r}")
     _check_range(where, "student", "layers", s.layers >= 1, f"must be >= 1, got {s.layers}")
     if isinstance(s.init, list):
         _check_range(where, "student", "init", len(s.init) == s.layers and all(

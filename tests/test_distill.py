@@ -215,6 +215,7 @@ def test_fewer_heads_keep_whole_kv_groups_and_still_run():
     ("distill", "feature_layers = [1]", "'feature_layers' must be"),
     ("distill", "grad_accum = 3", "'grad_accum' must be >= 1 and divide batch_size"),
     ("distill", 'method = "data"', "'method' must be one of response, sequence"),
+    ("distill", 'precision = "fp16"', "'precision' must be auto, fp32 or bf16"),
     ("student", "init = [0]", "'init' as a list must hold 11"),
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),

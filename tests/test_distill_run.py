@@ -247,3 +247,26 @@ def test_frozen_embeddings_stay_the_teachers_while_the_layers_train(tmp_path, te
     assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
     assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)  # tied: the head is the same tensor
     assert not torch.equal(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight)
+
+
+def test_precision_picks_bf16_only_where_asked_or_native(monkeypatch):
+    from edgedistil.distill import train
+
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    assert train.pick_device("auto", "auto") == ("cpu", None)  # emulated bf16 gains nothing: fp32
+    assert train.pick_device("cpu", "bf16") == ("cpu", torch.bfloat16)
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    assert train.pick_device("auto", "auto") == ("cpu", torch.bfloat16)
+    assert train.pick_device("auto", "fp32") == ("cpu", None)
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_says_so(tmp_path, teacher_dir, corpus):
+    out = tmp_path / "distill"
+    record = run_distill(teacher_dir, corpus, recipe(distill={"precision": "bf16", "steps": 8}), out,
+                         log=lambda m: None)
+    assert record["device"] == "cpu bf16 autocast"
+    losses = [row["loss"] for row in curve(out)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    # autocast keeps the master weights fp32: the saved student is an fp32 model
+    assert load_hf_folder(out / "student").model.layers[0].mlp.up_proj.weight.dtype == torch.float32

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -36,13 +37,27 @@ from edgedistil.records import folder_fingerprint, stage_key
 from edgedistil.sources import Corpus, split_heldout
 
 
-def pick_device(want: str) -> tuple[str, torch.dtype | None]:
-    """`auto` takes CUDA with bf16 autocast when there is a GPU, else the CPU in fp32."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): there, autocast speeds a training step up
+    (1.5-1.7x on the default student, docs/benchmarks.md); elsewhere oneDNN emulates bf16 and gains nothing."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to ask, so keep fp32
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def pick_device(want: str, precision: str = "auto") -> tuple[str, torch.dtype | None]:
+    """The device and the autocast dtype. `auto` takes CUDA when there is a GPU, else the CPU; precision `auto`
+    is bf16 autocast on CUDA and on a CPU with native bf16, fp32 elsewhere."""
     if want == "cuda" and not torch.cuda.is_available():
         raise EdgeError("[distill] device = 'cuda' but PyTorch sees no CUDA GPU", "set device = 'auto' or 'cpu'")
-    if want in ("auto", "cuda") and torch.cuda.is_available():
-        return "cuda", torch.bfloat16
-    return "cpu", None
+    device = "cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    if precision == "fp32":
+        return device, None
+    if precision == "bf16" or device == "cuda" or cpu_has_bf16():
+        return device, torch.bfloat16
+    return device, None
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -164,7 +179,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     """Distill a student from `teacher_dir` on `corpus`; rank 0 writes `out_dir` atomically; returns the record."""
     d, data = recipe.distill, recipe.data
     out_dir = Path(out_dir)
-    device, amp_dtype = pick_device(d.device)
+    device, amp_dtype = pick_device(d.device, d.precision)
     ddp = distributed.setup(device)
     if not ddp.main:
         log = lambda *_: None  # noqa: E731 - one voice in the log
@@ -389,7 +404,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
         student.eval()
         windows = eval_windows(heldout_ids, data.seq_len, d.eval_tokens)
-        with autocast:
+        # on the CPU the figures are the fp32 student's, as it ships, whatever precision trained it
+        eval_autocast = autocast if device.startswith("cuda") else contextlib.nullcontext()
+        with eval_autocast:
             if tokenizers is None:
                 quality = student_only_quality(student, windows, "the student's tokenizer is not the teacher's, "
                                                "so per-token teacher figures would count other tokens",
@@ -397,7 +414,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             else:
                 quality = compare_on_heldout(student, teacher, windows, device=device)
         other = heldout_corpus_quality(student, teacher if tokenizers is not None else None, student_tok, corpus,
-                                       recipe, device, autocast, log)
+                                       recipe, device, eval_autocast, log)
         if other is not None:
             quality["heldout_corpus"] = other
         write_json(tmp / "eval.json", quality)
