@@ -39,7 +39,7 @@ from edgedistil.sources import Corpus, split_heldout
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): there, autocast speeds a training step up
-    (1.7x on the default student, docs/benchmarks.md, "Training precision"); elsewhere oneDNN emulates bf16 and gains nothing."""
+    (1.7x on the default student: docs/benchmarks.md, "Training precision"); elsewhere oneDNN emulates bf16."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no way to ask, so keep fp32
