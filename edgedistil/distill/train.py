@@ -47,17 +47,14 @@ def cpu_has_bf16() -> bool:
     return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
-def pick_device(want: str, precision: str = "auto") -> tuple[str, torch.dtype | None]:
+def pick_device(want: str, precision: str) -> tuple[str, torch.dtype | None]:
     """The device and the autocast dtype. `auto` takes CUDA when there is a GPU, else the CPU; precision `auto`
     is bf16 autocast on CUDA and on a CPU with native bf16, fp32 elsewhere."""
     if want == "cuda" and not torch.cuda.is_available():
         raise EdgeError("[distill] device = 'cuda' but PyTorch sees no CUDA GPU", "set device = 'auto' or 'cpu'")
     device = "cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    if precision == "fp32":
-        return device, None
-    if precision == "bf16" or device == "cuda" or cpu_has_bf16():
-        return device, torch.bfloat16
-    return device, None
+    bf16 = precision == "bf16" or (precision == "auto" and (device == "cuda" or cpu_has_bf16()))
+    return device, torch.bfloat16 if bf16 else None
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
