@@ -432,6 +432,36 @@ def test_chat_prompt_through_the_files_template_matches_transformers(chat_litert
     assert check["all_equal"]
 
 
+def test_a_difference_from_pytorch_records_how_close_the_two_tokens_were(chat_litertlm):
+    """Where a runtime's text leaves PyTorch's greedy tokens, the record gives PyTorch's logit gap between the two
+    tokens; the fp32 budget counts a near-tie as rounding and anything else as a real difference."""
+    from edgedistil.convert.litertlm import NEAR_TIE_LOGITS, _compare
+    from edgedistil.decoding import greedy, prefill
+    from edgedistil.distill.data import load_tokenizer
+    from edgedistil.targets.android import tokens_match
+
+    folder, model, _, _ = chat_litertlm
+    tok, lm = load_tokenizer(folder), TorchLM(model, 96)
+    prompt = tok.encode("The sea is wide and deep", add_special_tokens=False).ids
+    want = greedy(lm.step, lm.empty_cache(), prompt, 6, 8, lm.max_len)
+    assert _compare(tok, lm, prompt, tok.decode(want), 6, [], 8) == {
+        "reference_tokens": 6, "tokens_matching": 6, "text_equal": True}  # alike: no divergence recorded
+    row = prefill(lm.step, lm.empty_cache(), prompt, 8, lm.max_len)[0][-1]
+    runner_up = int(np.argsort(row)[-2])  # a runtime that chose the second-best first token
+    other = _compare(tok, lm, prompt, tok.decode([runner_up]), 6, [], 8)
+    gap = other["divergence"]
+    assert other["tokens_matching"] == 0 and gap["position"] == 0 and gap["reference_token"] == want[0]
+    assert gap["logit_gap"] == pytest.approx(float(row[want[0]] - row[runner_up]), abs=1e-5) and gap["logit_gap"] > 0
+    assert gap["near_tie"] == (gap["logit_gap"] < NEAR_TIE_LOGITS)
+    stopped = _compare(tok, lm, prompt, tok.decode(want[:2]), 6, [2], 8)["divergence"]  # it stopped at token 2
+    assert stopped["position"] == 2 and stopped["runtime_token"] == 2
+    check = {"reference_tokens": 12, "prompts": [{"reference_tokens": 6, "tokens_matching": 6},
+                                                 {"reference_tokens": 6, "tokens_matching": 2, "divergence": gap}]}
+    assert tokens_match(check) == (1.0 if gap["near_tie"] else 8 / 12)
+    check["prompts"][1]["divergence"] = {**gap, "near_tie": True}
+    assert tokens_match(check) == 1.0
+
+
 def test_a_damaged_litertlm_is_one_clear_error(chat_litertlm, tmp_path):
     from edgedistil.convert.litertlm import read_litertlm
 

@@ -173,17 +173,48 @@ def _matching_prefix(tokenizer, tokens: list[int], text: str) -> int:
     return max((n for n in range(len(tokens) + 1) if text.startswith(tokenizer.decode(tokens[:n]))), default=0)
 
 
+NEAR_TIE_LOGITS = 0.01  # two fp32 logits this close are within kernel rounding (XNNPACK vs PyTorch): a tie
+
+
 def _compare(tokenizer, reference, prompt_ids: list[int], got_text: str, new_tokens: int, stop: list[int],
              prefill_len: int) -> dict:
     """The fp32 PyTorch model's greedy tokens for `prompt_ids` (cut at the first stop token, which the runtime does
-    not print) against the runtime's text."""
+    not print) against the runtime's text, and where they first differ, how close the two tokens were."""
     from edgedistil.decoding import greedy
 
     want = greedy(reference.step, reference.empty_cache(), prompt_ids, new_tokens, prefill_len, reference.max_len)
     if any(t in stop for t in want):
         want = want[:min(want.index(t) for t in stop if t in want)]
     matching = _matching_prefix(tokenizer, want, got_text)
-    return {"reference_tokens": len(want), "tokens_matching": matching, "text_equal": tokenizer.decode(want) == got_text}
+    text = tokenizer.decode(want)
+    out = {"reference_tokens": len(want), "tokens_matching": matching, "text_equal": text == got_text}
+    if matching < len(want) or (got_text != text and got_text.startswith(text) and len(want) < new_tokens):
+        out["divergence"] = _divergence(tokenizer, reference, prompt_ids, want, matching, got_text, stop,
+                                        prefill_len)
+    return out
+
+
+def _divergence(tokenizer, reference, prompt_ids: list[int], want: list[int], at: int, got_text: str,
+                stop: list[int], prefill_len: int) -> dict:
+    """At the first token where the runtime's text leaves the reference's greedy tokens: the token it chose there
+    (its remaining text re-tokenized, or a stop token where its text ends) and how far apart the two were in the
+    reference's own logits. A near-tie means kernel rounding picked the other token, not a broken file."""
+    from edgedistil.decoding import decode, prefill
+
+    logits, cache = prefill(reference.step, reference.empty_cache(), prompt_ids, prefill_len, reference.max_len)
+    row = decode(reference.step, cache, want[:at], len(prompt_ids))[0][-1] if at else logits[-1]
+    likeliest_stop = [max(stop, key=lambda t: row[t])] if stop else []
+    rest = got_text[len(tokenizer.decode(want[:at])):]
+    chosen = tokenizer.encode(rest, add_special_tokens=False).ids[:1] if rest else likeliest_stop  # it stopped
+    ref_token = want[at] if at < len(want) else likeliest_stop[0]  # here the reference stopped
+    record = {"position": at, "reference_token": int(ref_token), "runtime_token": int(chosen[0]) if chosen else None,
+              "logit_range": round(float(row.max() - row.min()), 3)}
+    if chosen:
+        gap = float(row[ref_token] - row[chosen[0]])
+        record.update(logit_gap=round(gap, 6), near_tie=abs(gap) < NEAR_TIE_LOGITS)
+    else:
+        record["near_tie"] = False
+    return record
 
 
 def check_in_litertlm(path: Path, model_dir: Path, reference, heldout_ids, prefill_len: int, threads: int = 1,
@@ -227,7 +258,7 @@ def check_in_litertlm(path: Path, model_dir: Path, reference, heldout_ids, prefi
             "reference": "fp32 PyTorch model, greedy, cut at its first stop token", "prompts": prompts,
             "tokens_matching": sum(p["tokens_matching"] for p in prompts),
             "reference_tokens": sum(p["reference_tokens"] for p in prompts),
-            "all_equal": all(p["text_equal"] for p in prompts),
+            "all_equal": all(p["text_equal"] for p in prompts), "near_tie_logits": NEAR_TIE_LOGITS,
             "teacher_forcing": "not through LiteRT-LM: run_text_scoring's scores did not match the model's "
                                "log-probabilities on an fp32 file; top-1 and KL come from the interpreter on the "
                                "byte-identical .tflite"}
