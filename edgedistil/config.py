@@ -41,6 +41,9 @@ class DataConfig:
     corpus: str = "teacher-chat"
     heldout_fraction: float = 0.2
     seq_len: int = 64
+    # where training windows start: "random" (anywhere in the token stream) | "documents" (at a document's start:
+    # a conversation, a JSONL row, or a line of a plain text), so a window holds whole documents from their start
+    windows: str = "random"
     chat_conversations: int = 256  # teacher-chat only: conversations the teacher writes (once, into the cache)
     chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
     chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
@@ -48,6 +51,7 @@ class DataConfig:
     heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 
 
+WINDOWS = ("random", "documents")
 # "auto" = "greedy": the measured pick that best predicted quality after distillation (docs/benchmarks.md)
 STUDENT_INITS = ("auto", "greedy", "block_influence", "angular", "even", "first", "random")
 SHRINK_INITS = ("importance", "slice", "random")
@@ -411,6 +415,8 @@ def _validate(r: Recipe, where) -> None:
     _check_range(where, "data", "heldout_fraction", 0.0 < data.heldout_fraction <= 0.5,
                  f"must be in (0, 0.5], got {data.heldout_fraction}")
     _check_range(where, "data", "seq_len", data.seq_len >= 8, f"must be >= 8, got {data.seq_len}")
+    _check_range(where, "data", "windows", data.windows in WINDOWS,
+                 f"must be one of {', '.join(WINDOWS)}, got {data.windows!r}")
     _check_range(where, "export", "prefill_len", e.prefill_len >= 1, f"must be >= 1, got {e.prefill_len}")
     _check_range(where, "export", "max_len", e.max_len > e.prefill_len,
                  f"must be larger than prefill_len ({e.prefill_len}), got {e.max_len}")

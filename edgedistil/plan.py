@@ -91,7 +91,7 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
     from edgedistil.distill.student import build_student
     from edgedistil.distill.train import CALIBRATION_TOKENS
     from edgedistil.model import load_hf_folder
-    from edgedistil.sources import split_heldout
+    from edgedistil.sources import split_corpus
 
     t0 = time.perf_counter()
     teacher = load_hf_folder(teacher_dir).float().eval()
@@ -106,7 +106,8 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
                         f"pass widths up to {tc.intermediate_size}")
     tok = load_tokenizer(teacher_dir)
     seq = recipe.data.seq_len
-    train_text, heldout_text = split_heldout(corpus.text, recipe.data.heldout_fraction)
+    train_docs, heldout_text = split_corpus(corpus, recipe.data.heldout_fraction)
+    train_text = "\n".join(train_docs)
     calib_ids, held_ids = tokenize(tok, train_text[:200_000]), tokenize(tok, heldout_text[:200_000])
     need_tokens(held_ids, seq + 1, "held-out", corpus.name)
     windows = eval_windows(held_ids, seq, recipe.distill.eval_tokens)

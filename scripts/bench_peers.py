@@ -65,7 +65,7 @@ def one_line(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def windows_for(train_ids, recipe):
+def windows_for(train_ids, starts, recipe):
     """The windows the distill stage trains on, in order: steps draws of batch_size blocks of seq_len + 1 tokens from
     one generator seeded with [distill] seed (as sample_blocks and the teacher cache draw them)."""
     import torch
@@ -74,7 +74,8 @@ def windows_for(train_ids, recipe):
 
     d = recipe.distill
     gen = torch.Generator().manual_seed(d.seed)
-    return torch.cat([sample_blocks(train_ids, d.batch_size, recipe.data.seq_len + 1, gen) for _ in range(d.steps)])
+    return torch.cat([sample_blocks(train_ids, d.batch_size, recipe.data.seq_len + 1, gen, starts)
+                      for _ in range(d.steps)])
 
 
 def quality_of(student_dir: Path, teacher, windows, other_windows) -> dict:
@@ -110,12 +111,12 @@ def main() -> None:
 
     from edgedistil.build import Run, recipe_with
     from edgedistil.config import load_recipe
-    from edgedistil.distill.data import load_tokenizer, tokenize
+    from edgedistil.distill.data import load_tokenizer, tokenize, tokenize_documents
     from edgedistil.distill.evaluate import eval_windows
     from edgedistil.distill.train import lr_at, make_student
     from edgedistil.errors import write_json
     from edgedistil.model import load_hf_folder, save_hf_folder
-    from edgedistil.sources import load_corpus, split_heldout
+    from edgedistil.sources import load_corpus, split_corpus
 
     recipe = load_recipe(args.config)
     if args.steps:
@@ -138,7 +139,8 @@ def main() -> None:
     teacher_dir, corpus = run.teacher_dir(), run.corpus()
     tok = load_tokenizer(teacher_dir)
     teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
-    train_text, heldout_text = split_heldout(corpus.text, data.heldout_fraction)
+    train_docs, heldout_text = split_corpus(corpus, data.heldout_fraction)
+    train_text = "\n".join(train_docs)
 
     # 1. the initial student, as run_distill makes it (same seed, same calibration text), saved untrained
     torch.manual_seed(d.seed)
@@ -148,8 +150,8 @@ def main() -> None:
     del student
 
     # 2. the training windows, in order
-    train_ids = tokenize(tok, train_text)
-    windows = windows_for(train_ids, recipe)
+    train_ids, doc_starts = tokenize_documents(tok, train_docs)
+    windows = windows_for(train_ids, doc_starts if data.windows == "documents" else None, recipe)
     windows_path = work / "windows.npy"
     np.save(windows_path, windows.numpy().astype(np.int32))
     lrs = [lr_at(s, d.steps, d.warmup_steps, d.lr) for s in range(d.steps)]

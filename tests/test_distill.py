@@ -205,6 +205,36 @@ def test_fewer_heads_keep_whole_kv_groups_and_still_run():
         build_student(teacher, 2, heads=3)
 
 
+# ---- training windows -------------------------------------------------------------------------------------------
+
+
+def test_tokenize_documents_gives_each_documents_first_token(tiny_tokenizer):
+    import numpy as np
+
+    from edgedistil.distill.data import tokenize, tokenize_documents
+
+    docs = ["In the beginning\nwas the word", "", "And the light\r\nshone", "last one"]
+    ids, starts = tokenize_documents(tiny_tokenizer, docs)
+    assert np.array_equal(ids, tokenize(tiny_tokenizer, "\n".join(docs)))  # the ids of the joined text, unchanged
+    assert len(starts) == 4 and starts[0] == 0 and list(starts) == sorted(starts)
+    for doc, a, b in zip(docs, starts, list(starts[1:]) + [len(ids)]):  # each span decodes to its document
+        assert tiny_tokenizer.decode(ids[a:b].tolist()).rstrip("\n") == doc
+
+
+def test_document_windows_start_at_document_starts():
+    import numpy as np
+
+    from edgedistil.distill.data import sample_blocks
+
+    ids = np.arange(1000, dtype=np.int32)
+    starts = np.array([0, 100, 250, 400, 990])  # 990 leaves too few tokens for a window: never drawn
+    blocks = sample_blocks(ids, 64, 65, torch.Generator().manual_seed(0), starts)
+    assert blocks.shape == (64, 65) and set(blocks[:, 0].tolist()) == {0, 100, 250, 400}
+    assert torch.equal(blocks[:, 1:] - blocks[:, :-1], torch.ones(64, 64, dtype=torch.long))  # contiguous tokens
+    anywhere = sample_blocks(ids, 64, 65, torch.Generator().manual_seed(0))
+    assert len(set(anywhere[:, 0].tolist())) > 20  # without starts, windows begin anywhere
+
+
 # ---- recipe keys ------------------------------------------------------------------------------------------------
 
 
@@ -220,6 +250,7 @@ def test_fewer_heads_keep_whole_kv_groups_and_still_run():
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),
     ("sequence", "top_p = 0", "'top_p' must be in"),
+    ("data", 'windows = "aligned"', "'windows' must be one of random, documents"),
     ("sequence", "num_prompts = 0", "'num_prompts' must be >= 1"),
 ])
 def test_new_recipe_keys_are_checked(tmp_path, section, line, match):

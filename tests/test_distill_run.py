@@ -119,15 +119,18 @@ def test_preflight_catches_a_student_that_cannot_export(tmp_path, teacher_dir, c
     assert not out.exists()
 
 
-def test_jsonl_corpus_trains(tmp_path, teacher_dir, corpus):
+def test_jsonl_corpus_trains_on_whole_documents(tmp_path, teacher_dir, corpus):
     from edgedistil.sources.corpus import load_corpus as load
 
     path = tmp_path / "docs.jsonl"
     lines = corpus.text.splitlines()
-    path.write_text("".join(json.dumps({"text": line, "id": i}) + "\n" for i, line in enumerate(lines)))
+    docs = ["\n".join(lines[i:i + 5]) for i in range(0, len(lines), 5)]  # multi-line documents
+    path.write_text("".join(json.dumps({"text": doc, "id": i}) + "\n" for i, doc in enumerate(docs)))
     jsonl = load(str(path))
-    assert jsonl.text == "\n".join(line.strip("\n") for line in lines)
-    run_distill(teacher_dir, jsonl, recipe(distill={"steps": 1}), tmp_path / "d", log=lambda m: None)
+    assert jsonl.text == "\n".join(docs) and jsonl.documents == docs
+    run_distill(teacher_dir, jsonl, recipe(distill={"steps": 1}, data={"windows": "documents"}), tmp_path / "d",
+                log=lambda m: None)
+    assert (tmp_path / "d" / "heldout.txt").read_text() == "\n".join(docs[9::10])  # tiny.toml holds out 0.1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
     with pytest.raises(EdgeError, match="line 2"):

@@ -140,6 +140,7 @@ def test_teacher_chat_corpus_is_written_by_the_teacher_once(tmp_path, monkeypatc
     convs = corpus.text.split("<|im_start|>system\n")[1:]
     assert corpus.name == "teacher-chat" and 1 <= len(convs) <= 6
     assert all("<|im_start|>user\n" in c and "<|im_start|>assistant\n" in c for c in convs)
+    assert len(corpus.documents) == len(convs) and "\n".join(corpus.documents) == corpus.text  # one a conversation
     ids = tokenize(load_tokenizer(teacher), corpus.text)
     assert (ids == 1).sum() == 3 * len(convs)  # <|im_start|> is one special token, three a conversation
     rows = [json.loads(ln) for ln in next((tmp_path / "cache" / "corpora" / "teacher-chat").iterdir())

@@ -24,6 +24,7 @@ from edgedistil.sources import (
     load_corpus,
     pydoc_corpus,
     pypi_download,
+    split_corpus,
     split_heldout,
     text_file_corpus,
     tiny_teacher,
@@ -171,6 +172,30 @@ def test_split_heldout_rejects_bad_fraction(fraction):
     with pytest.raises(EdgeError) as info:
         split_heldout("a\nb\nc\nd", fraction)
     assert "fraction" in _one_line(info.value)
+
+
+def test_split_corpus_keeps_documents_whole():
+    docs = [f"conversation {i}\nuser asks {i}\nassistant answers {i}" for i in range(50)]
+    corpus = Corpus("chat", "\n".join(docs), "test", "test", docs)
+    train, held = split_corpus(corpus, 0.2)
+    held_docs = held.split("\n")
+    held_docs = ["\n".join(held_docs[i:i + 3]) for i in range(0, len(held_docs), 3)]
+    assert sorted(train + held_docs) == sorted(docs) and not set(train) & set(held_docs)
+    assert len(held_docs) == 10 and held_docs[0] == docs[4] and held_docs[-1] == docs[49]  # every 5th, spread out
+    assert split_corpus(corpus, 0.2) == (train, held)
+    two = Corpus("chat", "a\nb", "test", "test", ["a", "b"])
+    assert split_corpus(two, 0.1) == (["a"], "b")
+
+
+def test_split_corpus_of_a_plain_text_splits_lines():
+    text = "\n".join(f"line {i}" for i in range(400))
+    train, held = split_corpus(Corpus("t", text, "test", "test"), 0.1)
+    assert (("\n".join(train)), held) == split_heldout(text, 0.1)
+    one = Corpus("t", text, "test", "test", [text])  # a single document cannot be held out whole: lines instead
+    assert split_corpus(one, 0.1) == (train, held)
+    with pytest.raises(EdgeError):
+        split_corpus(Corpus("t", text, "test", "test", docs := text.splitlines()), 0.9)
+    assert docs
 
 
 def test_split_heldout_short_texts():

@@ -27,12 +27,13 @@ from edgedistil.distill.data import sample_blocks
 from edgedistil.errors import EdgeError, atomic_dir, read_json, write_json
 
 FILE = "teacher_topk.safetensors"
+SPLIT = "documents whole"  # how the held-out split is made (sources.split_corpus); older caches split lines
 
 
 def cache_identity(teacher_fingerprint: str, corpus_text: str, recipe) -> dict:
     d, data = recipe.distill, recipe.data
     return {"teacher": teacher_fingerprint, "corpus_sha256": hashlib.sha256(corpus_text.encode()).hexdigest(),
-            "seq_len": data.seq_len, "heldout_fraction": data.heldout_fraction, "seed": d.seed,
+            "seq_len": data.seq_len, "windows": data.windows, "split": SPLIT, "heldout_fraction": data.heldout_fraction, "seed": d.seed,
             "batch_size": d.batch_size, "steps": d.steps, "k": d.teacher_topk}
 
 
@@ -46,13 +47,13 @@ def shared_folder(identity: dict) -> Path:
 
 
 @torch.no_grad()
-def build_cache(teacher, train_ids: np.ndarray, identity: dict, folder: Path, device: str, log=print,
-                chunk: int = 8) -> None:
+def build_cache(teacher, train_ids: np.ndarray, starts: np.ndarray | None, identity: dict, folder: Path,
+                device: str, log=print, chunk: int = 8) -> None:
     """Draw the run's blocks and store the teacher's top-k logits for each position, atomically in `folder`."""
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(identity["seed"])
-    blocks = torch.cat([sample_blocks(train_ids, identity["batch_size"], identity["seq_len"] + 1, gen)
+    blocks = torch.cat([sample_blocks(train_ids, identity["batch_size"], identity["seq_len"] + 1, gen, starts)
                         for _ in range(identity["steps"])])
     k = identity["k"]
     ids, logits = [], []

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from edgedistil.config import Recipe
 from edgedistil.distill import distributed, teacher_cache
 from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize
+from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize, \
+    tokenize_documents
 from edgedistil.distill.evaluate import compare_on_heldout, eval_windows, student_only_quality
 from edgedistil.distill.losses import FeatureKD, ce_loss, even_feature_map, kd_loss
 from edgedistil.distill.preflight import check_tokenizers, estimate, trial_export
@@ -34,7 +35,7 @@ from edgedistil.distill.student import build_student, pick_layers, student_heads
 from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.model import EdgeLM, load_hf_folder, save_hf_folder
 from edgedistil.records import folder_fingerprint, stage_key
-from edgedistil.sources import Corpus, split_heldout
+from edgedistil.sources import Corpus, split_corpus
 
 
 def cpu_has_bf16() -> bool:
@@ -192,7 +193,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     teacher_tok = load_tokenizer(teacher_dir)
     teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
     check_vocab(teacher_tok, teacher.cfg.vocab_size, "the teacher")
-    train_text, heldout_text = split_heldout(corpus.text, data.heldout_fraction)
+    train_docs, heldout_text = split_corpus(corpus, data.heldout_fraction)
+    train_text = "\n".join(train_docs)
     # calibration for a measured init: the start of the training split (never held-out text)
     calib_ids = tokenize(teacher_tok, train_text[:200_000]) if not recipe.student.source else None
     student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe, calib_ids, log)
@@ -237,8 +239,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         distributed.barrier(ddp)
         texts, generation = teacher_texts(teacher, teacher_dir, teacher_tok, prompts, recipe.sequence, seq_dir,
                                           device, lambda *_: None)
-        train_text = "\n".join(texts)
-    train_ids, heldout_ids = tokenize(student_tok, train_text), tokenize(student_tok, heldout_text)
+        train_docs = texts
+    train_ids, doc_starts = tokenize_documents(student_tok, train_docs)
+    heldout_ids = tokenize(student_tok, heldout_text)
+    starts = doc_starts if data.windows == "documents" else None
     need_tokens(train_ids, data.seq_len + 1, "training", "the teacher's texts" if sequence else corpus.name)
     need_tokens(heldout_ids, data.seq_len + 1, "held-out", corpus.name)
     cache, cache_info = None, None
@@ -251,7 +255,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         identity = teacher_cache.cache_identity(folder_fingerprint(Path(teacher_dir)), corpus.text, recipe)
         cache_dir = Path(d.teacher_cache).expanduser() if d.teacher_cache else teacher_cache.shared_folder(identity)
         if ddp.main and teacher_cache.load_cache(cache_dir, identity) is None:
-            teacher_cache.build_cache(teacher, train_ids, identity, cache_dir, device, log)
+            teacher_cache.build_cache(teacher, train_ids, starts, identity, cache_dir, device, log)
         distributed.barrier(ddp)
         cache = teacher_cache.load_cache(cache_dir, identity)
         cache_info = teacher_cache.describe(cache, cache_dir)
@@ -340,7 +344,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         # every rank draws the same global batch from the same generator, then takes its rows: the data order
         # does not depend on the number of processes
         if cache is None:
-            x = distributed.local_rows(sample_blocks(train_ids, d.batch_size, data.seq_len + 1, sampler), ddp)
+            x = distributed.local_rows(sample_blocks(train_ids, d.batch_size, data.seq_len + 1, sampler, starts),
+                                        ddp)
             tops = [None] * d.grad_accum
         else:
             x, t_ids, t_logits = (distributed.local_rows(t, ddp) for t in

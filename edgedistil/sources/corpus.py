@@ -33,6 +33,9 @@ class Corpus:
     text: str
     license: str
     source: str
+    # a corpus made of documents (conversations, JSONL rows): `text` is them joined by newlines; the held-out split
+    # then keeps each document whole, and [data] windows = "documents" starts training windows at their starts
+    documents: list[str] | None = None
 
 
 def kjv_corpus(log: Callable[[str], object] = print) -> Corpus:
@@ -115,12 +118,12 @@ def text_file_corpus(path: Path | str) -> Corpus:
     if "\x00" in text:
         raise EdgeError(f"corpus file {path} contains NUL bytes; it looks like a binary file",
                         "pass a plain UTF-8 .txt file")
-    if path.suffix == ".jsonl":
-        text = _jsonl_text(path, text)
-    return Corpus(path.stem, text, "as provided by the user", str(path.resolve()))
+    docs = _jsonl_documents(path, text) if path.suffix == ".jsonl" else None
+    return Corpus(path.stem, "\n".join(docs) if docs else text, "as provided by the user", str(path.resolve()),
+                  docs)
 
 
-def _jsonl_text(path: Path, text: str) -> str:
+def _jsonl_documents(path: Path, text: str) -> list[str]:
     """The `text` fields of a JSONL file (one JSON object a line), one document after another."""
     docs = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -137,7 +140,7 @@ def _jsonl_text(path: Path, text: str) -> str:
         docs.append(doc.strip("\n"))
     if not any(d.strip() for d in docs):
         raise EdgeError(f"corpus file {path} has no text in its \"text\" fields", "pass a file with text in it")
-    return "\n".join(docs)
+    return docs
 
 
 def load_corpus(spec: str, log: Callable[[str], object] = print, teacher: Callable[[], Path] | None = None,
@@ -190,3 +193,27 @@ def split_heldout(text: str, fraction: float, block_lines: int = 20) -> tuple[st
         n_held = max(1, math.ceil(len(lines) * fraction))
         train, held = lines[:-n_held], lines[-n_held:]
     return "\n".join(train), "\n".join(held)
+
+
+def split_documents(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Split documents into (train, heldout) whole, deterministically: every k-th document (k = round(1/fraction))
+    is held out, so no document is cut between the halves and both sample the whole corpus."""
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
+        raise EdgeError(f"held-out fraction {fraction!r} is not in (0, 0.5]", "use e.g. 0.05")
+    k = max(2, round(1 / fraction))
+    if len(documents) < 2:
+        raise EdgeError(f"{len(documents)} document cannot be split into training and held-out documents",
+                        "use a corpus of at least two documents")
+    held = [d for i, d in enumerate(documents) if i % k == k - 1] or documents[-1:]
+    train = [d for i, d in enumerate(documents) if i % k != k - 1] if len(documents) >= k else documents[:-1]
+    return train, held
+
+
+def split_corpus(corpus: Corpus, fraction: float) -> tuple[list[str], str]:
+    """The training documents and the held-out text: documents stay whole; a plain text splits on lines (its
+    training documents are then its lines), and so does a corpus of a single document."""
+    if corpus.documents and len(corpus.documents) >= 2:
+        train, held = split_documents(corpus.documents, fraction)
+        return train, "\n".join(held)
+    train_text, held_text = split_heldout(corpus.text, fraction)
+    return train_text.splitlines(), held_text

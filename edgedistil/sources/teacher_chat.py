@@ -167,4 +167,5 @@ def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings
         raise EdgeError(f"no usable conversations in {done}" + (" once looping answers are left out"
                                                                  if settings.drop_loops else ""),
                         f"delete {folder} and retry with more [data] chat_conversations, or use a text corpus")
-    return Corpus(TEACHER_CHAT, "\n".join(r["text"] for r in rows), license_, source)
+    texts = [r["text"] for r in rows]
+    return Corpus(TEACHER_CHAT, "\n".join(texts), license_, source, texts)
