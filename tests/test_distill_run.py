@@ -124,7 +124,8 @@ def test_jsonl_corpus_trains_on_whole_documents(tmp_path, teacher_dir, corpus):
 
     path = tmp_path / "docs.jsonl"
     lines = corpus.text.splitlines()
-    docs = ["\n".join(lines[i:i + 5]) for i in range(0, len(lines), 5)]  # multi-line documents
+    docs = ["\n".join(lines[i:i + 5]).strip("\n") for i in range(0, len(lines), 5)]  # multi-line documents
+    docs = [d for d in docs if d.strip()]
     path.write_text("".join(json.dumps({"text": doc, "id": i}) + "\n" for i, doc in enumerate(docs)))
     jsonl = load(str(path))
     assert jsonl.text == "\n".join(docs) and jsonl.documents == docs
