@@ -40,11 +40,11 @@ class DataConfig:
     # path to a UTF-8 .txt file or a .jsonl file with a "text" field
     corpus: str = "teacher-chat"
     heldout_fraction: float = 0.2
-    seq_len: int = 64
+    seq_len: int = 192
     # where training windows start: "random" (anywhere in the token stream) | "documents" (at a document's start:
     # a conversation, a JSONL row, or a line of a plain text), so a window holds whole documents from their start
-    windows: str = "random"
-    chat_conversations: int = 256  # teacher-chat only: conversations the teacher writes (once, into the cache)
+    windows: str = "documents"
+    chat_conversations: int = 512  # teacher-chat only: conversations the teacher writes (once, into the cache)
     chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
     chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
     chat_drop_loops: bool = True  # teacher-chat: leave out conversations whose answer loops (read-time filter)

@@ -81,7 +81,7 @@ class Trainee(torch.nn.Module):
 
 
 MEASURED_INITS = ("auto", "greedy", "block_influence", "angular")
-CALIBRATION_TOKENS = 256  # four 64-token windows: layer removal costs differ by far more than this sample's noise
+CALIBRATION_TOKENS = 256  # [data] seq_len windows (one of 192, four of 64): removal costs differ far more than this
 
 
 def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe, calib_ids: np.ndarray | None = None,
