@@ -33,8 +33,9 @@ SPLIT = "documents whole"  # how the held-out split is made (sources.split_corpu
 def cache_identity(teacher_fingerprint: str, corpus_text: str, recipe) -> dict:
     d, data = recipe.distill, recipe.data
     return {"teacher": teacher_fingerprint, "corpus_sha256": hashlib.sha256(corpus_text.encode()).hexdigest(),
-            "seq_len": data.seq_len, "windows": data.windows, "split": SPLIT, "heldout_fraction": data.heldout_fraction, "seed": d.seed,
-            "batch_size": d.batch_size, "steps": d.steps, "k": d.teacher_topk}
+            "seq_len": data.seq_len, "windows": data.windows, "split": SPLIT,
+            "heldout_fraction": data.heldout_fraction, "seed": d.seed, "batch_size": d.batch_size, "steps": d.steps,
+            "k": d.teacher_topk}
 
 
 def shared_folder(identity: dict) -> Path:

@@ -173,6 +173,11 @@ def load_corpus(spec: str, log: Callable[[str], object] = print, teacher: Callab
     return text_file_corpus(spec)
 
 
+def _check_fraction(fraction) -> None:
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
+        raise EdgeError(f"held-out fraction {fraction!r} is not in (0, 0.5]", "use e.g. 0.05")
+
+
 def split_heldout(text: str, fraction: float, block_lines: int = 20) -> tuple[str, str]:
     """Split text into (train, heldout) on line boundaries, deterministically.
 
@@ -180,8 +185,7 @@ def split_heldout(text: str, fraction: float, block_lines: int = 20) -> tuple[st
     both halves sample the whole text. Each line lands in exactly one half, in its original order. A text of a
     single line gives an empty held-out half: callers check that each half holds enough tokens.
     """
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
-        raise EdgeError(f"held-out fraction {fraction!r} is not in (0, 0.5]", "use e.g. 0.05")
+    _check_fraction(fraction)
     k = max(2, round(1 / fraction))
     lines = text.splitlines()
     # Shrink blocks for short texts so held-out still gets several blocks spread over the text.
@@ -195,25 +199,20 @@ def split_heldout(text: str, fraction: float, block_lines: int = 20) -> tuple[st
     return "\n".join(train), "\n".join(held)
 
 
-def split_documents(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
-    """Split documents into (train, heldout) whole, deterministically: every k-th document (k = round(1/fraction))
-    is held out, so no document is cut between the halves and both sample the whole corpus."""
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
-        raise EdgeError(f"held-out fraction {fraction!r} is not in (0, 0.5]", "use e.g. 0.05")
+def _split_documents(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Every k-th document (k = round(1/fraction)) held out whole, at least the last one; the rest train."""
     k = max(2, round(1 / fraction))
-    if len(documents) < 2:
-        raise EdgeError(f"{len(documents)} document cannot be split into training and held-out documents",
-                        "use a corpus of at least two documents")
-    held = [d for i, d in enumerate(documents) if i % k == k - 1] or documents[-1:]
-    train = [d for i, d in enumerate(documents) if i % k != k - 1] if len(documents) >= k else documents[:-1]
-    return train, held
+    held_at = set(range(k - 1, len(documents), k)) or {len(documents) - 1}
+    return ([d for i, d in enumerate(documents) if i not in held_at],
+            [d for i, d in enumerate(documents) if i in held_at])
 
 
 def split_corpus(corpus: Corpus, fraction: float) -> tuple[list[str], str]:
     """The training documents and the held-out text: documents stay whole; a plain text splits on lines (its
     training documents are then its lines), and so does a corpus of a single document."""
     if corpus.documents and len(corpus.documents) >= 2:
-        train, held = split_documents(corpus.documents, fraction)
+        _check_fraction(fraction)
+        train, held = _split_documents(corpus.documents, fraction)
         return train, "\n".join(held)
     train_text, held_text = split_heldout(corpus.text, fraction)
     return train_text.splitlines(), held_text
