@@ -343,7 +343,8 @@ def eval_cmd(source, teacher, full, out, benchmarks, new_tokens):
 @click.option("--ffn", "ffn_widths", default="", help="FFN widths to try (comma-separated; default: the teacher's, "
               "3/4 and 1/2 of it).")
 @click.option("--measure", type=int, default=3, show_default=True,
-              help="Candidates whose decode speed is also measured on ONNX Runtime (0 = projections only).")
+              help="Candidates whose decode speed is also measured on ONNX Runtime: the recommended one, the "
+                   "fastest, the slowest, the middle, then the rest (0 = projections only).")
 def plan(config, sets, out, target, teacher, data, min_speedup, layer_counts, ffn_widths, measure):
     """Candidate students before any training: parameters, size per precision, zero-shot quality after the
     measured prune, and decode speed projected from weight bytes (measured for a few), for layer counts x FFN

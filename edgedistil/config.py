@@ -59,11 +59,11 @@ SHRINK_INITS = ("importance", "slice", "random")
 
 @dataclass
 class StudentConfig:
-    layers: int = 11
+    layers: int = 14
     # "auto" (teacher layers chosen by measurement, distill/prune.py) | "greedy" | "block_influence" | "angular" |
     # "even" (evenly spaced, as DistilBERT did) | "first" | "random" | a list of teacher layer indices
     init: str | list = "auto"
-    intermediate_size: int = 0  # 0 = the teacher's FFN width; smaller = a narrower FFN
+    intermediate_size: int = 1024  # 0 = the teacher's FFN width; smaller = a narrower FFN
     heads: int = 0  # 0 = the teacher's attention heads; fewer keeps the teacher's heads-per-kv-head ratio
     # how narrowed weights start: "importance" (the FFN neurons and KV groups most active on calibration text, as
     # Minitron ranks width) | "slice" (the teacher's first rows) | "random"

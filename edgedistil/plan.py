@@ -149,8 +149,8 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
         teacher_tps = measure_decode(teacher, e.max_len, e.prefill_len)
         measured["teacher_tokens_per_s"] = round(teacher_tps, 2)
         by_speed = sorted(candidates, key=lambda c: c.projected_speedup)
-        picks = ([best] if best else []) + [by_speed[0], by_speed[-1], by_speed[len(by_speed) // 2]]
-        chosen = {id(c): c for c in picks}  # the recommended one first, then the extremes and the middle
+        picks = ([best] if best else []) + [by_speed[0], by_speed[-1], by_speed[len(by_speed) // 2]] + by_speed
+        chosen = {id(c): c for c in picks}  # the recommended one, the extremes and the middle, then the rest
         for c in list(chosen.values())[:measure]:
             _, student = candidate_student(c.layers, c.ffn)
             c.measured_tokens_per_s = round(measure_decode(student, e.max_len, e.prefill_len), 2)

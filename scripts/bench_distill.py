@@ -1,7 +1,7 @@
 """KD against CE-only: the same student init, data, steps and seed, trained once with the teacher's soft labels and
 once on the real next token alone; held-out perplexity of both, and training tokens/s of each step kind.
 
-    python scripts/bench_distill.py                          # the embedded default (SmolLM2-135M -> 6 layers)
+    python scripts/bench_distill.py                          # the embedded default (models/default.toml)
     python scripts/bench_distill.py --config models/tiny.toml --steps 30
     python scripts/bench_distill.py --steps 300 --json /tmp/kd.json
     python scripts/bench_distill.py --kd temperature=1 --kd alpha=0.5,temperature=1   # more KD settings beside

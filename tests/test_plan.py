@@ -28,6 +28,16 @@ def test_plan_scores_candidates_and_recommends_one(tmp_path):
     assert "Recommended at >= 1.1x" in proc.stdout
 
 
+def test_plan_measure_above_the_picks_times_every_candidate(tmp_path):
+    # the recommended, fastest, slowest and middle come first; a larger --measure times the rest in one run
+    out = tmp_path / "run"
+    proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "1,2,3", "--ffn", "128,64",
+                      "--min-speedup", "1.1", "--measure", "6", env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cands = json.loads((out / "plan" / "plan.json").read_text())["candidates"]
+    assert len(cands) == 6 and all(c["measured_tokens_per_s"] > 0 for c in cands)
+
+
 def test_plan_refuses_bad_lists_before_writing(tmp_path):
     out = tmp_path / "run"
     proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "2,x")
