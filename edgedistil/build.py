@@ -211,10 +211,13 @@ def check_inputs(run: Run, targets: list[str] = (), budgets_file: Path | None = 
         check_target(run, name)
     if budgets_file:
         load_budget_file(budgets_file)
-    run.corpus()  # a missing, empty or non-UTF-8 corpus fails here, before the tiny teacher is written
     source = run.teacher_override or run.recipe.teacher.source
-    if source not in (EMBEDDED_TEACHER, "tiny"):
-        teacher_path(source)
+    if source not in (EMBEDDED_TEACHER, "tiny"):  # only read: checked before teacher-chat runs it for minutes
+        from edgedistil.distill.student import check_fits
+        from edgedistil.model import read_hf_config
+
+        check_fits(run.recipe.student, read_hf_config(teacher_path(source)))
+    run.corpus()  # a missing, empty or non-UTF-8 corpus fails here, before the tiny teacher is written
 
 
 # ---- the shared stages ---------------------------------------------------------------------------------------

@@ -59,6 +59,27 @@ def student_heads(teacher_cfg, heads: int) -> tuple[int, int]:
     return heads, heads // rep
 
 
+def student_ffn(teacher_cfg, intermediate_size: int) -> int:
+    """The student's FFN width for `intermediate_size` (0 = the teacher's); never wider than the teacher's."""
+    ffn = intermediate_size or teacher_cfg.intermediate_size
+    if ffn > teacher_cfg.intermediate_size:
+        raise EdgeError(f"[student] intermediate_size = {ffn} is wider than the teacher's "
+                        f"{teacher_cfg.intermediate_size}",
+                        f"use a value up to {teacher_cfg.intermediate_size}, or 0 for the teacher's")
+    return ffn
+
+
+def check_fits(student, teacher_cfg) -> None:
+    """Refuse a [student] design the teacher cannot give (too many layers, a wider FFN, heads that split a kv
+    group, init indices past its last layer), from its config alone, before any work on the teacher starts."""
+    if student.source:
+        return
+    pick_layers(student.init if isinstance(student.init, list) else "even", teacher_cfg.num_hidden_layers,
+                student.layers)
+    student_heads(teacher_cfg, student.heads)
+    student_ffn(teacher_cfg, student.intermediate_size)
+
+
 def _random_like(t: torch.Tensor, name: str, gen: torch.Generator) -> torch.Tensor:
     if name.endswith("norm.weight"):
         return torch.ones_like(t)
@@ -108,10 +129,7 @@ def build_student(teacher: EdgeLM, layers: int, init: str | list = "even", inter
     tc = teacher.cfg
     picks = pick_layers(init, tc.num_hidden_layers, layers)
     n_head, n_kv = student_heads(tc, heads)
-    ffn = intermediate_size or tc.intermediate_size
-    if ffn > tc.intermediate_size:
-        raise EdgeError(f"[student] intermediate_size = {ffn} is wider than the teacher's {tc.intermediate_size}",
-                        f"use a value up to {tc.intermediate_size}, or 0 for the teacher's")
+    ffn = student_ffn(tc, intermediate_size)
     cfg = dataclasses.replace(tc, num_hidden_layers=layers, intermediate_size=ffn, num_attention_heads=n_head,
                               num_key_value_heads=n_kv)
     student = EdgeLM(cfg, max_len=teacher.max_len)

@@ -156,6 +156,9 @@ CASES = [
     Case("recipe-too-many-layers", "config", "more student layers than the teacher has",
          lambda t, fx: build(t)[:4] + [recipe(t, (REPO / "models/tiny.toml").read_text().replace(
              "layers = 2", "layers = 9")), "--out", t / "run"], "but the teacher has only 4"),
+    Case("student-wider-than-teacher", "config", "the built-in recipe's FFN (1024) for a teacher with FFN 128",
+         lambda t, fx: ["build", "--target", "web", "--teacher", teacher_copy(t, fx), "--set", "student.layers=2",
+                        "--out", t / "run"], "wider than the teacher's 128", absent="run"),
     Case("recipe-missing", "config", "a recipe path that does not exist",
          lambda t, fx: ["build", "--target", "web", "--config", t / "nope.toml", "--out", t / "run"],
          "does not exist"),
