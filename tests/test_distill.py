@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from edgedistil.config import StudentConfig
 from edgedistil.distill.losses import FeatureKD, even_feature_map, kd_loss
 from edgedistil.distill.student import build_student, even_layers
 from edgedistil.errors import EdgeError
@@ -246,7 +247,7 @@ def test_document_windows_start_at_document_starts():
     ("distill", "grad_accum = 3", "'grad_accum' must be >= 1 and divide batch_size"),
     ("distill", 'method = "data"', "'method' must be one of response, sequence"),
     ("distill", 'precision = "fp16"', "'precision' must be auto, fp32 or bf16"),
-    ("student", "init = [0]", "'init' as a list must hold 11"),
+    ("student", "init = [0]", f"'init' as a list must hold {StudentConfig.layers} "),  # the built-in count
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),
     ("sequence", "top_p = 0", "'top_p' must be in"),
