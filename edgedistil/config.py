@@ -109,6 +109,11 @@ class DistillConfig:
     # keep the teacher's token embedding (and the LM head tied to it) fixed: a third fewer FLOPs in the head's
     # backward, no optimizer state for a fifth of SmolLM2, and it allows lr 1e-3 (docs/benchmarks.md)
     freeze_embeddings: bool = True
+    # on-policy distillation (GKD): this share of the steps trains on answers the student samples itself, scored
+    # by the live teacher (distill/on_policy.py); 0 = off-policy only
+    on_policy: float = 0.0
+    on_policy_tokens: int = 64  # tokens the student samples per answer on an on-policy step
+    on_policy_temperature: float = 1.0  # the student's sampling temperature there
 
 
 @dataclass
@@ -392,6 +397,20 @@ def _validate(r: Recipe, where) -> None:
         f"must be [] or {s.layers} teacher hidden-state indices >= 1 (one per student layer), got {d.feature_layers!r}")
     _check_range(where, "distill", "grad_accum", d.grad_accum >= 1 and d.batch_size % d.grad_accum == 0,
                  f"must be >= 1 and divide batch_size ({d.batch_size}), got {d.grad_accum}")
+    _check_range(where, "distill", "on_policy", 0.0 <= d.on_policy <= 1.0,
+                 f"must be in [0, 1] (the share of on-policy steps), got {d.on_policy}")
+    _check_range(where, "distill", "on_policy", not (d.on_policy and d.method == "sequence"),
+                 "must be 0 with method = \"sequence\" (the student learns the teacher's texts there); use "
+                 "method = \"response\"")
+    _check_range(where, "distill", "on_policy", not (d.on_policy and d.alpha == 0 and d.feature_weight == 0),
+                 "must be 0 for CE-only training (alpha = 0): an on-policy step learns from the teacher's soft "
+                 "labels; raise alpha")
+    _check_range(where, "distill", "on_policy", not (d.on_policy and d.parallel == "fsdp"),
+                 "must be 0 with parallel = \"fsdp\" (the student samples from its whole weights); use \"ddp\"")
+    _check_range(where, "distill", "on_policy_tokens", d.on_policy_tokens >= 1,
+                 f"must be >= 1, got {d.on_policy_tokens}")
+    _check_range(where, "distill", "on_policy_temperature", d.on_policy_temperature > 0,
+                 f"must be > 0, got {d.on_policy_temperature}")
     _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
     _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),

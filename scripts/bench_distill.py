@@ -11,7 +11,8 @@ Each `--kd` adds a KD run with those [distill] settings changed, so settings can
 data and steps (the first KD run always uses the recipe's own settings).
 
 Both runs go through the distill stage itself (edgedistil.distill.train.run_distill); the CE-only run is the
-same recipe with alpha = 0 (the stage then skips the teacher's forward, so its tokens/s is a plain CE step).
+same recipe with alpha = 0 and no on-policy steps (the stage then skips the teacher's forward, so its tokens/s
+is a plain CE step).
 Writes docs/results/distill_<recipe>.json (or --json PATH). The goal: KD >= 10% lower perplexity, in-domain and
 on [data] heldout_corpus (never trained on).
 """
@@ -56,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgedistil-bench-distill-") as tmp:
         run = Run(out=Path(tmp), recipe=recipe, log=lambda m: print(m, file=sys.stderr))
         teacher, corpus = run.teacher_dir(), run.corpus()
-        plans = [("kd", {}), ("ce_only", {"alpha": 0.0})] + [(f"kd[{s}]", parse_settings(s)) for s in args.kd]
+        plans = [("kd", {}), ("ce_only", {"alpha": 0.0, "on_policy": 0.0})] + [(f"kd[{s}]", parse_settings(s)) for s in args.kd]
         for label, settings in plans:
             # "data.seq_len=256" changes another section (the corpus stays the recipe's); a bare key is [distill]'s
             other = {}

@@ -247,6 +247,11 @@ def test_document_windows_start_at_document_starts():
     ("distill", "grad_accum = 3", "'grad_accum' must be >= 1 and divide batch_size"),
     ("distill", 'method = "data"', "'method' must be one of response, sequence"),
     ("distill", 'precision = "fp16"', "'precision' must be auto, fp32 or bf16"),
+    ("distill", "on_policy = 1.5", "'on_policy' must be in"),
+    ("distill", 'on_policy = 0.5\nmethod = "sequence"', "'on_policy' must be 0 with method"),
+    ("distill", "on_policy = 0.5\nalpha = 0.0", "'on_policy' must be 0 for CE-only"),
+    ("distill", 'on_policy = 0.5\nparallel = "fsdp"', "'on_policy' must be 0 with parallel"),
+    ("distill", "on_policy_temperature = 0", "'on_policy_temperature' must be > 0"),
     ("student", "init = [0]", f"'init' as a list must hold {StudentConfig.layers} "),  # the built-in count
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from edgedistil.config import Recipe
-from edgedistil.distill import distributed, teacher_cache
+from edgedistil.distill import distributed, on_policy, teacher_cache
 from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize, \
     tokenize_documents
@@ -260,13 +260,14 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         cache = teacher_cache.load_cache(cache_dir, identity)
         cache_info = teacher_cache.describe(cache, cache_dir)
         log(f"distill: training from the teacher's top-{d.teacher_topk} logits in {cache_dir} (the teacher is "
-            f"not run while training)")
+            f"not run while training{', except to score the on-policy samples' if d.on_policy else ''})")
         if d.temperature > 1:  # docs/benchmarks.md: top-32 at T 2 reached perplexity 348, at T 1 115
             log(f"distill: note: top-k KD at T = {d.temperature} measured far worse than at T = 1 on the default "
                 f"(the renormalized top-k teacher at high T pulls the student's mass into k tokens); consider "
                 f"temperature = 1.0")
     flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
-               "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else ""))
+               "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else "") +
+               (f", {d.on_policy:.0%} of steps on-policy" if d.on_policy else ""))
     n_teacher = sum(p.numel() for p in teacher.parameters())
     log(f"distill: {flavour}; teacher {n_teacher / 1e6:.1f}M params -> student "
         f"{sizes['parameters'] / 1e6:.1f}M params, layers {design.get('teacher_layers', design['source'])}; "
@@ -310,7 +311,26 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             resumed_from = str(path)
             log(f"distill: resuming from {path} at step {start}/{d.steps}")
 
+    sampling = None
+    if d.on_policy:  # the student's samples come from a transformers twin that shares its weights
+        sampling = on_policy.mirror(student), *on_policy.chat_ids(student_tok_dir)
+
+    def on_policy_step_loss(x: torch.Tensor, sampled: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = x[:, :-1]
+        with autocast:
+            with torch.no_grad():
+                t_out = teacher(inputs, output_hidden_states=feature is not None)
+            t_logits, t_hidden = t_out if feature is not None else (t_out, None)
+            s_logits, f_loss = model(inputs, t_hidden)
+        loss, parts = on_policy.on_policy_loss(s_logits, t_logits, sampled, d.temperature, d.loss, d.beta)
+        if f_loss is not None:
+            loss = loss + d.feature_weight * f_loss
+            parts.update(feature=f_loss.item(), loss=loss.item())
+        return loss, parts
+
     def step_loss(x: torch.Tensor, top=None) -> tuple[torch.Tensor, dict[str, float]]:
+        if isinstance(top, torch.Tensor):  # an on-policy micro-batch: `top` is its mask of sampled tokens
+            return on_policy_step_loss(x, top)
         inputs, labels = x[:, :-1], x[:, 1:]
         if top is not None:  # from the teacher cache
             with autocast:
@@ -354,6 +374,15 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         micro = x.to(device).chunk(d.grad_accum)
+        sampled_step = on_policy.is_on_policy(step, d.on_policy)
+        if sampled_step:  # the student answers each window's prompt; the teacher scores the answer live
+            model.eval()
+            with autocast:
+                x, sampled = on_policy.student_samples(sampling[0], x.to(device), sampling[1], d.on_policy_tokens,
+                                                       d.on_policy_temperature, sampling[2], sampling[3],
+                                                       seed=d.seed * 1_000_003 + step)
+            model.train()
+            micro, tops = x.chunk(d.grad_accum), list(sampled.chunk(d.grad_accum))
         for i, (mb, top) in enumerate(zip(micro, tops)):
             sync = i == len(micro) - 1 or not ddp.active  # gradients are reduced on the last micro-batch only
             if fsdp:
@@ -373,7 +402,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         tokens_seen += d.batch_size * data.seq_len
         elapsed = seconds_before + time.perf_counter() - t0
         curve.append({"step": step, "lr": lr, **parts, "grad_norm": grad_norm, "tokens": tokens_seen,
-                      "seconds": round(elapsed, 3)})
+                      "seconds": round(elapsed, 3), **({"on_policy": sampled_step} if d.on_policy else {})})
         tok_s = (step + 1 - start) * d.batch_size * data.seq_len / (time.perf_counter() - t0)
         bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"} | {"loss": f"{parts['loss']:.3f}",
                                                                                     "tok/s": f"{tok_s:.0f}"})
@@ -447,6 +476,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "device": device + (" bf16 autocast" if amp_dtype else " fp32"),
             "processes": ddp.world,
             "teacher_cache": cache_info,
+            "on_policy": {"share": d.on_policy, "steps": sum(1 for r in curve if r.get("on_policy")),
+                          "sampled_tokens": int(sum(r.get("sampled_tokens", 0) for r in curve if r.get("on_policy"))),
+                          "tokens_per_answer": d.on_policy_tokens, "temperature": d.on_policy_temperature}
+            if d.on_policy else None,
             "parallel": ("fsdp: student and teacher layers sharded" if fsdp else "ddp") if ddp.active else None,
             "resumed_from": resumed_from,
             "train_seconds": round(train_seconds, 2),
