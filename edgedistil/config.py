@@ -113,7 +113,12 @@ class DistillConfig:
     # by the live teacher (distill/on_policy.py); 0 = off-policy only
     on_policy: float = 0.0
     on_policy_tokens: int = 64  # tokens the student samples per answer on an on-policy step
-    on_policy_temperature: float = 1.0  # the student's sampling temperature there
+    on_policy_temperature: float = 1.0  # the student's sampling temperature there; 0 = greedy
+    # sequence-level unlikelihood (Welleck et al. 2020) on on-policy steps: the tokens of each n-gram that repeats
+    # in the student's own answer are pushed down (-log(1 - p)) with this weight instead of being scored by the
+    # teacher, who endorses a loop once it is in context (docs/quality.md); 0 = off
+    unlikelihood: float = 0.0
+    unlikelihood_ngram: int = 4  # n of the repeated n-grams
 
 
 @dataclass
@@ -409,8 +414,14 @@ def _validate(r: Recipe, where) -> None:
                  "must be 0 with parallel = \"fsdp\" (the student samples from its whole weights); use \"ddp\"")
     _check_range(where, "distill", "on_policy_tokens", d.on_policy_tokens >= 1,
                  f"must be >= 1, got {d.on_policy_tokens}")
-    _check_range(where, "distill", "on_policy_temperature", d.on_policy_temperature > 0,
-                 f"must be > 0, got {d.on_policy_temperature}")
+    _check_range(where, "distill", "on_policy_temperature", d.on_policy_temperature >= 0,
+                 f"must be >= 0 (0 = greedy), got {d.on_policy_temperature}")
+    _check_range(where, "distill", "unlikelihood", d.unlikelihood >= 0,
+                 f"must be >= 0 (0 = off), got {d.unlikelihood}")
+    _check_range(where, "distill", "unlikelihood", not (d.unlikelihood and not d.on_policy),
+                 "needs on-policy steps (it penalises the loops of the student's own answers); set on_policy > 0")
+    _check_range(where, "distill", "unlikelihood_ngram", d.unlikelihood_ngram >= 2,
+                 f"must be >= 2, got {d.unlikelihood_ngram}")
     _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
     _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),

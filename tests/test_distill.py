@@ -251,7 +251,10 @@ def test_document_windows_start_at_document_starts():
     ("distill", 'on_policy = 0.5\nmethod = "sequence"', "'on_policy' must be 0 with method"),
     ("distill", "on_policy = 0.5\nalpha = 0.0", "'on_policy' must be 0 for CE-only"),
     ("distill", 'on_policy = 0.5\nparallel = "fsdp"', "'on_policy' must be 0 with parallel"),
-    ("distill", "on_policy_temperature = 0", "'on_policy_temperature' must be > 0"),
+    ("distill", "on_policy_temperature = -1", "'on_policy_temperature' must be >= 0"),
+    ("distill", "unlikelihood = 1.0", "'unlikelihood' needs on-policy steps"),
+    ("distill", "unlikelihood = -1.0\non_policy = 0.5", "'unlikelihood' must be >= 0"),
+    ("distill", "unlikelihood_ngram = 1", "'unlikelihood_ngram' must be >= 2"),
     ("student", "init = [0]", f"'init' as a list must hold {StudentConfig.layers} "),  # the built-in count
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),

@@ -106,3 +106,67 @@ def test_a_run_mixes_on_policy_steps_and_repeats_them(tmp_path):
     again = [json.loads(x) for x in (tmp_path / "b" / "distill" / "train.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == [r["loss"] for r in again]
     assert second["quality"]["student_perplexity"] == first["quality"]["student_perplexity"]
+
+
+def test_loop_tokens_are_every_token_of_each_repeat_within_the_answer():
+    # prompt [1, 2, 3, 4] then the answer 5 6 7 5 6 7 8 1 2 3 (its last three tokens quote the prompt: not a repeat)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 1, 2, 3, 0]])
+    mask = torch.zeros(1, 14, dtype=torch.bool)
+    mask[0, 3:13] = True  # positions 3..12 predict tokens 4..13
+    marks = on_policy.loop_tokens(ids, mask, n=3)
+    assert [ids[0, j + 1].item() for j in marks[0].nonzero().flatten().tolist()] == [5, 6, 7]
+    assert marks[0].nonzero().flatten().tolist() == [6, 7, 8]  # the second 5 6 7, as predicted
+    assert not on_policy.loop_tokens(ids, mask, n=4).any()
+
+
+def test_unlikelihood_replaces_the_teacher_on_loop_tokens_and_pushes_them_down():
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(1, 6, 40, generator=gen, requires_grad=True)
+    t = torch.randn(1, 6, 40, generator=gen)
+    targets = torch.randint(0, 40, (1, 6), generator=gen)
+    mask = torch.tensor([[False, True, True, True, True, True]])
+    loops = torch.tensor([[False, False, False, True, True, False]])
+    plain, _ = on_policy.on_policy_loss(s, t, mask, 1.0, "forward_kl", 0.5, targets, loops, 0.0)
+    alone, _ = on_policy.on_policy_loss(s, t, mask, 1.0, "forward_kl", 0.5)
+    assert plain.item() == pytest.approx(alone.item())  # weight 0: the loops are scored by the teacher as before
+    loss, parts = on_policy.on_policy_loss(s, t, mask, 1.0, "forward_kl", 0.5, targets, loops, 2.0)
+    scored = mask & ~loops
+    p = s.detach().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1).exp()[loops]
+    expect = (divergence(s.detach()[scored].log_softmax(-1), t[scored].log_softmax(-1), "forward_kl") * 3
+              + 2.0 * -torch.log1p(-p).sum()) / 5
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5) and parts["loop_tokens"] == 2
+    loss.backward()
+    stepped = s.detach() - 10.0 * s.grad
+    q = stepped.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1).exp()[loops]
+    assert (q < p).all()  # the repeated tokens lose probability
+    assert s.grad[0, 0].abs().max() == 0  # the prompt position is not trained
+
+
+def test_greedy_samples_do_not_depend_on_the_seed_and_follow_the_argmax():
+    student, header = tiny_lm(), [5, 6]
+    twin = on_policy.mirror(student)
+    windows = torch.tensor([[9, 10, 5, 6] + [11] * 12])
+    a, mask = on_policy.student_samples(twin, windows, header, 6, 0.0, eos_id=3, pad_id=0, seed=0)
+    b, _ = on_policy.student_samples(twin, windows, header, 6, 0.0, eos_id=3, pad_id=0, seed=1)
+    assert torch.equal(a, b)
+    with torch.no_grad():
+        logits = student(a[:, :-1])
+    picked = mask[0].nonzero().flatten()
+    assert torch.equal(logits[0, picked].argmax(-1), a[0, picked + 1])
+
+
+def test_a_run_with_unlikelihood_records_the_loop_tokens(tmp_path):
+    corpus = load_corpus("tiny")
+    teacher_dir = tiny_teacher(tmp_path / "teacher", corpus.text, chat=True)
+    recipe = recipe_with(load_recipe(TINY), distill={**load_recipe(TINY).section("distill"), "steps": 2,
+                                                     "eval_tokens": 256, "preflight_export": False,
+                                                     "on_policy": 1.0, "on_policy_tokens": 16,
+                                                     "on_policy_temperature": 0.0, "unlikelihood": 1.0,
+                                                     "unlikelihood_ngram": 2})
+    record = run_distill(teacher_dir, corpus, recipe, tmp_path / "distill", log=lambda m: None)
+    rows = [json.loads(x) for x in (tmp_path / "distill" / "train.jsonl").read_text().splitlines()]
+    assert all("loop_tokens" in r and r["loop_tokens"] <= r["sampled_tokens"] for r in rows)
+    ul = record["on_policy"]["unlikelihood"]
+    assert ul == {"weight": 1.0, "ngram": 2, "loop_tokens": int(sum(r["loop_tokens"] for r in rows))}
+    assert ul["loop_tokens"] > 0  # the tiny student's greedy answers repeat themselves
+    assert "unlikelihood on repeated 2-grams" in record["flavour"]

@@ -10,6 +10,11 @@ the sampled tokens only (there is no ground-truth token to add CE on).
 
 The student samples through a transformers model that shares its weight tensors, so each sample sees the weights
 of that very step with HF's KV-cache batched generation, at no copy.
+
+The teacher is no guide inside a loop: given a student answer that has started repeating itself, its own greedy
+token continues the repetition more often than before it (scripts/bench_loop_states.py). With `unlikelihood > 0`
+the tokens of every n-gram that repeats within the student's answer are taken away from the teacher's divergence
+and pushed down instead, by sequence-level unlikelihood, -log(1 - p(token)) (Welleck et al. 2020).
 """
 
 from __future__ import annotations
@@ -75,8 +80,9 @@ def mirror(student) -> torch.nn.Module:
 @torch.no_grad()
 def student_samples(model, windows: torch.Tensor, header: list[int] | None, new_tokens: int, temperature: float,
                     eos_id: int, pad_id: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's continuations of each window's prompt: ids [B, L] (prompt + sample, right-padded) and the
-    loss mask [B, L - 1], True where the position predicts a sampled token (the end of turn included)."""
+    """The student's continuations of each window's prompt (greedy at temperature 0): ids [B, L] (prompt + sample,
+    right-padded) and the loss mask [B, L - 1], True where the position predicts a sampled token (the end of turn
+    included)."""
     rows = windows.tolist()
     room = min(new_tokens, max(1, len(rows[0]) // 2))
     prompts = [r[:prompt_length(r, header, room)] for r in rows]
@@ -85,8 +91,10 @@ def student_samples(model, windows: torch.Tensor, header: list[int] | None, new_
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)  # left-padded
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     torch.manual_seed(seed)
-    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0,
-                         top_p=1.0, max_new_tokens=min(new_tokens, len(rows[0]) - width), eos_token_id=eos_id, pad_token_id=pad_id)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
+        dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    out = model.generate(input_ids=ids, attention_mask=mask, **sampling,
+                         max_new_tokens=min(new_tokens, len(rows[0]) - width), eos_token_id=eos_id, pad_token_id=pad_id)
     seqs, spans = [], []
     for p, sample in zip(prompts, out[:, width:].tolist()):
         if eos_id in sample:
@@ -101,11 +109,45 @@ def student_samples(model, windows: torch.Tensor, header: list[int] | None, new_
     return batch, (target >= lo) & (target < hi)
 
 
+def loop_tokens(ids: torch.Tensor, loss_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, L - 1], True where a position predicts a token of an n-gram that already occurred earlier in the same
+    sampled answer (every token of each repeat, as Welleck et al. mark them); the prompt is not searched, so an
+    answer may quote it."""
+    marks = torch.zeros_like(loss_mask)
+    for b, (row, m) in enumerate(zip(ids.tolist(), loss_mask.tolist())):
+        positions = [j for j, on in enumerate(m) if on]  # position j predicts token j + 1
+        answer = [row[j + 1] for j in positions]
+        seen = set()
+        for i in range(len(answer) - n + 1):
+            gram = tuple(answer[i:i + n])
+            if gram in seen:
+                for j in positions[i:i + n]:
+                    marks[b, j] = True
+            seen.add(gram)
+    return marks
+
+
 def on_policy_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, loss_mask: torch.Tensor,
-                   temperature: float, loss: str, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """T^2 x the recipe's divergence (teacher, student), averaged over the sampled tokens only."""
-    s = student_logits.float()[loss_mask]
-    t = teacher_logits.float()[loss_mask]
-    div = divergence(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1), loss, beta)
-    total = temperature**2 * div
-    return total, {"loss": total.item(), "kl": div.item(), "sampled_tokens": float(loss_mask.sum())}
+                   temperature: float, loss: str, beta: float, targets: torch.Tensor | None = None,
+                   loops: torch.Tensor | None = None, unlikelihood: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """T^2 x the recipe's divergence (teacher, student) on the sampled tokens, averaged over them. With `loops` (a
+    mask inside `loss_mask`) and `targets` (the token each position predicts), the loop tokens get
+    `unlikelihood` x -log(1 - p_student(target)) instead of the divergence, in the same average."""
+    loops = torch.zeros_like(loss_mask) if loops is None or not unlikelihood else loops & loss_mask
+    scored = loss_mask & ~loops
+    count = float(loss_mask.sum().clamp(min=1))
+    s = student_logits.float()
+    div = s.new_zeros(())
+    if scored.any():
+        div = divergence(F.log_softmax(s[scored] / temperature, dim=-1),
+                         F.log_softmax(teacher_logits.float()[scored] / temperature, dim=-1), loss, beta)
+    total = temperature**2 * div * (float(scored.sum()) / count)
+    parts = {"kl": div.item(), "sampled_tokens": float(loss_mask.sum())}
+    if loops.any():
+        p = F.log_softmax(s[loops], dim=-1).gather(-1, targets[loops][:, None]).squeeze(-1).exp()
+        ul = -torch.log1p(-p.clamp(max=1 - 1e-6))
+        total = total + unlikelihood * ul.sum() / count
+        parts.update(unlikelihood=ul.mean().item(), loop_tokens=float(loops.sum()))
+    elif unlikelihood:
+        parts.update(unlikelihood=0.0, loop_tokens=0.0)
+    return total, {"loss": total.item(), **parts}

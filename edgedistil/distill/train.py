@@ -267,7 +267,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
                 f"temperature = 1.0")
     flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
                "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else "") +
-               (f", {d.on_policy:.0%} of steps on-policy" if d.on_policy else ""))
+               (f", {d.on_policy:.0%} of steps on-policy" if d.on_policy else "") +
+               (f" with unlikelihood on repeated {d.unlikelihood_ngram}-grams" if d.unlikelihood else ""))
     n_teacher = sum(p.numel() for p in teacher.parameters())
     log(f"distill: {flavour}; teacher {n_teacher / 1e6:.1f}M params -> student "
         f"{sizes['parameters'] / 1e6:.1f}M params, layers {design.get('teacher_layers', design['source'])}; "
@@ -322,7 +323,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
                 t_out = teacher(inputs, output_hidden_states=feature is not None)
             t_logits, t_hidden = t_out if feature is not None else (t_out, None)
             s_logits, f_loss = model(inputs, t_hidden)
-        loss, parts = on_policy.on_policy_loss(s_logits, t_logits, sampled, d.temperature, d.loss, d.beta)
+        loops = on_policy.loop_tokens(x, sampled, d.unlikelihood_ngram) if d.unlikelihood else None
+        loss, parts = on_policy.on_policy_loss(s_logits, t_logits, sampled, d.temperature, d.loss, d.beta,
+                                               x[:, 1:], loops, d.unlikelihood)
         if f_loss is not None:
             loss = loss + d.feature_weight * f_loss
             parts.update(feature=f_loss.item(), loss=loss.item())
@@ -393,6 +396,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v / d.grad_accum
         parts = distributed.mean_over_ranks(sums, ddp)
+        for k in ("sampled_tokens", "loop_tokens"):  # counts of the whole step, not means over its micro-batches
+            if k in parts:
+                parts[k] *= d.grad_accum * ddp.world
         if not math.isfinite(parts["loss"]):
             raise EdgeError(f"the distillation loss became {parts['loss']} at step {step}",
                             "lower [distill] lr or raise warmup_steps in the recipe")
@@ -478,7 +484,10 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "teacher_cache": cache_info,
             "on_policy": {"share": d.on_policy, "steps": sum(1 for r in curve if r.get("on_policy")),
                           "sampled_tokens": int(sum(r.get("sampled_tokens", 0) for r in curve if r.get("on_policy"))),
-                          "tokens_per_answer": d.on_policy_tokens, "temperature": d.on_policy_temperature}
+                          "tokens_per_answer": d.on_policy_tokens, "temperature": d.on_policy_temperature,
+                          "unlikelihood": {"weight": d.unlikelihood, "ngram": d.unlikelihood_ngram,
+                                           "loop_tokens": int(sum(r.get("loop_tokens", 0) for r in curve))}
+                          if d.unlikelihood else None}
             if d.on_policy else None,
             "parallel": ("fsdp: student and teacher layers sharded" if fsdp else "ddp") if ddp.active else None,
             "resumed_from": resumed_from,
