@@ -119,6 +119,11 @@ class DistillConfig:
     # teacher, who endorses a loop once it is in context (docs/quality.md); 0 = off
     unlikelihood: float = 0.0
     unlikelihood_ngram: int = 4  # n of the repeated n-grams
+    # token-level unlikelihood (Welleck et al. 2020) on the training windows: at each position, the tokens that would
+    # repeat an n-gram of the context but are not the real next token get -log(1 - p) with this weight; n = 1 is
+    # every earlier token, n >= 2 the token that followed an earlier occurrence of the last n - 1; 0 = off
+    token_unlikelihood: float = 0.0
+    token_unlikelihood_ngram: int = 1
 
 
 @dataclass
@@ -422,6 +427,10 @@ def _validate(r: Recipe, where) -> None:
                  "needs on-policy steps (it penalises the loops of the student's own answers); set on_policy > 0")
     _check_range(where, "distill", "unlikelihood_ngram", d.unlikelihood_ngram >= 2,
                  f"must be >= 2, got {d.unlikelihood_ngram}")
+    _check_range(where, "distill", "token_unlikelihood", d.token_unlikelihood >= 0,
+                 f"must be >= 0 (0 = off), got {d.token_unlikelihood}")
+    _check_range(where, "distill", "token_unlikelihood_ngram", d.token_unlikelihood_ngram >= 1,
+                 f"must be >= 1, got {d.token_unlikelihood_ngram}")
     _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
     _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),

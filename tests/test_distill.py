@@ -255,6 +255,8 @@ def test_document_windows_start_at_document_starts():
     ("distill", "unlikelihood = 1.0", "'unlikelihood' needs on-policy steps"),
     ("distill", "unlikelihood = -1.0\non_policy = 0.5", "'unlikelihood' must be >= 0"),
     ("distill", "unlikelihood_ngram = 1", "'unlikelihood_ngram' must be >= 2"),
+    ("distill", "token_unlikelihood = -0.5", "'token_unlikelihood' must be >= 0"),
+    ("distill", "token_unlikelihood_ngram = 0", "'token_unlikelihood_ngram' must be >= 1"),
     ("student", "init = [0]", f"'init' as a list must hold {StudentConfig.layers} "),  # the built-in count
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),

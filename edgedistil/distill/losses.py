@@ -53,6 +53,35 @@ def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return ce, {"loss": ce.item(), "ce": ce.item()}
 
 
+def repeat_candidates(inputs: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, T, T] token ids (-1 = none): at position t, the distinct tokens that would repeat an n-gram of the
+    context inputs[:t + 1] and are not the real next token labels[t]. n = 1 is Welleck et al.'s token-level set
+    (every earlier token); n >= 2 is the token that followed an earlier occurrence of the (n - 1)-gram ending at
+    t, the copy step a greedy loop is made of."""
+    b, t = inputs.shape
+    pos = torch.arange(t, device=inputs.device)
+    ok = (pos[None, :] <= pos[:, None]).expand(b, t, t).clone()  # [B, t, i]: candidate i is inside t's context
+    for k in range(n - 1):  # the k-th token before candidate i equals the k-th token back from t
+        prev = inputs[:, (pos - 1 - k).clamp(min=0)]  # [B, i]
+        back = inputs[:, (pos - k).clamp(min=0)]  # [B, t]
+        ok &= (back[:, :, None] == prev[:, None, :]) & (pos > k)[None, None, :] & (pos >= k)[None, :, None]
+    cand = torch.where(ok & (inputs[:, None, :] != labels[:, :, None]), inputs[:, None, :].expand(b, t, t), -1)
+    cand, _ = cand.sort(dim=-1)
+    repeat = torch.cat([torch.zeros_like(cand[..., :1], dtype=torch.bool), cand[..., 1:] == cand[..., :-1]], -1)
+    return cand.masked_fill(repeat, -1)
+
+
+def token_unlikelihood(student_logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+                       n: int) -> tuple[torch.Tensor, float]:
+    """Token-level unlikelihood (Welleck et al. 2020) on the training windows: sum over repeat_candidates of
+    -log(1 - p_student), averaged over positions; also the mean number of candidates a position has."""
+    cand = repeat_candidates(inputs, labels, n)
+    used = cand >= 0
+    log_p = F.log_softmax(student_logits.float(), dim=-1).gather(-1, cand.clamp(min=0))
+    penalty = -torch.log((1.0 - log_p.exp()).clamp(min=1e-5))
+    return (penalty * used).sum(-1).mean(), float(used.sum(-1).float().mean())
+
+
 class FeatureKD(torch.nn.Module):
     """Hidden-state KD: student hidden state i is pulled towards teacher hidden state `teacher_index[i]`.
 

@@ -28,7 +28,7 @@ from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, sa
 from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize, \
     tokenize_documents
 from edgedistil.distill.evaluate import compare_on_heldout, eval_windows, student_only_quality
-from edgedistil.distill.losses import FeatureKD, ce_loss, even_feature_map, kd_loss
+from edgedistil.distill.losses import FeatureKD, ce_loss, even_feature_map, kd_loss, token_unlikelihood
 from edgedistil.distill.preflight import check_tokenizers, estimate, trial_export
 from edgedistil.distill.sequence import read_prompts, teacher_texts
 from edgedistil.distill.student import build_student, pick_layers, student_heads
@@ -268,7 +268,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
                "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else "") +
                (f", {d.on_policy:.0%} of steps on-policy" if d.on_policy else "") +
-               (f" with unlikelihood on repeated {d.unlikelihood_ngram}-grams" if d.unlikelihood else ""))
+               (f" with unlikelihood on repeated {d.unlikelihood_ngram}-grams" if d.unlikelihood else "") +
+               (f", token-level unlikelihood on {d.token_unlikelihood_ngram}-gram repeats"
+                if d.token_unlikelihood else ""))
     n_teacher = sum(p.numel() for p in teacher.parameters())
     log(f"distill: {flavour}; teacher {n_teacher / 1e6:.1f}M params -> student "
         f"{sizes['parameters'] / 1e6:.1f}M params, layers {design.get('teacher_layers', design['source'])}; "
@@ -335,24 +337,30 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         if isinstance(top, torch.Tensor):  # an on-policy micro-batch: `top` is its mask of sampled tokens
             return on_policy_step_loss(x, top)
         inputs, labels = x[:, :-1], x[:, 1:]
+        f_loss = None
         if top is not None:  # from the teacher cache
             with autocast:
                 s_logits, _ = model(inputs)
-            return teacher_cache.topk_kd_loss(s_logits, top[0], top[1], labels, d.alpha, d.temperature)
-        with autocast:
-            t_logits = t_hidden = None
-            if not ce_only:
-                with torch.no_grad():
-                    t_out = teacher(inputs, output_hidden_states=feature is not None)
-                t_logits, t_hidden = t_out if feature is not None else (t_out, None)
-            s_logits, f_loss = model(inputs, t_hidden)
-        if ce_only:
-            loss, parts = ce_loss(s_logits, labels)
+            loss, parts = teacher_cache.topk_kd_loss(s_logits, top[0], top[1], labels, d.alpha, d.temperature)
         else:
-            loss, parts = kd_loss(s_logits, t_logits, labels, d.alpha, d.temperature, d.loss, d.beta)
+            with autocast:
+                t_logits = t_hidden = None
+                if not ce_only:
+                    with torch.no_grad():
+                        t_out = teacher(inputs, output_hidden_states=feature is not None)
+                    t_logits, t_hidden = t_out if feature is not None else (t_out, None)
+                s_logits, f_loss = model(inputs, t_hidden)
+            if ce_only:
+                loss, parts = ce_loss(s_logits, labels)
+            else:
+                loss, parts = kd_loss(s_logits, t_logits, labels, d.alpha, d.temperature, d.loss, d.beta)
         if f_loss is not None:
             loss = loss + d.feature_weight * f_loss
             parts.update(feature=f_loss.item(), loss=loss.item())
+        if d.token_unlikelihood:
+            ul, candidates = token_unlikelihood(s_logits, inputs, labels, d.token_unlikelihood_ngram)
+            loss = loss + d.token_unlikelihood * ul
+            parts.update(token_unlikelihood=ul.item(), ul_candidates=candidates, loss=loss.item())
         return loss, parts
 
     # a live bar on a terminal; in logs (CI, pipes) a plain line every tenth of the run instead
