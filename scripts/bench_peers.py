@@ -191,7 +191,9 @@ def main() -> None:
         if cache:
             from safetensors.torch import load_file
 
-            blocks = load_file(str(Path(cache["folder"]) / "teacher_topk.safetensors"))["blocks"]
+            from edgedistil.distill.teacher_cache import FILE, drawn_blocks
+
+            blocks = drawn_blocks(load_file(str(Path(cache["folder"]) / FILE)))
             windows_match_cache = bool(torch.equal(blocks.long(), windows))
         bf16 = pick_device("cpu", r.distill.precision)[1] is not None
         runs[label] = {

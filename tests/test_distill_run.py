@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -196,6 +197,7 @@ def test_teacher_topk_cache_trains_like_the_live_teacher_and_is_reused(tmp_path,
                          log=lambda m: None)
     info = cached["teacher_cache"]
     assert info["blocks"] == 4 * 8 and info["k"] == vocab and live["teacher_cache"] is None
+    assert info["built_seconds"] > 0 and 1 <= info["distinct_blocks"] <= info["blocks"]
     # by default the cache is shared through the edgedistil cache, one folder per teacher, data and sampling order
     assert (Path(info["folder"]) / "identity.json").is_file()
     assert Path(info["folder"]).parent == tmp_path / "cache" / "teacher-logits"
@@ -206,7 +208,7 @@ def test_teacher_topk_cache_trains_like_the_live_teacher_and_is_reused(tmp_path,
     monkeypatch.setattr(teacher_cache, "build_cache", lambda *a, **k: pytest.fail("the cache was rebuilt"))
     other = run_distill(teacher_dir, corpus, recipe(distill={"teacher_topk": vocab, "temperature": 1.0, "alpha": 0.5}),
                         tmp_path / "c" / "distill", log=lambda m: None)
-    assert other["teacher_cache"]["folder"] == info["folder"]
+    assert other["teacher_cache"]["folder"] == info["folder"] and other["teacher_cache"]["built_seconds"] is None
     assert curve(tmp_path / "c" / "distill")[0]["loss"] != pytest.approx(curve(tmp_path / "live" / "distill")[0]["loss"])
 
     # a cache made for another run is refused, naming what differs
@@ -242,6 +244,32 @@ def test_cached_batches_follow_the_cache_then_reshuffle():
     second = sum((cached_batch(cache, step, 2, seed=0)[0][:, 0].tolist() for step in range(3, 6)), [])
     assert sorted(second) == list(range(n)) and second != list(range(n))
     assert cached_batch(cache, 4, 2, seed=0)[0].tolist() == cached_batch(cache, 4, 2, seed=0)[0].tolist()
+
+
+def test_the_cache_runs_the_teacher_once_per_distinct_window_and_keeps_the_draw_order(tmp_path, teacher_dir):
+    from edgedistil.distill.data import sample_blocks
+    from edgedistil.distill.teacher_cache import build_cache, cached_batch, describe, drawn_blocks, load_cache
+
+    teacher = load_hf_folder(teacher_dir).eval()
+    ids = np.random.default_rng(0).integers(0, teacher.cfg.vocab_size, 200).astype(np.int32)
+    starts = np.array([0, 40, 90, 150])  # four conversations: 12 draws of 3 blocks can hold at most 4 distinct ones
+    identity = {"seed": 3, "batch_size": 3, "steps": 4, "seq_len": 16, "k": 5}
+    calls = []
+    teacher.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    build_cache(teacher, ids, starts, identity, tmp_path / "c", "cpu", log=lambda m: None)
+    cache = load_cache(tmp_path / "c", identity)
+    gen = torch.Generator().manual_seed(3)
+    draws = torch.cat([sample_blocks(ids, 3, 17, gen, starts) for _ in range(4)])
+    assert torch.equal(drawn_blocks(cache).long(), draws)
+    assert sum(calls) == len(cache["blocks"]) <= 4 < len(draws)
+    assert describe(cache, tmp_path / "c")["blocks"] == 12
+    # the first pass gives the live run's batches, with the logits of each block's own teacher pass
+    for step in range(4):
+        x, top_ids, top_logits = cached_batch(cache, step, 3, seed=3)
+        assert torch.equal(x, draws[step * 3:(step + 1) * 3])
+        logits = teacher(x[:, :-1]).float()
+        assert torch.allclose(top_logits, logits.topk(5, dim=-1).values, atol=1e-2)
+        assert torch.allclose(logits.gather(-1, top_ids), top_logits, atol=1e-2)
 
 
 def test_frozen_embeddings_stay_the_teachers_while_the_layers_train(tmp_path, teacher_dir, corpus):

@@ -3,7 +3,10 @@ settings, without running the teacher again (`[distill] teacher_topk = k`).
 
 The cache holds the training blocks a run draws (steps x batch_size windows, drawn with the run's seeded generator
 exactly as live training draws them) and, for every position, the teacher's k largest logits and their token ids:
-int32 blocks, int32 ids and fp16 logits in one safetensors file, with a JSON identity. Its identity is what the
+int32 blocks, int32 ids and fp16 logits in one safetensors file, with a JSON identity. Each distinct window is
+stored and run through the teacher once, and `order` lists the draws as indices into them: windows that start at
+a conversation's start (`[data] windows = "documents"`) repeat, so 200 steps of 4 draws hold a few hundred
+distinct windows, and a 16x budget needs no more teacher passes than 1x. Its identity is what the
 blocks and logits depend on (teacher, corpus, data settings, seed, batch size, steps, k), not the student or the
 loss settings, so a second student or another alpha or T reuses it. Steps beyond one pass over the cache go round
 again in a fresh order (epochs).
@@ -50,12 +53,14 @@ def shared_folder(identity: dict) -> Path:
 @torch.no_grad()
 def build_cache(teacher, train_ids: np.ndarray, starts: np.ndarray | None, identity: dict, folder: Path,
                 device: str, log=print, chunk: int = 8) -> None:
-    """Draw the run's blocks and store the teacher's top-k logits for each position, atomically in `folder`."""
+    """Draw the run's blocks and store the teacher's top-k logits for each position of each distinct one, atomically
+    in `folder`."""
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(identity["seed"])
-    blocks = torch.cat([sample_blocks(train_ids, identity["batch_size"], identity["seq_len"] + 1, gen, starts)
-                        for _ in range(identity["steps"])])
+    draws = torch.cat([sample_blocks(train_ids, identity["batch_size"], identity["seq_len"] + 1, gen, starts)
+                       for _ in range(identity["steps"])])
+    blocks, order = torch.unique(draws, dim=0, return_inverse=True)
     k = identity["k"]
     ids, logits = [], []
     teacher = teacher.to(device).eval()
@@ -65,11 +70,12 @@ def build_cache(teacher, train_ids: np.ndarray, starts: np.ndarray | None, ident
         ids.append(top.indices.to(torch.int32).cpu())
         logits.append(top.values.to(torch.float16).cpu())
     with atomic_dir(folder) as tmp:
-        save_file({"blocks": blocks.to(torch.int32).contiguous(), "ids": torch.cat(ids).contiguous(),
-                   "logits": torch.cat(logits).contiguous()}, str(tmp / FILE))
+        save_file({"blocks": blocks.to(torch.int32).contiguous(), "order": order.to(torch.int32).contiguous(),
+                   "ids": torch.cat(ids).contiguous(), "logits": torch.cat(logits).contiguous()}, str(tmp / FILE))
         write_json(tmp / "identity.json", identity)
     size = (folder / FILE).stat().st_size
-    log(f"distill: teacher top-{k} logits of {len(blocks)} blocks cached in {folder} ({size / 1e6:.1f} MB)")
+    log(f"distill: teacher top-{k} logits of {len(draws)} blocks ({len(blocks)} distinct) cached in {folder} "
+        f"({size / 1e6:.1f} MB)")
 
 
 def load_cache(folder: Path, identity: dict) -> dict[str, torch.Tensor] | None:
@@ -94,7 +100,8 @@ def load_cache(folder: Path, identity: dict) -> dict[str, torch.Tensor] | None:
 def cached_batch(cache: dict[str, torch.Tensor], step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Step `step`'s rows: the cache's own order for the first pass (the live run's batches), then a fresh order
     per pass. Depends on the step only, so a resumed run draws the same rows."""
-    n = len(cache["blocks"])
+    draws = draw_order(cache)
+    n = len(draws)
     orders: dict[int, torch.Tensor] = {}
 
     def order(epoch: int) -> torch.Tensor:
@@ -103,8 +110,18 @@ def cached_batch(cache: dict[str, torch.Tensor], step: int, batch_size: int, see
                 n, generator=torch.Generator().manual_seed(seed + epoch))
         return orders[epoch]
 
-    rows = torch.stack([order(i // n)[i % n] for i in range(step * batch_size, (step + 1) * batch_size)])
+    rows = draws[torch.stack([order(i // n)[i % n] for i in range(step * batch_size, (step + 1) * batch_size)])]
     return cache["blocks"][rows].long(), cache["ids"][rows].long(), cache["logits"][rows].float()
+
+
+def draw_order(cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The run's draws as indices into the cache's distinct blocks (a cache from before `order` holds every draw)."""
+    return cache["order"].long() if "order" in cache else torch.arange(len(cache["blocks"]))
+
+
+def drawn_blocks(cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The blocks in the order the run draws them, [steps x batch_size, seq_len + 1]."""
+    return cache["blocks"][draw_order(cache)]
 
 
 def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logits: torch.Tensor,
@@ -121,6 +138,7 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logi
 
 
 def describe(cache: dict[str, torch.Tensor], folder: Path) -> dict:
-    return {"folder": str(folder), "blocks": int(len(cache["blocks"])), "k": int(cache["ids"].shape[-1]),
+    return {"folder": str(folder), "blocks": int(len(draw_order(cache))), "distinct_blocks": int(len(cache["blocks"])),
+            "k": int(cache["ids"].shape[-1]),
             "bytes": (Path(folder) / FILE).stat().st_size,
             "identity": json.loads((Path(folder) / "identity.json").read_text())}

@@ -254,11 +254,14 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     if d.teacher_topk and cache_fits:  # the teacher's top-k logits, computed once and reused
         identity = teacher_cache.cache_identity(folder_fingerprint(Path(teacher_dir)), corpus.text, recipe)
         cache_dir = Path(d.teacher_cache).expanduser() if d.teacher_cache else teacher_cache.shared_folder(identity)
+        built_s = None
         if ddp.main and teacher_cache.load_cache(cache_dir, identity) is None:
+            t_build = time.perf_counter()
             teacher_cache.build_cache(teacher, train_ids, starts, identity, cache_dir, device, log)
+            built_s = round(time.perf_counter() - t_build, 2)
         distributed.barrier(ddp)
         cache = teacher_cache.load_cache(cache_dir, identity)
-        cache_info = teacher_cache.describe(cache, cache_dir)
+        cache_info = {**teacher_cache.describe(cache, cache_dir), "built_seconds": built_s}  # None: reused
         log(f"distill: training from the teacher's top-{d.teacher_topk} logits in {cache_dir} (the teacher is "
             f"not run while training{', except to score the on-policy samples' if d.on_policy else ''})")
         if d.temperature > 1:  # docs/benchmarks.md: top-32 at T 2 reached perplexity 348, at T 1 115
