@@ -233,6 +233,36 @@ def test_topk_loss_with_the_whole_vocabulary_is_forward_kl():
     assert parts["kl"] >= 0 and few.item() != pytest.approx(full.item())
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_topk_loss_gradient_is_autograds(temperature):
+    """The loss's hand-written backward gives autograd's gradient of the same formula, in the logits' dtype."""
+    import torch.nn.functional as F
+
+    from edgedistil.distill.teacher_cache import topk_kd_loss
+
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(2, 5, 40, generator=g, dtype=torch.float64)
+    top = torch.randn(2, 5, 40, generator=g).topk(6, dim=-1)
+    labels = torch.randint(0, 40, (2, 5), generator=g)
+    ours = s.clone().requires_grad_()
+    loss, parts = topk_kd_loss(ours, top.indices, top.values.half(), labels, 0.7, temperature)
+    loss.backward()
+    ref = s.clone().requires_grad_()
+    flat = ref.reshape(-1, 40)
+    log_p_t = F.log_softmax(top.values.half().double().reshape(-1, 6) / temperature, dim=-1)
+    log_p_s = F.log_softmax(flat / temperature, dim=-1).gather(-1, top.indices.reshape(-1, 6))
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+    ce = F.cross_entropy(flat, labels.reshape(-1))
+    expected = 0.7 * temperature**2 * kl + 0.3 * ce
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the teacher side runs in fp32
+    assert parts["kl"] == pytest.approx(kl.item()) and parts["ce"] == pytest.approx(ce.item())
+    assert torch.allclose(ours.grad, ref.grad, atol=1e-7)
+    half = s.bfloat16().requires_grad_()
+    topk_kd_loss(half, top.indices, top.values.half(), labels, 0.7, temperature)[0].backward()
+    assert half.grad.dtype == torch.bfloat16 and torch.allclose(half.grad.double(), ref.grad, atol=2e-3)
+
+
 def test_cached_batches_follow_the_cache_then_reshuffle():
     from edgedistil.distill.teacher_cache import cached_batch
 
