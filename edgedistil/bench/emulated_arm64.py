@@ -84,11 +84,26 @@ def require_tools() -> None:
                         "run it as root, or in a container with CAP_SYS_ADMIN")
 
 
-def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+def _run(cmd: list[str], what: str, on_line=None) -> None:
+    """Run `cmd`; `on_line` sees each line of its output as it comes (for a progress bar). A failure names `what`
+    and the command's last line."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if on_line:
+            on_line(line)
+    if proc.wait() != 0:
+        last = ("".join(lines).strip().splitlines() or ["no output"])[-1]
         raise EdgeError(f"{what} failed: {last[:300]}", "check the network to the Debian mirror and PyPI, then rerun")
+
+
+def _bar(desc: str, total: int | None, unit: str):
+    """A live bar on a terminal; in logs (CI, pipes) the setup's three log lines say where it is instead."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5,
+                disable=not sys.stderr.isatty())
 
 
 def setup_root(log=print) -> Arm64Root:
@@ -103,13 +118,17 @@ def setup_root(log=print) -> Arm64Root:
     try:
         t0 = time.perf_counter()
         log(f"bench[android-emulated]: setup 1/3: debootstrap arm64 Debian {DEBIAN_SUITE} into {final} (once)")
-        _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3.11", DEBIAN_SUITE,
-              str(tmp / "root"), DEBIAN_MIRROR], "debootstrap")
+        with _bar("arm64 root: debootstrap downloads", None, "pkg") as bar:
+            _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3.11",
+                  DEBIAN_SUITE, str(tmp / "root"), DEBIAN_MIRROR], "debootstrap",
+                 on_line=lambda line: bar.update(line.startswith("I: Retrieving")))
         debs = sorted((tmp / "root" / "var" / "cache" / "apt" / "archives").glob("*.deb"))
         log(f"bench[android-emulated]: setup 2/3: unpacking {len(debs)} .debs ({time.perf_counter() - t0:.0f} s)")
-        for deb in debs:
-            _run(["dpkg", "-x", str(deb), str(tmp / "root")], f"dpkg -x {deb.name}")
-            deb.unlink()  # the unpacked root is what runs; the archives would only double the cache
+        with _bar("arm64 root: unpacking", len(debs), "deb") as bar:
+            for deb in debs:
+                _run(["dpkg", "-x", str(deb), str(tmp / "root")], f"dpkg -x {deb.name}")
+                deb.unlink()  # the unpacked root is what runs; the archives would only double the cache
+                bar.update()
         log(f"bench[android-emulated]: setup 3/3: aarch64 wheels {', '.join(wheel_pins())} "
             f"({time.perf_counter() - t0:.0f} s)")
         _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-conflicts",
