@@ -531,3 +531,21 @@ def test_weight_only_int8_ships_the_gptq_codes_exactly(tmp_path):
                                         @ hessians[n] @ d.T)) for n in names)
               for label, w in weights.items()}
     assert errors["gptq"] < errors["nearest"], errors
+
+
+def test_the_report_shows_the_emulated_arm64_record_beside_this_host():
+    from edgedistil.targets.android import report_blocks
+
+    def side(machine, top1, student):
+        return {"machine": machine, "top1_agreement": top1, "kl_mean": 1e-4, "greedy_tokens_matching": 60,
+                "greedy_tokens": 64, "decode_tokens_per_s": {"student": student, "teacher": student / 2},
+                "speedup_vs_teacher": 2.0, "litertlm": {"ran": True}}
+
+    record = {"label": "emulated ARM64 (QEMU), not a phone", "model": "model.tflite", "binding": "LiteRT",
+              "reference": "fp32 PyTorch student", "x86_64": side("x86_64", 0.99, 50.0),
+              "arm64": side("aarch64", 0.985, 5.0), "top1_gap": 0.005, "litertlm_text_equal_host": True}
+    assert report_blocks({"target": "android"}) == []
+    [(kind, [text]), (_, header, rows)] = report_blocks({"target": "android", "emulated_arm64": record})
+    assert "emulated ARM64 (QEMU), not a phone" in text and "top-1 gap 0.0050" in text
+    assert header[1] == "top-1" and [r[0] for r in rows] == ["arm64", "x86_64 (this host)"]
+    assert rows[0][1:5] == ["0.9850", "1.00e-04", "60/64", "5.0"] and rows[1][4] == "50.0"
