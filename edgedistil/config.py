@@ -124,6 +124,10 @@ class DistillConfig:
     # every earlier token, n >= 2 the token that followed an earlier occurrence of the last n - 1; 0 = off
     token_unlikelihood: float = 0.0
     token_unlikelihood_ngram: int = 1
+    # teacher correction (Minitron): fine-tune the teacher with CE on the training split for this many steps before it
+    # teaches, for a corpus it models poorly (distill/correction.py; one-time, cached); 0 = the teacher as given
+    teacher_correction_steps: int = 0
+    teacher_correction_lr: float = 2e-5
 
 
 @dataclass
@@ -431,6 +435,10 @@ def _validate(r: Recipe, where) -> None:
                  f"must be >= 0 (0 = off), got {d.token_unlikelihood}")
     _check_range(where, "distill", "token_unlikelihood_ngram", d.token_unlikelihood_ngram >= 1,
                  f"must be >= 1, got {d.token_unlikelihood_ngram}")
+    _check_range(where, "distill", "teacher_correction_steps", d.teacher_correction_steps >= 0,
+                 f"must be >= 0 (0 = the teacher as given), got {d.teacher_correction_steps}")
+    _check_range(where, "distill", "teacher_correction_lr", d.teacher_correction_lr > 0,
+                 f"must be > 0, got {d.teacher_correction_lr}")
     _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
     _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),

@@ -332,3 +332,37 @@ def test_bf16_autocast_on_the_cpu_trains_and_says_so(tmp_path, teacher_dir, corp
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     # autocast keeps the master weights fp32: the saved student is an fp32 model
     assert load_hf_folder(out / "student").model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+
+
+def test_teacher_correction_fine_tunes_the_teacher_once_and_it_teaches(tmp_path, teacher_dir, corpus, monkeypatch):
+    """[distill] teacher_correction_steps: the teacher is fine-tuned with CE on the training split (its held-out
+    perplexity falls), kept in the cache as an HF folder, and is the teacher the student is built from and learns
+    from; a second run reuses it, and the teacher as given is left as it was."""
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    from edgedistil.distill import correction
+    from edgedistil.records import folder_fingerprint
+
+    before = folder_fingerprint(teacher_dir)
+    r = recipe(distill={"teacher_correction_steps": 12, "teacher_correction_lr": 3e-3, "teacher_topk": 16})
+    record = run_distill(teacher_dir, corpus, r, tmp_path / "a" / "distill", log=lambda m: None)
+    fix = record["teacher_correction"]
+    folder = Path(fix["folder"])
+    assert folder.parent == tmp_path / "cache" / "teachers-corrected" and record["teacher"] == str(folder)
+    assert fix["steps"] == 12 and fix["source"] == str(teacher_dir)
+    assert fix["heldout_perplexity_after"] < 0.9 * fix["heldout_perplexity_before"]
+    assert fix["loss_last"] < fix["loss_first"] and fix["top1_agreement_with_original"] < 1.0
+    assert (folder / "tokenizer.json").is_file() and folder_fingerprint(teacher_dir) == before
+    corrected, original = load_hf_folder(folder), load_hf_folder(teacher_dir)
+    assert not torch.equal(corrected.model.norm.weight, original.model.norm.weight)
+    # the student learned from the corrected teacher: its logits cache is that teacher's, and the held-out teacher
+    # perplexity in its record is the corrected one's
+    assert record["teacher_cache"]["identity"]["teacher"] == folder_fingerprint(folder)
+    assert record["quality"]["teacher_perplexity"] == pytest.approx(fix["heldout_perplexity_after"], rel=1e-3)
+
+    monkeypatch.setattr(correction, "correct_teacher", lambda *a, **k: pytest.fail("the teacher was corrected again"))
+    again = run_distill(teacher_dir, corpus, r, tmp_path / "b" / "distill", log=lambda m: None)
+    assert again["teacher_correction"] == fix
+    other = recipe_with(r, distill={"teacher_correction_steps": 6})  # other settings: another corrected teacher
+    with pytest.raises(pytest.fail.Exception, match="corrected again"):
+        run_distill(teacher_dir, corpus, other, tmp_path / "c" / "distill", log=lambda m: None)
+

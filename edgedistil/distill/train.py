@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from edgedistil.config import Recipe
-from edgedistil.distill import distributed, on_policy, teacher_cache
+from edgedistil.distill import correction, distributed, on_policy, teacher_cache
 from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize, \
     tokenize_documents
@@ -191,10 +191,23 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     # ---- pre-flight: everything that can fail fails here, before the first step ----
     t_pre = time.perf_counter()
     teacher_tok = load_tokenizer(teacher_dir)
-    teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
-    check_vocab(teacher_tok, teacher.cfg.vocab_size, "the teacher")
     train_docs, heldout_text = split_corpus(corpus, data.heldout_fraction)
     train_text = "\n".join(train_docs)
+    corrected = None
+    if d.teacher_correction_steps:  # the teacher fine-tuned on the training split first (one-time, cached)
+        folder = correction.corrected_folder(teacher_dir, train_text, recipe)
+        if ddp.main and correction.load_record(folder) is None:
+            ids, starts = tokenize_documents(teacher_tok, train_docs)
+            heldout = eval_windows(tokenize(teacher_tok, heldout_text), data.seq_len, d.eval_tokens)
+            correction.correct_teacher(teacher_dir, ids, starts if data.windows == "documents" else None, heldout,
+                                       recipe, folder, device,
+                                       torch.autocast(device.split(":")[0], dtype=amp_dtype,
+                                                      enabled=amp_dtype is not None), log)
+        distributed.barrier(ddp)
+        corrected = {**correction.load_record(folder), "folder": str(folder)}
+        teacher_dir = folder
+    teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
+    check_vocab(teacher_tok, teacher.cfg.vocab_size, "the teacher")
     # calibration for a measured init: the start of the training split (never held-out text)
     calib_ids = tokenize(teacher_tok, train_text[:200_000]) if not recipe.student.source else None
     student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe, calib_ids, log)
@@ -493,6 +506,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "device": device + (" bf16 autocast" if amp_dtype else " fp32"),
             "processes": ddp.world,
             "teacher_cache": cache_info,
+            "teacher_correction": corrected,
             "on_policy": {"share": d.on_policy, "steps": sum(1 for r in curve if r.get("on_policy")),
                           "sampled_tokens": int(sum(r.get("sampled_tokens", 0) for r in curve if r.get("on_policy"))),
                           "tokens_per_answer": d.on_policy_tokens, "temperature": d.on_policy_temperature,
