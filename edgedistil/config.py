@@ -127,7 +127,7 @@ class DistillConfig:
     # teacher correction (Minitron): fine-tune the teacher with CE on the training split for this many steps before it
     # teaches, for a corpus it models poorly (distill/correction.py; one-time, cached); 0 = the teacher as given
     teacher_correction_steps: int = 0
-    teacher_correction_lr: float = 2e-5
+    teacher_correction_lr: float = 1e-4
 
 
 @dataclass

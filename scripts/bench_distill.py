@@ -6,6 +6,7 @@ once on the real next token alone; held-out perplexity of both, and training tok
     python scripts/bench_distill.py --steps 300 --json /tmp/kd.json
     python scripts/bench_distill.py --kd temperature=1 --kd alpha=0.5,temperature=1   # more KD settings beside
     python scripts/bench_distill.py --eval fast --kd data.seq_len=256,batch_size=1   # another section's key too
+    python scripts/bench_distill.py --config docs/results/configs/kjv_14l.toml --kd teacher_correction_steps=100
 
 Each `--kd` adds a KD run with those [distill] settings changed, so settings can be compared on the same init,
 data and steps (the first KD run always uses the recipe's own settings).
@@ -73,7 +74,8 @@ def main() -> None:
                            "wall_seconds": round(time.perf_counter() - t0, 1),
                            "train_seconds": record["train_seconds"],
                            "train_tokens_per_s": record["train_tokens_per_s"],
-                           "final_loss": record["final_loss"], "quality": record["quality"]}
+                           "final_loss": record["final_loss"], "quality": record["quality"],
+                           "teacher_correction": record["teacher_correction"]}
             if args.eval != "none":
                 student = Path(tmp) / label / "student"
                 # held-out figures on the eval's own fixed windows, the same for every run whatever its seq_len
@@ -151,7 +153,7 @@ def parse_settings(text: str) -> dict:
         try:
             out[key.strip()] = int(value) if key.strip().split(".")[-1] in (
                 "steps", "batch_size", "warmup_steps", "teacher_topk", "seq_len", "chat_conversations",
-                "chat_answer_tokens") else float(value)
+                "chat_answer_tokens", "teacher_correction_steps") else float(value)
         except ValueError:
             out[key.strip()] = value.strip()
     return out
