@@ -439,6 +439,9 @@ def _validate(r: Recipe, where) -> None:
                  f"must be >= 0 (0 = the teacher as given), got {d.teacher_correction_steps}")
     _check_range(where, "distill", "teacher_correction_lr", d.teacher_correction_lr > 0,
                  f"must be > 0, got {d.teacher_correction_lr}")
+    _check_range(where, "distill", "teacher_correction_steps", not (d.teacher_correction_steps and
+                                                                     d.parallel == "fsdp"),
+                 "must be 0 with parallel = \"fsdp\" (one process fine-tunes the whole teacher); use \"ddp\"")
     _check_range(where, "distill", "teacher_topk", d.teacher_topk >= 0,
                  f"must be >= 0 (0 = run the teacher live), got {d.teacher_topk}")
     _check_range(where, "distill", "parallel", d.parallel in ("ddp", "fsdp"),

@@ -9,7 +9,9 @@ once on the real next token alone; held-out perplexity of both, and training tok
     python scripts/bench_distill.py --config docs/results/configs/kjv_14l.toml --kd teacher_correction_steps=100
 
 Each `--kd` adds a KD run with those [distill] settings changed, so settings can be compared on the same init,
-data and steps (the first KD run always uses the recipe's own settings).
+data and steps (the first KD run always uses the recipe's own settings). One exception: with
+`teacher_correction_steps`, the student is built from the corrected teacher (its kept layers are the recipe's if
+`[student] init` lists them, but its weights and its measured FFN neurons are the corrected teacher's).
 
 Both runs go through the distill stage itself (edgedistil.distill.train.run_distill); the CE-only run is the
 same recipe with alpha = 0 and no on-policy steps (the stage then skips the teacher's forward, so its tokens/s

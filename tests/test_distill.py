@@ -259,6 +259,7 @@ def test_document_windows_start_at_document_starts():
     ("distill", "token_unlikelihood_ngram = 0", "'token_unlikelihood_ngram' must be >= 1"),
     ("distill", "teacher_correction_steps = -1", "'teacher_correction_steps' must be >= 0"),
     ("distill", "teacher_correction_lr = 0.0", "'teacher_correction_lr' must be > 0"),
+    ("distill", 'teacher_correction_steps = 5\nparallel = "fsdp"', "'teacher_correction_steps' must be 0 with"),
     ("student", "init = [0]", f"'init' as a list must hold {StudentConfig.layers} "),  # the built-in count
     ("student", 'init = "last"', "'init' must be one of auto, greedy, block_influence, angular, even, first, random"),
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),

@@ -87,13 +87,17 @@ def require_tools() -> None:
 def _run(cmd: list[str], what: str, on_line=None) -> None:
     """Run `cmd`; `on_line` sees each line of its output as it comes (for a progress bar). A failure names `what`
     and the command's last line."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if on_line:
-            on_line(line)
-    if proc.wait() != 0:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+        except BaseException:  # Ctrl-C: stop the child before the caller removes the folder it writes into
+            proc.kill()
+            raise
+    if proc.returncode != 0:
         last = ("".join(lines).strip().splitlines() or ["no output"])[-1]
         raise EdgeError(f"{what} failed: {last[:300]}", "check the network to the Debian mirror and PyPI, then rerun")
 

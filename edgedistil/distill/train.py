@@ -33,7 +33,7 @@ from edgedistil.distill.preflight import check_tokenizers, estimate, trial_expor
 from edgedistil.distill.sequence import read_prompts, teacher_texts
 from edgedistil.distill.student import build_student, pick_layers, student_heads
 from edgedistil.errors import EdgeError, atomic_dir, write_json
-from edgedistil.model import EdgeLM, load_hf_folder, save_hf_folder
+from edgedistil.model import EdgeLM, load_hf_folder, read_hf_config, save_hf_folder
 from edgedistil.records import folder_fingerprint, stage_key
 from edgedistil.sources import Corpus, split_corpus
 
@@ -163,6 +163,32 @@ def peak_rss_mb() -> float | None:
     return None
 
 
+def corrected_teacher(teacher_dir: Path, teacher_tok, train_docs: list[str], heldout_text: str, recipe: Recipe,
+                      device: str, amp_dtype, ddp, log) -> Path:
+    """The teacher fine-tuned on the training split ([distill] teacher_correction_steps), built once by rank 0 into
+    the cache; what would make the run fail later is checked before the fine-tune starts."""
+    d, data = recipe.distill, recipe.data
+    check_vocab(teacher_tok, read_hf_config(teacher_dir).vocab_size, "the teacher")
+    if d.batch_size % (ddp.world * d.grad_accum):
+        raise EdgeError(f"[distill] batch_size {d.batch_size} does not split into {ddp.world} processes x "
+                        f"{d.grad_accum} micro-batches", f"use a multiple of {ddp.world * d.grad_accum}")
+    folder = correction.corrected_folder(teacher_dir, "\n".join(train_docs), recipe, amp_dtype)
+    if ddp.main and correction.load_record(folder) is None:
+        ids, starts = tokenize_documents(teacher_tok, train_docs)
+        heldout_ids = tokenize(teacher_tok, heldout_text)
+        need_tokens(ids, data.seq_len + 1, "training", "the corpus")
+        need_tokens(heldout_ids, data.seq_len + 1, "held-out", "the corpus")
+        correction.correct_teacher(teacher_dir, ids, starts if data.windows == "documents" else None,
+                                   eval_windows(heldout_ids, data.seq_len, d.eval_tokens), recipe, folder, device,
+                                   torch.autocast(device.split(":")[0], dtype=amp_dtype,
+                                                  enabled=amp_dtype is not None), log)
+    distributed.barrier(ddp)
+    if correction.load_record(folder) is None:
+        raise EdgeError(f"the corrected teacher {folder} is not there for this process",
+                        "put the edgedistil cache (EDGEDISTIL_CACHE) on storage every process sees")
+    return folder
+
+
 def run_key(teacher_dir: Path, corpus: Corpus, recipe: Recipe) -> str:
     """Identity of a run's inputs: a checkpoint resumes only a run with the same key."""
     import hashlib
@@ -193,19 +219,11 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     teacher_tok = load_tokenizer(teacher_dir)
     train_docs, heldout_text = split_corpus(corpus, data.heldout_fraction)
     train_text = "\n".join(train_docs)
-    corrected = None
+    corrected, given_teacher = None, Path(teacher_dir)
     if d.teacher_correction_steps:  # the teacher fine-tuned on the training split first (one-time, cached)
-        folder = correction.corrected_folder(teacher_dir, train_text, recipe)
-        if ddp.main and correction.load_record(folder) is None:
-            ids, starts = tokenize_documents(teacher_tok, train_docs)
-            heldout = eval_windows(tokenize(teacher_tok, heldout_text), data.seq_len, d.eval_tokens)
-            correction.correct_teacher(teacher_dir, ids, starts if data.windows == "documents" else None, heldout,
-                                       recipe, folder, device,
-                                       torch.autocast(device.split(":")[0], dtype=amp_dtype,
-                                                      enabled=amp_dtype is not None), log)
-        distributed.barrier(ddp)
-        corrected = {**correction.load_record(folder), "folder": str(folder)}
-        teacher_dir = folder
+        teacher_dir = corrected_teacher(teacher_dir, teacher_tok, train_docs, heldout_text, recipe, device, amp_dtype,
+                                        ddp, log)
+        corrected = {**correction.load_record(teacher_dir), "folder": str(teacher_dir)}
     teacher = load_hf_folder(teacher_dir).eval().requires_grad_(False)
     check_vocab(teacher_tok, teacher.cfg.vocab_size, "the teacher")
     # calibration for a measured init: the start of the training split (never held-out text)
@@ -491,7 +509,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "stage": "distill",
             "method": "sequence" if sequence else "response",
             "flavour": flavour,
-            "teacher": str(teacher_dir),
+            "teacher": str(given_teacher),  # the teacher as given; a corrected one is in teacher_correction
             "corpus": {"name": corpus.name, "source": corpus.source, "license": corpus.license,
                        "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(heldout_ids))},
             "student": {**design, "parameters": sizes["parameters"]},
@@ -521,6 +539,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "peak_rss_mb": peak_rss_mb(),
             "final_loss": curve[-1]["loss"],
             "quality": quality,
+            # which teacher the held-out teacher figures above are: the one that taught
+            "quality_teacher": "corrected (teacher_correction.folder)" if corrected else "the teacher as given",
         }
         write_json(tmp / "record.json", record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is complete: nothing left to resume
