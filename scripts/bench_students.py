@@ -93,7 +93,7 @@ def main() -> None:
         "recipe": name,
         "command": "python scripts/bench_students.py" + "".join(
             f" --{k} {v}" for k, v in (("config", args.config), ("layers", args.layers), ("inits", args.inits),
-                                       ("budgets", args.budgets), ("eval", args.eval)) if v)
+                                       ("budgets", args.budgets), ("eval", args.eval), ("json", args.json)) if v)
             + (" --data-scale" if args.data_scale else ""),
         "teacher": str(teacher), "corpus": recipe.data.corpus, "base_steps": recipe.distill.steps,
         "data_scale": args.data_scale, "base_conversations": recipe.data.chat_conversations,
