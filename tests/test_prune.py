@@ -195,3 +195,27 @@ def test_distill_with_a_measured_init_records_its_ranking(tmp_path, teacher_dir,
     assert out_of_domain["student_perplexity"] != record["quality"]["student_perplexity"]
     student = load_hf_folder(tmp_path / "distill" / "student")
     assert student.cfg.num_hidden_layers == 3 and student.cfg.intermediate_size == 64
+
+
+def test_a_larger_teacher_chat_corpus_starts_from_a_smaller_ones_whole_batches(tmp_path, monkeypatch):
+    """Batch b is seeded by its index alone: 7 conversations after 4 write only the batches 4 did not fill, and
+    equal 7 written from nothing."""
+    from edgedistil.sources import teacher_chat
+
+    teacher = tiny_teacher(tmp_path / "chat-teacher", TEXT, chat=True)
+    small = teacher_chat.ChatSettings(conversations=4, query_tokens=6, answer_tokens=8, batch_size=2)
+    large = dataclasses.replace(small, conversations=7)
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "fresh"))
+    fresh = teacher_chat.teacher_chat_corpus(teacher, large, log=lambda *_: None)
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "grown"))
+    teacher_chat.teacher_chat_corpus(teacher, small, log=lambda *_: None)
+    other = dataclasses.replace(small, conversations=7, answer_tokens=9)  # other settings: nothing to reuse
+    written = []
+    write = teacher_chat._write_batch
+    monkeypatch.setattr(teacher_chat, "_write_batch", lambda *a: written.append(a[-1]) or write(*a))
+    grown = teacher_chat.teacher_chat_corpus(teacher, large, log=lambda *_: None)
+    assert written == [2, 3] and grown.text == fresh.text
+    written.clear()
+    teacher_chat.teacher_chat_corpus(teacher, other, log=lambda *_: None)
+    assert written == [0, 1, 2, 3]

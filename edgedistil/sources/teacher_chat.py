@@ -17,7 +17,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -101,6 +101,26 @@ def _write_batch(model, tokenizer, prefix_ids, eot: int, settings: ChatSettings,
     return rows
 
 
+def _written_elsewhere(teacher_dir: Path, settings: ChatSettings) -> list[dict]:
+    """The conversations of the whole batches that the same teacher with the same settings already wrote for
+    another count: batch b is seeded by its index alone, so a full batch is the same whatever the count, and a larger
+    corpus starts where a smaller one ended (rows in batch order, as the partial file keeps them)."""
+    best: list[dict] = []
+    for meta in sorted((cache_dir() / "corpora" / TEACHER_CHAT).glob("*/meta.json")):
+        try:
+            other = json.loads(meta.read_text())["settings"]["conversations"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if other == settings.conversations or not isinstance(other, int) or other < 1 \
+                or _key(teacher_dir, replace(settings, conversations=other)) != meta.parent.name:
+            continue
+        whole = min(other, settings.conversations) // settings.batch_size  # batches full in both
+        rows = [r for r in read_jsonl_prefix(meta.parent / "conversations.jsonl") if r["batch"] < whole]
+        if len({r["batch"] for r in rows}) > len({r["batch"] for r in best}):
+            best = rows
+    return best
+
+
 def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings(),
                         log: Callable[[str], object] = print) -> Corpus:
     """The teacher's conversations, written once into the cache (resumable) and read back on later calls."""
@@ -127,7 +147,7 @@ def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings
         model = AutoModelForCausalLM.from_pretrained(teacher_dir, use_safetensors=True).float().eval()
         prefix_ids = tokenizer(prefix, add_special_tokens=False).input_ids
         batches = -(-settings.conversations // settings.batch_size)
-        rows = read_jsonl_prefix(partial)
+        rows = read_jsonl_prefix(partial) or _written_elsewhere(teacher_dir, settings)
         first = len({r["batch"] for r in rows})
         rows = [r for r in rows if r["batch"] < first]  # a batch is appended whole or not at all
         with atomic_file(partial) as tmp:
@@ -154,6 +174,7 @@ def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         write_json(folder / "meta.json", {"teacher": str(teacher_dir), "settings": _generation(settings),
                                           "conversations": len(rows), "ended": sum(r["ended"] for r in rows),
+                                          "batches_written_before": first,
                                           "seconds": round(time.perf_counter() - t0, 1)})
         partial.unlink(missing_ok=True)
     rows = read_jsonl_prefix(done)
