@@ -163,15 +163,22 @@ def peak_rss_mb() -> float | None:
     return None
 
 
+def local_batch(d, ddp) -> int:
+    """One micro-batch of one process: the step's batch split over processes x grad_accum, or one clear error."""
+    n = d.batch_size // (ddp.world * d.grad_accum)
+    if n < 1 or d.batch_size % (ddp.world * d.grad_accum):
+        raise EdgeError(f"[distill] batch_size {d.batch_size} does not split into {ddp.world} processes x "
+                        f"{d.grad_accum} micro-batches", f"use a multiple of {ddp.world * d.grad_accum}")
+    return n
+
+
 def corrected_teacher(teacher_dir: Path, teacher_tok, train_docs: list[str], heldout_text: str, recipe: Recipe,
                       device: str, amp_dtype, ddp, log) -> Path:
     """The teacher fine-tuned on the training split ([distill] teacher_correction_steps), built once by rank 0 into
     the cache; what would make the run fail later is checked before the fine-tune starts."""
     d, data = recipe.distill, recipe.data
     check_vocab(teacher_tok, read_hf_config(teacher_dir).vocab_size, "the teacher")
-    if d.batch_size % (ddp.world * d.grad_accum):
-        raise EdgeError(f"[distill] batch_size {d.batch_size} does not split into {ddp.world} processes x "
-                        f"{d.grad_accum} micro-batches", f"use a multiple of {ddp.world * d.grad_accum}")
+    local_batch(d, ddp)
     folder = correction.corrected_folder(teacher_dir, "\n".join(train_docs), recipe, amp_dtype)
     if ddp.main and correction.load_record(folder) is None:
         ids, starts = tokenize_documents(teacher_tok, train_docs)
@@ -238,11 +245,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             raise
         tokenizers = None
     ce_only = sequence or (d.alpha == 0 and d.feature_weight == 0)  # then the teacher is not run while training
-    local_batch = d.batch_size // (ddp.world * d.grad_accum)
-    if local_batch < 1 or d.batch_size % (ddp.world * d.grad_accum):
-        raise EdgeError(f"[distill] batch_size {d.batch_size} does not split into {ddp.world} processes x "
-                        f"{d.grad_accum} micro-batches", f"use a multiple of {ddp.world * d.grad_accum}")
-    sizes = estimate(student, None if ce_only else teacher, local_batch, data.seq_len)
+    sizes = estimate(student, None if ce_only else teacher, local_batch(d, ddp), data.seq_len)
     log(f"pre-flight: student {sizes['parameters'] / 1e6:.2f}M params ({sizes['fp32_mb']} MB fp32, "
         f"{sizes['int8_mb']} MB int8); training needs about {sizes['train_ram_mb']:.0f} MB of RAM")
     exported = trial_export(student, recipe.export.max_len, log) if d.preflight_export else None
