@@ -56,6 +56,15 @@ def test_each_file_is_measured_against_pytorch_with_its_floors(onnx_run):
     assert manifest["fidelity"]["top1_agreement"] == files["model_quantized.onnx"]["top1_agreement"]
 
 
+def test_the_teacher_goes_through_the_same_export_and_is_benched_beside_the_student(onnx_run):
+    out, manifest = onnx_run
+    student, teacher = manifest["bench"], manifest["teacher_bench"]
+    assert student["file"] == "onnx/model_quantized.onnx" and teacher["file"] == "export/teacher-hf/model.onnx"
+    assert (out / teacher["file"]).is_file() and teacher["model_bytes"] > student["model_bytes"]
+    assert student["runtime"] == teacher["runtime"] and teacher["decode_tokens_per_s"] > 0
+    assert manifest["speedup_vs_teacher"] == round(student["decode_tokens_per_s"] / teacher["decode_tokens_per_s"], 3)
+
+
 def test_onnxruntime_genai_generates_pytorch_ids_alone_and_in_a_batch(onnx_run):
     genai = onnx_run[1]["hf_onnx"]["consumers"]["onnxruntime-genai"]
     assert genai["available"] and genai["runtime"].startswith("onnxruntime-genai 0.18")

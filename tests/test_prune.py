@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from edgedistil.distill import prune
 from edgedistil.distill.data import load_tokenizer, tokenize
@@ -159,6 +160,34 @@ def test_teacher_chat_corpus_is_written_by_the_teacher_once(tmp_path, monkeypatc
     assert filtered.text == corpus.text and "1 whose answer loops left out" in filtered.source
 
 
+def test_teacher_chat_writes_in_the_precision_training_picks(tmp_path, monkeypatch):
+    """The recipe's [distill] precision decides the teacher's weights while it writes, and the precision is part of
+    the corpus' cache key: bf16 text is not served for an fp32 request."""
+    from edgedistil.build import recipe_with
+    from edgedistil.config import load_recipe
+    from edgedistil.sources import teacher_chat
+
+    recipe = recipe_with(load_recipe(TINY), distill={"device": "cpu", "precision": "bf16"})
+    bf16 = teacher_chat.chat_settings(recipe)
+    assert (bf16.device, bf16.dtype) == ("cpu", "bfloat16")
+    fp32 = teacher_chat.chat_settings(recipe_with(recipe, distill={"precision": "fp32"}))
+    assert fp32.dtype == "float32"
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    teacher = tiny_teacher(tmp_path / "chat-teacher", TEXT, chat=True)
+    small = dict(conversations=2, query_tokens=4, answer_tokens=6, batch_size=2)
+    seen = []
+    write = teacher_chat._write_batch
+    monkeypatch.setattr(teacher_chat, "_write_batch", lambda m, *a: seen.append(m.dtype) or write(m, *a))
+    teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(bf16, **small), log=lambda *_: None)
+    teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(fp32, **small), log=lambda *_: None)
+    assert seen == [torch.bfloat16, torch.float32]
+    metas = [json.loads(f.read_text()) for f in (tmp_path / "cache" / "corpora" / "teacher-chat").glob("*/meta.json")]
+    assert sorted(m["settings"]["dtype"] for m in metas) == ["bfloat16", "float32"]
+    with pytest.raises(EdgeError, match="float32 or bfloat16"):
+        teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(fp32, dtype="float16"), log=lambda *_: None)
+
+
 def test_teacher_chat_needs_a_chat_template(tmp_path, monkeypatch):
     from edgedistil.errors import EdgeError
     from edgedistil.sources import teacher_chat
@@ -174,8 +203,6 @@ def test_distill_with_a_measured_init_records_its_ranking(tmp_path, teacher_dir,
     from edgedistil.build import recipe_with
     from edgedistil.config import load_recipe
     from edgedistil.distill.train import run_distill
-
-    from conftest import TINY
 
     monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
     r = recipe_with(load_recipe(TINY), distill={"steps": 2, "eval_tokens": 128, "preflight_export": False})

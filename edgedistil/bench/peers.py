@@ -4,6 +4,7 @@ Standalone on purpose (standard library + numpy + the peer's own package): onnxr
 transformers versions, so this file runs under their own venvs' Python, by path:
 
     PYTHON edgedistil/bench/peers.py {torch|genai-fp32|genai-int4|optimum} HF_DIR WORK_DIR PROMPT_TOKENS NEW REPEATS
+    PYTHON edgedistil/bench/peers.py genai-ours ONNX_FOLDER WORK_DIR PROMPT_TOKENS NEW REPEATS onnx/model_q4.onnx
 
 and prints one JSON line. Greedy decoding, batch 1, one thread. Decode tok/s is (N2 - N1) / (t(N2) - t(N1)) over
 two generate calls, so prompt processing and setup cancel out; TTFT is a generate of one new token.
@@ -82,8 +83,7 @@ def run_torch(hf_dir, work, prompt, new, repeats):
 
 
 def run_genai(hf_dir, work, prompt, new, repeats, precision):
-    import onnxruntime_genai as og
-
+    """genai on its own model builder's export of the HF folder."""
     model_dir = os.path.join(work, f"genai-{precision}")
     if not os.path.isfile(os.path.join(model_dir, "genai_config.json")):
         t0 = time.perf_counter()
@@ -93,6 +93,32 @@ def run_genai(hf_dir, work, prompt, new, repeats, precision):
         build_s = time.perf_counter() - t0
     else:
         build_s = None
+    return {**genai_measure(model_dir, prompt, new, repeats, f"{precision} (model builder)"), "build_seconds": build_s}
+
+
+def run_genai_ours(folder, work, prompt, new, repeats, decoder_file):
+    """genai on our Hugging Face ONNX folder as shipped, with genai_config.json naming `decoder_file` (what a
+    developer edits to run model_q4.onnx): the folder's files are linked into WORK, not copied."""
+    import shutil
+
+    name = os.path.splitext(os.path.basename(decoder_file))[0]
+    model_dir = os.path.join(work, f"genai-ours-{name}")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.makedirs(model_dir)
+    for entry in os.listdir(folder):
+        if entry != "genai_config.json":
+            os.symlink(os.path.abspath(os.path.join(folder, entry)), os.path.join(model_dir, entry))
+    with open(os.path.join(folder, "genai_config.json")) as f:
+        config = json.load(f)
+    config["model"]["decoder"]["filename"] = decoder_file
+    with open(os.path.join(model_dir, "genai_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return genai_measure(model_dir, prompt, new, repeats, f"on our folder, {decoder_file}")
+
+
+def genai_measure(model_dir, prompt, new, repeats, label):
+    import onnxruntime_genai as og
+
     config = og.Config(model_dir)
     config.clear_providers()
     t0 = time.perf_counter()
@@ -111,8 +137,11 @@ def run_genai(hf_dir, work, prompt, new, repeats, precision):
         return out
 
     out = measure(generate, prompt, new, repeats)
-    out.update({"runtime": f"onnxruntime-genai {og.__version__} {precision} (model builder)", "load_seconds": load,
-                "build_seconds": build_s, "bytes": folder_bytes(model_dir), "tokens": generate(prompt, 16)})
+    with open(os.path.join(model_dir, "genai_config.json")) as f:
+        decoder = os.path.join(model_dir, json.load(f)["model"]["decoder"]["filename"])
+    out.update({"runtime": f"onnxruntime-genai {og.__version__} {label}", "load_seconds": load,
+                "bytes": sum(os.path.getsize(p) for p in (decoder, decoder + ".data") if os.path.isfile(p)),
+                "tokens": generate(prompt, 16)})
     return out
 
 
@@ -143,6 +172,8 @@ def main(argv):
     prompt = [(7 * i + 3) % 97 + 100 for i in range(prompt_tokens)]
     if mode == "torch":
         out = run_torch(hf_dir, work, prompt, new, repeats)
+    elif mode == "genai-ours":
+        out = run_genai_ours(hf_dir, work, prompt, new, repeats, argv[6])
     elif mode.startswith("genai-"):
         out = run_genai(hf_dir, work, prompt, new, repeats, mode.split("-", 1)[1])
     elif mode == "optimum":

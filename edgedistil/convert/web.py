@@ -290,7 +290,7 @@ def _bench_entries(native: dict | None, web: dict | None) -> dict:
     def missing(reason):
         return {"value": None, "reason": reason}
 
-    nat = {role: _native_entry(native[role]) if native and role in native else None for role in ("student", "teacher")}
+    nat = {role: native_entry(native[role]) if native and role in native else None for role in ("student", "teacher")}
     brw = {role: web[role] if web and web.get(role) and web[role].get("decode_tokens_per_s") is not None else None
            for role in ("student", "teacher")}
     out = {}
@@ -319,7 +319,8 @@ def _bench_entries(native: dict | None, web: dict | None) -> dict:
     return out
 
 
-def _native_entry(r: dict) -> dict:
+def native_entry(r: dict) -> dict:
+    """A native ONNX Runtime bench record (bench/ort.py) as the manifest's `bench`/`teacher_bench` entry."""
     keys = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb")
     return {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"], "model_bytes": r["bytes"],
             "spread": {k: r[k + "_spread"] for k in keys if k + "_spread" in r}, "sha256": r["sha256"]}

@@ -13,6 +13,7 @@ from edgedistil.errors import EdgeError
 from edgedistil.targets import Stage
 
 CACHE = "hf"  # export_stage/quantize_stage layout: export/student-hf/, quantize/<method>-hf/
+TEACHER_ONNX = f"export/teacher-{CACHE}/model.onnx"  # the teacher through the same hf export, for the benches
 CONSUMER_NEW_TOKENS = 32
 
 

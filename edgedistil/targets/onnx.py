@@ -1,26 +1,28 @@
 """Native ONNX Runtime hosts (onnxruntime, onnxruntime-genai and its Kotlin/Objective-C bindings, Optimum): the
-student in the Hugging Face ONNX layout, dist/onnx/ (convert/hf_onnx.py), checked by onnxruntime-genai and
-Transformers.js, the real consumers, before the folder is renamed into place."""
+student in the Hugging Face ONNX layout, dist/onnx/ (convert/hf_onnx.py), checked by onnxruntime-genai, Optimum and
+Transformers.js, the real consumers, before the folder is renamed into place. The teacher goes through the same hf
+export and is benched beside the student in native ONNX Runtime, so the manifest carries the speedup."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edgedistil import __version__
-from edgedistil.build import Run, eval_record, ort_bench_stage
+from edgedistil.build import Run, eval_record, export_stage, ort_bench_stage
 from edgedistil.config import Recipe, TargetProfile
 from edgedistil.convert.hf_onnx import DTYPE_FILES
+from edgedistil.convert.web import native_entry
 from edgedistil.convert.manifest import evaluation_entry, quality_entry, student_entry
 from edgedistil.errors import atomic_dir, read_json, write_json
 from edgedistil.records import file_entry, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
-from edgedistil.targets._hf_layout import (check_hf_profile, headline_dtype, headline_source, hf_stage_names,
-                                           hf_stages, write_hf_section)
+from edgedistil.targets._hf_layout import (CACHE, TEACHER_ONNX, check_hf_profile, headline_dtype, headline_source,
+                                           hf_stage_names, hf_stages, write_hf_section)
 
 
 def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
     headline = headline_source(profile)
-    upstream = ["distill", *hf_stage_names(profile), "bench"]
+    upstream = ["distill", *hf_stage_names(profile), f"export[teacher-{CACHE}]", "bench"]
 
     def bundle_key(run: Run) -> str:
         return stage_key("convert", profile.target, profile.hf_onnx, profile.quantization,
@@ -33,7 +35,8 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
                 f"in {len(manifest['files'])} files)")
         return manifest
 
-    return [*hf_stages(profile), ort_bench_stage({"student": headline}, profile.threads),
+    return [*hf_stages(profile), export_stage("teacher", cache=CACHE),
+            ort_bench_stage({"student": headline, "teacher": TEACHER_ONNX}, profile.threads),
             Stage(f"convert[{profile.target}]", f"dist/{profile.target}", bundle_key, bundle, convert=True)]
 
 
@@ -43,7 +46,7 @@ def assemble(run: Run, profile: TargetProfile, dest: Path, headline: str) -> dic
     file = f"onnx/{DTYPE_FILES[dtype]}"
     export = read_json(run.out / "export" / "student-hf" / "record.json", "hf export record")
     source = read_json(run.out / Path(headline).parent / "record.json", "headline record")
-    native = read_json(run.out / "bench" / "record.json", "bench record")["student"]
+    native = read_json(run.out / "bench" / "record.json", "bench record")
     distill = read_json(run.out / "distill" / "record.json", "distill record")
     fid = hf["files"][DTYPE_FILES[dtype]]
     manifest = {
@@ -58,13 +61,12 @@ def assemble(run: Run, profile: TargetProfile, dest: Path, headline: str) -> dic
                          "scheme": source.get("scheme", "fp32 export"),
                          "unintended_float_layers": (source.get("precision") or {}).get("unintended_float_layers")},
         "fidelity": {**fid, "meets_floors": fid["floors"]["passed"]},
-        "bench": {"runtime": native["runtime"], "file": file,
-                  **{k: native[k] for k in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms",
-                                            "peak_memory_mb")},
-                  "spread": {k: native[k + "_spread"] for k in ("decode_tokens_per_s", "prefill_tokens_per_s",
-                                                               "ttft_ms", "peak_memory_mb") if k + "_spread" in native}},
-        "teacher_bench": {"value": None, "reason": "the teacher is not exported in this layout yet"},
-        "speedup_vs_teacher": None,
+        "bench": {**native_entry(native["student"]), "file": file},
+        # the teacher's fp32 hf export: same-precision speed for the profile's q8 file, whose int8_storage weights
+        # are computed in fp32
+        "teacher_bench": {**native_entry(native["teacher"]), "file": TEACHER_ONNX},
+        "speedup_vs_teacher": round(native["student"]["decode_tokens_per_s"]
+                                    / native["teacher"]["decode_tokens_per_s"], 3),
         "hf_onnx": hf,
         "quality": quality_entry(distill),
         "evaluation": evaluation_entry(eval_record(run)),
@@ -80,15 +82,16 @@ def check(profile: TargetProfile, recipe: Recipe) -> None:
 
 
 def bench(req: BenchRequest) -> dict:
-    """Native ONNX Runtime on the bundle's headline file (or a model file)."""
+    """Native ONNX Runtime on the bundle's headline file (or a model file), and the teacher's file beside it."""
     from edgedistil.bench.ort import run_bench
     from edgedistil.check.budgets import load_bundle_manifest
 
     b = req.recipe.bench
     model = Path(req.bundle) / load_bundle_manifest(req.bundle)["quantization"]["file"] if req.bundle else req.model
+    models = {"student": Path(model), **({"teacher": Path(req.teacher_model)} if req.teacher_model else {})}
     prompt = fixed_prompt(req.prompt_tokens or req.recipe.export.prefill_len)
-    return run_bench({"student": Path(model)}, prompt, req.recipe.export.prefill_len, b.new_tokens, b.repeats,
-                     req.profile.threads, log=req.log)
+    return run_bench(models, prompt, req.recipe.export.prefill_len, b.new_tokens, b.repeats, req.profile.threads,
+                     log=req.log)
 
 
 def verify(bundle: Path, manifest: dict) -> list[dict]:

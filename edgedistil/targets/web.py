@@ -12,10 +12,8 @@ from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import read_json
 from edgedistil.records import sha256_file, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
-from edgedistil.targets._hf_layout import (CACHE, check_hf_profile, headline_file, headline_source, hf_stage_names,
-                                           hf_stages, write_hf_layout, write_hf_section)
-
-TEACHER_ONNX = f"export/teacher-{CACHE}/model.onnx"
+from edgedistil.targets._hf_layout import (CACHE, TEACHER_ONNX, check_hf_profile, headline_file, headline_source,
+                                           hf_stage_names, hf_stages, write_hf_layout, write_hf_section)
 
 
 def records(run: Run, student: str) -> dict:
