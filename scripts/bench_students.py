@@ -4,6 +4,7 @@ and scored beside its same-precision decode speedup over the teacher.
     python scripts/bench_students.py                               # 4 sizes x even/auto x 1x/4x/16x steps
     python scripts/bench_students.py --layers 6,11 --budgets 1     # a slice
     python scripts/bench_students.py --config models/tiny.toml --layers 1,2 --budgets 1,2 --eval none
+    python scripts/bench_students.py --layers 14 --inits auto --budgets 1 --set data.chat_conversations=1024
 
 For every point: CE ratio (teacher CE / student CE) and top-1 agreement on the run's held-out text, the same on
 [data] heldout_corpus, and (with --eval fast) the teacher's benchmark margin kept and chat behaviour from
@@ -35,6 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="recipe TOML (default: the built-in default)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override the recipe, as edgedistil build --set does (repeatable)")
     ap.add_argument("--layers", default="6,9,11,15", help="student layer counts, comma-separated")
     ap.add_argument("--inits", default="even,auto", help="[student] init values, comma-separated")
     ap.add_argument("--budgets", default="1,4,16", help="multiples of the recipe's steps, comma-separated")
@@ -50,7 +53,7 @@ def main() -> None:
     from edgedistil.config import load_recipe
     from edgedistil.sources.cache import cache_dir
 
-    recipe = load_recipe(args.config)
+    recipe = load_recipe(args.config, args.overrides)
     name = Path(args.config).stem if args.config else "default"
     dest = Path(args.json) if args.json else REPO / "docs" / "results" / f"students_{name}.json"
     layer_counts = [int(x) for x in args.layers.split(",")]
@@ -73,7 +76,7 @@ def main() -> None:
                     r = recipe_with(recipe, student={"layers": k, "init": init}, data=data,
                                     distill={"steps": recipe.distill.steps * mult, "preflight_export": False})
                     corpus = Run(out=Path(tmp), recipe=r, log=log).corpus()
-                    key = point_key(teacher, corpus.name, r, args.eval)
+                    key = point_key(teacher, corpus, r, args.eval)
                     path = points_dir / f"{key}.json"
                     if path.is_file():
                         point = json.loads(path.read_text())
@@ -94,7 +97,7 @@ def main() -> None:
         "command": "python scripts/bench_students.py" + "".join(
             f" --{k} {v}" for k, v in (("config", args.config), ("layers", args.layers), ("inits", args.inits),
                                        ("budgets", args.budgets), ("eval", args.eval), ("json", args.json)) if v)
-            + (" --data-scale" if args.data_scale else ""),
+            + (" --data-scale" if args.data_scale else "") + "".join(f" --set {o}" for o in args.overrides),
         "teacher": str(teacher), "corpus": recipe.data.corpus, "base_steps": recipe.distill.steps,
         "data_scale": args.data_scale, "base_conversations": recipe.data.chat_conversations,
         "tokens_per_step": recipe.distill.batch_size * recipe.data.seq_len,
@@ -115,11 +118,13 @@ def main() -> None:
     print(f"written to {dest}")
 
 
-def point_key(teacher: Path, corpus: str, recipe, eval_mode: str) -> str:
-    """A point is its teacher, corpus, student and distill sections, and whether benchmarks were scored."""
+def point_key(teacher: Path, corpus, recipe, eval_mode: str) -> str:
+    """A point is its teacher, corpus (its text: teacher-chat's depends on the precision the teacher wrote in),
+    student and distill sections, and whether benchmarks were scored."""
     import dataclasses
 
-    spec = {"teacher": str(teacher), "corpus": corpus, "data": dataclasses.asdict(recipe.data),
+    text = hashlib.sha256(corpus.text.encode()).hexdigest()[:16]
+    spec = {"teacher": str(teacher), "corpus": [corpus.name, text], "data": dataclasses.asdict(recipe.data),
             "student": dataclasses.asdict(recipe.student), "distill": dataclasses.asdict(recipe.distill),
             "eval": eval_mode}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
