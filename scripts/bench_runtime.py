@@ -15,11 +15,9 @@ token; for
   embedding lookup: the int8 that holds the int8 fidelity floor); the teacher fp32 (full and gqa);
 - PyTorch eager (transformers generate, greedy), onnxruntime-genai (its model builder, fp32 and int4, own venv) and
   Optimum's ORTModelForCausalLM (own venv), through edgedistil/bench/peers.py; a missing venv is recorded as such.
-The peers' venvs (their pins clash with ours; torch comes from the local wheel cache):
-    python3.11 -m venv /tmp/genai-venv && /tmp/genai-venv/bin/pip install onnxruntime-genai==0.18.0 onnx_ir \
-        torch==2.13.0 transformers==5.23.0      # 0.18.0's builder imports classes that transformers 4.x lacks
-    python3.11 -m venv /tmp/optimum-venv && /tmp/optimum-venv/bin/pip install optimum-onnx==0.1.0 optimum==2.1.0 \
-        "transformers==4.57.*" torch==2.13.0 onnxruntime==1.32.0
+onnxruntime-genai and its model builder run in our own venv (pyproject pins them); Optimum runs in the venv the onnx
+target's check sets up in the cache (its transformers pin clashes with ours).
+genai on the folder we ship is scripts/bench_genai.py.
 Also measures memory bandwidth (numpy copy) for the int8 decode's bandwidth floor. Writes
 docs/results/runtime_default.json and the "Host runtime (ONNX)" section of docs/benchmarks.md.
 """
@@ -120,8 +118,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="measure every model once per round, round-robin, and keep each model's median round")
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--peers-venv-genai", default="/tmp/genai-venv")
-    ap.add_argument("--peers-venv-optimum", default="/tmp/optimum-venv")
+    ap.add_argument("--peers-venv-genai", default=sys.prefix,
+                    help="a venv with onnxruntime-genai and its builder's needs (default: ours, which pins them)")
+    ap.add_argument("--peers-venv-optimum", default=None,
+                    help="a venv with Optimum (default: the one the onnx target's check sets up in the cache)")
     ap.add_argument("--skip-teacher-gqa", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "docs/results/runtime_default.json")
     ap.add_argument("--render", action="store_true", help="only recompute ratios and the table from --out")
@@ -133,6 +133,10 @@ def main() -> None:
         print(render(record))
         write_section(REPO / "docs/benchmarks.md", render(record), record)
         return
+    if args.peers_venv_optimum is None:
+        from edgedistil.convert.hf_consumers import optimum_python
+
+        args.peers_venv_optimum = str(optimum_python(log=print).parent.parent)
     t_start = time.perf_counter()
     work = Path(os.environ.get("EDGEDISTIL_CACHE", Path.home() / ".cache/edgedistil")) / "bench-runtime"
     work.mkdir(parents=True, exist_ok=True)

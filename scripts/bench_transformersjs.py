@@ -2,8 +2,8 @@
 
     python scripts/bench_transformersjs.py --run edgedistil-run     # after `edgedistil build --target web`
 
-For each precision the web build has (the bundle's int8 file as Transformers.js' q8, and the fp32 export as its
-fp32), both runtimes run the same ONNX file in headless Chromium, wasm, one thread, offline: edgedistil-web.js
+For each precision the web build has (the bundle's int8 file as Transformers.js' q8, the fp32 export as its
+fp32, and the int4 file as its q4 when `build --target onnx` ran in the same run folder), both runtimes run the same ONNX file in headless Chromium, wasm, one thread, offline: edgedistil-web.js
 (our page, bench/web.py) and Transformers.js' `model.generate()` (bench/transformersjs.py). Recorded: decode and
 prefill tok/s, TTFT and renderer peak of each, their ratio, and whether both produce the same greedy ids.
 Writes docs/results/bench_transformersjs.json (or --out). Timings on a shared machine are noisy: the load average
@@ -47,9 +47,13 @@ def main() -> None:
     prompt = bench_prompt(run)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    ours = bench_web(bundle, prompt, args.new_tokens, args.repeats, threads=1, others={"fp32": fp32})
-    theirs = bench_transformersjs(bundle, prompt, args.new_tokens, args.repeats, added={"fp32": fp32})
-    pairs = {"q8": ours["student"], "fp32": ours["fp32"]}
+    others = {"fp32": fp32}
+    q4 = args.run / "quantize" / "int4-hf" / "model.onnx"  # made when `build --target onnx` ran in the same folder
+    if q4.is_file():
+        others["q4"] = q4
+    ours = bench_web(bundle, prompt, args.new_tokens, args.repeats, threads=1, others=others)
+    theirs = bench_transformersjs(bundle, prompt, args.new_tokens, args.repeats, added=others)
+    pairs = {"q8": ours["student"], **{dtype: ours[dtype] for dtype in others}}
     side_by_side = {}
     for dtype, mine in pairs.items():
         tjs = theirs["files"].get(dtype)

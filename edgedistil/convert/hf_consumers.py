@@ -71,11 +71,14 @@ def ort_greedy(model: Path, prompt: list[int], new_tokens: int) -> list[int]:
 
 
 def compare(got: list[int], ref: list[int], eos: set[int]) -> dict:
+    """Each side up to its first end-of-sequence token, compared without it: onnxruntime-genai stops on it but
+    leaves it out of the sequence, so [a, b] from a consumer that stopped early equals [a, b, eos]."""
     got, ref = until_eos(got, eos), until_eos(ref, eos)
-    first = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), None)
-    if first is None and len(got) != len(ref):
-        first = min(len(got), len(ref))
-    return {"ids": got, "reference_ids": ref, "ids_equal": got == ref, "first_divergence": first}
+    text_got, text_ref = [t for t in got if t not in eos], [t for t in ref if t not in eos]
+    first = next((i for i, (a, b) in enumerate(zip(text_got, text_ref)) if a != b), None)
+    if first is None and len(text_got) != len(text_ref):
+        first = min(len(text_got), len(text_ref))
+    return {"ids": got, "reference_ids": ref, "ids_equal": text_got == text_ref, "first_divergence": first}
 
 
 # ---- onnxruntime-genai ------------------------------------------------------------------------------------------
