@@ -18,6 +18,11 @@ PyTorch on held-out text between the scored segments), as the convert stage does
 on RUN's student in PyTorch with the file's numerics: int8 per row on the narrow grid, the kept matrices through fp16
 (LiteRT on a converted file computes the same logits within 2e-3: tests/test_android.py). Minutes, no conversion;
 written to docs/results/android_int8_rounding.json.
+
+--cli-chat runs the stock CLI on the shipped file, as an Android developer would try it on a desktop first:
+`litert-lm run RUN/dist/android/model.litertlm --prompt MESSAGE --backend cpu` for a few chat messages (the
+CLI renders them through the file's own chat template), beside the fp32 PyTorch student's greedy reply to the same
+message through transformers' template; written to docs/results/android_litertlm_cli.json.
 """
 
 from __future__ import annotations
@@ -55,7 +60,11 @@ def main() -> None:
     ap.add_argument("--int8-rounding", action="store_true",
                     help="compare weight-only int8 roundings and kept matrices in PyTorch (see above)")
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "android_converter_memory.json"))
+    ap.add_argument("--cli-chat", action="store_true", help="chat through `litert-lm run` on RUN's bundle (see above)")
     args = ap.parse_args()
+    if args.cli_chat:
+        return cli_chat(Path(args.run), Path(args.json).with_name("android_litertlm_cli.json")
+                        if args.json.endswith("android_converter_memory.json") else Path(args.json))
     if args.int8_rounding:
         return int8_rounding(Path(args.run), Path(args.json).with_name("android_int8_rounding.json")
                              if args.json.endswith("android_converter_memory.json") else Path(args.json))
@@ -87,6 +96,55 @@ def main() -> None:
            "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+CLI_MESSAGES = ("What is the capital of France?", "What can you tell me about the sea?",
+                "Write a short poem about the moon.")
+
+
+def cli_chat(run: Path, dest: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bundle = run / "dist" / "android" / "model.litertlm"
+    student = run / "distill" / "student"
+    if not bundle.is_file():
+        sys.exit(f"{bundle} does not exist: run `edgedistil build --target android --out {run}` first")
+    cli = shutil.which("litert-lm") or str(Path(sys.executable).parent / "litert-lm")
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForCausalLM.from_pretrained(student, use_safetensors=True).float().eval()
+    import re
+
+    manifest = json.loads((run / "dist" / "android" / "manifest.json").read_text())
+    max_len = int(re.search(r"max_num_tokens: (\d+)", manifest["litertlm"]["llm_metadata"]).group(1))
+    rows = []
+    for message in CLI_MESSAGES:
+        t0 = time.perf_counter()
+        proc = subprocess.run([cli, "run", str(bundle), "--prompt", message, "--backend", "cpu"],
+                              capture_output=True, text=True, timeout=600)
+        seconds = time.perf_counter() - t0
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, do_sample=False, max_new_tokens=max_len - ids.shape[1],
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+        reference = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        reply = proc.stdout.strip()
+        common = next((i for i, (a, b) in enumerate(zip(reply, reference)) if a != b), min(len(reply), len(reference)))
+        rows.append({"message": message, "exit_code": proc.returncode, "seconds": round(seconds, 2),
+                     "reply": reply, "stderr_tail": proc.stderr.strip()[-400:] if proc.returncode else "",
+                     "pytorch_fp32_reply": reference, "reply_equal_pytorch": reply == reference,
+                     "common_prefix_chars": common})
+        print(json.dumps(rows[-1], ensure_ascii=False)[:600], flush=True)
+    from importlib import metadata
+
+    out = {"command": "python scripts/bench_android.py --run RUN --cli-chat",
+           "cli": f"litert-lm {metadata.version('litert-lm')} run MODEL --prompt MESSAGE --backend cpu",
+           "bundle": str(bundle), "variant": manifest["quantization"]["method"], "max_num_tokens": max_len,
+           "reference": "fp32 PyTorch student, greedy through transformers' chat template, to its end of turn or "
+                        "the cache length", "machine": platform.machine(), "rows": rows}
+    dest.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {dest}")
 
 
 def int8_rounding(run: Path, dest: Path) -> None:
