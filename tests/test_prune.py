@@ -188,6 +188,27 @@ def test_teacher_chat_writes_in_the_precision_training_picks(tmp_path, monkeypat
         teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(fp32, dtype="float16"), log=lambda *_: None)
 
 
+def test_two_callers_of_one_teacher_chat_corpus_write_it_once(tmp_path, monkeypatch):
+    """torchrun's ranks ask for the corpus at once: one writes each batch, the other waits and reads the same text."""
+    import threading
+
+    from edgedistil.sources import teacher_chat
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    teacher = tiny_teacher(tmp_path / "chat-teacher", TEXT, chat=True)
+    settings = teacher_chat.ChatSettings(conversations=4, query_tokens=4, answer_tokens=6, batch_size=2)
+    written, texts = [], []
+    write = teacher_chat._write_batch
+    monkeypatch.setattr(teacher_chat, "_write_batch", lambda *a: written.append(a[-1]) or write(*a))
+    callers = [threading.Thread(target=lambda: texts.append(teacher_chat.teacher_chat_corpus(
+        teacher, settings, log=lambda *_: None).text)) for _ in range(2)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join()
+    assert sorted(written) == [0, 1] and len(texts) == 2 and texts[0] == texts[1]
+
+
 def test_teacher_chat_needs_a_chat_template(tmp_path, monkeypatch):
     from edgedistil.errors import EdgeError
     from edgedistil.sources import teacher_chat
