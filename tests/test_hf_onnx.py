@@ -29,13 +29,13 @@ def test_folder_holds_the_layout_with_consumer_graph_io(onnx_run):
     bundle = out / "dist" / "onnx"
     paths = {f["path"] for f in manifest["files"]}
     assert {"config.json", "generation_config.json", "genai_config.json", "tokenizer.json", "tokenizer_config.json",
-            "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/model_q4.onnx", "manifest.json"} - {"manifest.json"} \
-        <= paths
+            "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx", "onnx/model_q4.onnx",
+            "manifest.json"} - {"manifest.json"} <= paths
     genai = json.loads((bundle / "genai_config.json").read_text())["model"]
     config = json.loads((bundle / "config.json").read_text())
     assert genai["decoder"]["filename"] == "onnx/model.onnx" and genai["type"] == config["model_type"] == "llama"
     assert genai["decoder"]["num_key_value_heads"] == config["num_key_value_heads"]
-    for name in ("model.onnx", "model_quantized.onnx", "model_q4.onnx"):
+    for name in ("model.onnx", "model_fp16.onnx", "model_quantized.onnx", "model_q4.onnx"):
         m = onnx.load(str(bundle / "onnx" / name), load_external_data=False)
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)  # weights inline
         io = {i.name: i.type.tensor_type for i in m.graph.input}
@@ -50,7 +50,7 @@ def test_folder_holds_the_layout_with_consumer_graph_io(onnx_run):
 def test_each_file_is_measured_against_pytorch_with_its_floors(onnx_run):
     _, manifest = onnx_run
     files = manifest["hf_onnx"]["files"]
-    assert {f["floors"]["precision"] for f in files.values()} == {"fp32", "int8", "int4"}
+    assert {f["floors"]["precision"] for f in files.values()} == {"fp32", "fp16", "int8", "int4"}
     fp32 = files["model.onnx"]
     assert fp32["floors"]["passed"] and fp32["top1_agreement"] >= 0.999 and fp32["positions_compared"] > 100
     assert manifest["fidelity"]["top1_agreement"] == files["model_quantized.onnx"]["top1_agreement"]
@@ -78,10 +78,10 @@ def test_optimum_loads_the_folder_and_generates_the_same_ids(onnx_run):
     """ORTModelForCausalLM in its own venv (transformers 4.57), every onnx/ file, greedy through its generate()."""
     optimum = onnx_run[1]["hf_onnx"]["consumers"]["optimum"]
     assert optimum["ran"] and "optimum-onnx 0.1.0, transformers 4.57" in optimum["runtime"], optimum
-    assert set(optimum["files"]) == {"fp32", "q8", "q4"}
+    assert set(optimum["files"]) == {"fp32", "fp16", "q8", "q4"}
     fp32 = optimum["files"]["fp32"]
     assert fp32["reference"] == "fp32 PyTorch student" and fp32["ids_equal"] and len(fp32["ids"]) >= 8, fp32
-    for dtype in ("q8", "q4"):  # the same CPU kernels as Python onnxruntime on the same file
+    for dtype in ("fp16", "q8", "q4"):  # the same CPU kernels as Python onnxruntime on the same file
         assert optimum["files"][dtype]["ids_equal"] and optimum["files"][dtype]["reference"] == \
             "Python onnxruntime, same file", optimum["files"][dtype]
     # the files differ, so equal ids say each file was run, not one of them three times
@@ -96,8 +96,22 @@ def test_transformersjs_loads_the_folder_in_chromium(onnx_run):
     assert fp32["pipeline_text_equal_python"] and fp32["pipeline_text"]
     q8 = tjs["files"]["q8"]  # fp32 compute on int8 weights: the same kernels as Python onnxruntime's
     assert q8["ran"] and q8["ids_equal"] and q8["reference"] == "Python onnxruntime, same file"
+    fp16 = tjs["files"]["fp16"]  # fp16 weights behind a Cast, fed fp32 as Transformers.js' default cache dtype
+    assert fp16["ran"] and fp16["ids_equal"] and fp16["reference"] == "Python onnxruntime, same file"
     q4 = tjs["files"]["q4"]  # MatMulNBits: wasm and native kernels may part at a near-tie; where, is recorded
     assert q4["ran"] and (q4["ids_equal"] or abs(q4["divergence"]["logit_gap"]) < 0.5)
+
+
+def test_a_consumer_that_stops_without_showing_the_stop_token_matches():
+    """onnxruntime-genai stops on end of sequence but leaves the token out; a different token, or going on past the
+    reference's stop, is still a mismatch."""
+    from edgedistil.convert.hf_consumers import compare
+
+    assert compare([5, 6], [5, 6, 2], {2})["ids_equal"]
+    assert compare([5, 6, 2, 2, 2], [5, 6, 2], {2})["ids_equal"]  # a batch row padded after its stop
+    assert compare([5, 7], [5, 6, 2], {2}) == {"ids": [5, 7], "reference_ids": [5, 6, 2], "ids_equal": False,
+                                               "first_divergence": 1}
+    assert compare([5, 6, 9], [5, 6, 2], {2})["first_divergence"] == 2
 
 
 def test_hf_graph_grows_its_cache_as_transformersjs_feeds_it(onnx_run):
