@@ -102,6 +102,17 @@ def test_transformersjs_loads_the_folder_in_chromium(onnx_run):
     assert q4["ran"] and (q4["ids_equal"] or abs(q4["divergence"]["logit_gap"]) < 0.5)
 
 
+def test_the_report_shows_each_file_and_each_consumer(onnx_run):
+    from edgedistil.report.html import collect, summary_markdown
+
+    out, manifest = onnx_run
+    md = summary_markdown(collect(out))
+    fp16 = manifest["hf_onnx"]["files"]["model_fp16.onnx"]
+    assert f"| onnx/model_fp16.onnx | fp16 | {fp16['bytes'] / 1e6:.1f} | {fp16['top1_agreement']:.4f} |" in md
+    tjs = manifest["hf_onnx"]["consumers"]["transformers.js"]
+    assert f"| transformers.js | {tjs['runtime']} | yes | fp32: equal, fp16: equal, q8: equal" in md
+
+
 def test_a_consumer_that_stops_without_showing_the_stop_token_matches():
     """onnxruntime-genai stops on end of sequence but leaves the token out; a different token, or going on past the
     reference's stop, is still a mismatch."""

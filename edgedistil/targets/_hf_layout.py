@@ -90,3 +90,31 @@ def write_hf_section(run: Run, profile: TargetProfile, dest: Path) -> dict:
         run.log(f"hf-onnx: {name}: {state}")
     return {"layout": "Hugging Face ONNX (Transformers.js, onnxruntime-genai, Optimum)", "written": written,
             "files": hf_fidelity(run.out, profile.hf_onnx), "consumers": consumers}
+
+
+def report_blocks(manifest: dict) -> list[tuple]:
+    """The layout in the report: each onnx/ file's fidelity against the fp32 PyTorch student with its floors, and
+    what each consumer did with the folder."""
+    hf = manifest.get("hf_onnx") or {}
+    files, consumers = hf.get("files") or {}, hf.get("consumers") or {}
+    blocks = []
+    if files:
+        rows = [[f"onnx/{name}", f["dtype"], f"{f['bytes'] / 1e6:.1f}", f"{f['top1_agreement']:.4f}",
+                 f"{f['kl_mean']:.2e}", "passed" if f["floors"]["passed"] else "missed: " + "; ".join(
+                     f["floors"]["failures"])] for name, f in files.items()]
+        blocks += [("p", [f"dist/{manifest.get('target')}, {hf.get('layout', 'Hugging Face ONNX layout')}: each "
+                          "file against the fp32 PyTorch student on held-out text, with its precision's floors."]),
+                   ("table", ["file", "dtype", "MB", "top-1", "KL", "floors"], rows)]
+    rows = []
+    for name, c in consumers.items():
+        if not c.get("available") or not c.get("ran", True):
+            rows.append([name, c.get("runtime", "-"), "no: " + c.get("reason", "unavailable"), "-"])
+            continue
+        what = ", ".join(f"{d}: {'equal' if r.get('ids_equal') else 'differ'}" for d, r in c["files"].items()) \
+            if isinstance(c.get("files"), dict) else ("equal" if c.get("ids_equal") else "differ")
+        rows.append([name, c["runtime"], "yes", what])
+    if rows:
+        blocks += [("p", ["The consumers, run on the folder as shipped; greedy ids against the fp32 PyTorch student "
+                          "(fp32) or Python onnxruntime on the same file (quantized)."]),
+                   ("table", ["consumer", "runtime", "ran", "greedy ids"], rows)]
+    return blocks

@@ -17,7 +17,7 @@ from edgedistil.errors import atomic_dir, read_json, write_json
 from edgedistil.records import file_entry, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
 from edgedistil.targets._hf_layout import (CACHE, TEACHER_ONNX, check_hf_profile, headline_dtype, headline_source,
-                                           hf_stage_names, hf_stages, write_hf_section)
+                                           hf_stage_names, hf_stages, report_blocks, write_hf_section)
 
 
 def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
@@ -100,4 +100,4 @@ def verify(bundle: Path, manifest: dict) -> list[dict]:
     return verify_onnx(bundle, manifest)
 
 
-TARGET = Target(stages=stages, bench=bench, verify=verify, check=check)
+TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, report_blocks=report_blocks)

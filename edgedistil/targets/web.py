@@ -13,7 +13,8 @@ from edgedistil.errors import read_json
 from edgedistil.records import sha256_file, stage_key
 from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
 from edgedistil.targets._hf_layout import (CACHE, TEACHER_ONNX, check_hf_profile, headline_file, headline_source,
-                                           hf_stage_names, hf_stages, write_hf_layout, write_hf_section)
+                                           hf_stage_names, hf_stages, report_blocks, write_hf_layout,
+                                           write_hf_section)
 
 
 def records(run: Run, student: str) -> dict:
@@ -100,4 +101,4 @@ def verify(bundle: Path, manifest: dict) -> list[dict]:
     return verify_onnx(bundle, manifest)
 
 
-TARGET = Target(stages=stages, bench=bench, verify=verify, check=check)
+TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, report_blocks=report_blocks)
