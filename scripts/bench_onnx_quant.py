@@ -10,6 +10,13 @@ layers kept float (`keep_float`). It measures each row's fidelity against the fp
 quantize stage does (16 held-out segments, 64 greedy tokens), then times decode (1 thread, a 64-token prefill,
 then 40 steps, the first 8 warm-up) and reads the peak RSS in a fresh process. The rows run one after the other
 in one run, so their speeds compare. Writes docs/results/onnx_quant_schemes.json.
+
+    python scripts/bench_onnx_quant.py --run RUN --int4-eight-bit   # RUN: a finished `build --target onnx`
+
+quantizes RUN's Hugging Face layout export (export/student-hf/model.onnx, what dist/onnx's model_q4.onnx comes
+from) with the quantize stage itself (run_quantize, int4, GPTQ), once per set of layers kept at 8 bits: the stage's
+(lm_head, down_proj) and that set plus each other kind of MatMul. Fidelity only, against the fp32 PyTorch student
+as the stage measures it; no timing. Writes docs/results/onnx_int4_eight_bit.json.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "onnx_quant_schemes.json"))
+    ap.add_argument("--int4-eight-bit", action="store_true", help="int4's 8-bit layer sets on the hf export (above)")
     args = ap.parse_args()
+    if args.int4_eight_bit:
+        return int4_eight_bit(Path(args.run), Path(args.json).with_name("onnx_int4_eight_bit.json")
+                              if args.json.endswith("onnx_quant_schemes.json") else Path(args.json))
 
     import logging
 
@@ -114,6 +125,36 @@ def main() -> None:
            "floors": {p: FLOORS[p] for p in ("int8", "int4", "fp16")}, "rows": rows}
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")
+
+
+def int4_eight_bit(run: Path, dest: Path) -> None:
+    from edgedistil.build import Run
+    from edgedistil.config import load_recipe
+    from edgedistil.fidelity import FLOORS
+    from edgedistil.quantize.onnx import INT4_EIGHT_BIT, run_quantize
+
+    src = run / "export" / "student-hf" / "model.onnx"
+    if not src.is_file():
+        sys.exit(f"{src} does not exist: run `edgedistil build --target onnx --out {run}` first")
+    recipe = load_recipe(None)
+    heldout = Run(out=run, recipe=recipe).heldout_ids()
+    floors = FLOORS["int4"]
+    rows = []
+    for extra in ((), ("qkv_proj",), ("o_proj",), ("gate_up_proj",), ("qkv_proj", "o_proj")):
+        eight_bit = (*INT4_EIGHT_BIT, *extra)
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_quantize(src, run / "distill" / "student", Path(tmp) / "q", heldout, recipe.export.prefill_len,
+                             "int4", log=lambda m: None, eight_bit=eight_bit)
+        f = r["fidelity"]
+        rows.append({"eight_bit": list(eight_bit), "bytes": r["bytes"], "top1_agreement": round(f["top1_agreement"], 4),
+                     "kl_mean": round(f["kl_mean"], 4), "greedy_tokens_matching": f["greedy_tokens_matching"],
+                     "meets_int4_floors": f["top1_agreement"] >= floors["top1_agreement_min"]
+                     and f["kl_mean"] <= floors["kl_mean_max"]})
+        print(json.dumps(rows[-1]), flush=True)
+    out = {"command": "python scripts/bench_onnx_quant.py --run RUN --int4-eight-bit", "source": str(src),
+           "floors": floors, "reference": "fp32 PyTorch student, the quantize stage's held-out segments", "rows": rows}
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {dest}")
 
 
 if __name__ == "__main__":
