@@ -19,16 +19,13 @@ Writes docs/results/genai_folder.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PEERS = REPO / "edgedistil" / "bench" / "peers.py"
 PROMPT = [(7 * i + 3) % 97 + 100 for i in range(64)]  # the prompt peers.py builds
 
 
@@ -40,6 +37,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "genai_folder.json")
     args = ap.parse_args()
+
+    from bench_runtime import median_round, peer as run_peer  # scripts/: the same peer runs and median as there
 
     from edgedistil.bench.ort import bench_model
     from edgedistil.errors import EdgeError, write_json
@@ -57,14 +56,7 @@ def main() -> None:
     t_start = time.perf_counter()
 
     def peer(mode: str, source: Path, *extra: str):
-        def go() -> dict:
-            proc = subprocess.run([sys.executable, str(PEERS), mode, str(source), str(work), str(len(PROMPT)),
-                                   str(args.new_tokens), str(args.repeats), *extra],
-                                  capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-            if proc.returncode != 0:
-                return {"value": None, "reason": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-            return json.loads(proc.stdout.strip().splitlines()[-1])
-        return go
+        return lambda: run_peer(sys.executable, mode, source, work, len(PROMPT), args.new_tokens, args.repeats, *extra)
 
     def ours(path: Path):
         return lambda: bench_model(path, PROMPT, len(PROMPT), args.new_tokens, args.repeats, 1)
@@ -114,14 +106,6 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"{k}: {v}")
     print(f"written to {args.json}")
-
-
-def median_round(results: list[dict]) -> dict:
-    measured = sorted((r for r in results if r.get("decode_tokens_per_s")), key=lambda r: r["decode_tokens_per_s"])
-    if not measured:
-        return results[-1]
-    return {**measured[(len(measured) - 1) // 2], "rounds_decode_tokens_per_s": [r.get("decode_tokens_per_s")
-                                                                                for r in results]}
 
 
 def ratio(a, b):

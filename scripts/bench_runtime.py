@@ -101,10 +101,10 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
     return models
 
 
-def peer(python: str, mode: str, hf: Path, work: Path, prompt: int, new: int, repeats: int) -> dict:
+def peer(python: str, mode: str, hf: Path, work: Path, prompt: int, new: int, repeats: int, *extra: str) -> dict:
     if not Path(python).is_file():
         return {"value": None, "reason": f"no venv for {mode} at {python}; see the script's docstring"}
-    proc = subprocess.run([python, str(PEERS), mode, str(hf), str(work), str(prompt), str(new), str(repeats)],
+    proc = subprocess.run([python, str(PEERS), mode, str(hf), str(work), str(prompt), str(new), str(repeats), *extra],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         return {"value": None, "reason": f"{mode} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}"}

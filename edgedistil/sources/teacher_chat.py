@@ -10,7 +10,8 @@ does. No data set is downloaded, and no benchmark or evaluation prompt can leak 
 Generation is one-time work: batches are appended to a file in the cache as they finish (a rerun resumes), the
 finished corpus is shared by every run with the same teacher and settings, and a progress bar shows it. It runs on
 the device and in the precision that training picks (`[distill] device` and `precision`): decoding is bound by
-reading the weights, so bf16 on a CPU with native bf16 writes 2.5-3x the tokens/s of fp32 (docs/benchmarks.md).
+reading the weights, so bf16 on a CPU with native bf16 writes about 2.4x the tokens/s of fp32
+(scripts/bench_teacher_chat.py).
 """
 
 from __future__ import annotations
