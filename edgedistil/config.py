@@ -52,7 +52,7 @@ class DataConfig:
 
 
 WINDOWS = ("random", "documents")
-# "auto" = "greedy": the measured pick that best predicted quality after distillation (docs/benchmarks.md)
+# "auto" = distill/prune.py's AUTO_RANKING: the measured pick that did best after distillation (docs/benchmarks.md)
 STUDENT_INITS = ("auto", "greedy", "block_influence", "angular", "even", "first", "random")
 SHRINK_INITS = ("importance", "slice", "random")
 

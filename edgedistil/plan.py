@@ -1,7 +1,7 @@
 """`edgedistil plan`: candidate students for a teacher, before any training, so the quality cliff shows first.
 
 For layer counts x FFN widths, each candidate is the measured prune the distill stage would start from
-(prune.py: greedy layer ranking, FFN neurons by activation) and is scored with forward passes only:
+(prune.py: the ranking `init = "auto"` uses, FFN neurons by activation) and is scored with forward passes only:
 
 - parameters, and file size per precision (an estimate from the parameter count: 4, 2, 1 and 0.5 bytes a
   weight, the 4-bit file keeping the tied embedding at 8 bits as the int4 method does);
@@ -112,7 +112,8 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
     need_tokens(held_ids, seq + 1, "held-out", corpus.name)
     windows = eval_windows(held_ids, seq, recipe.distill.eval_tokens)
     calib = eval_windows(calib_ids, seq, CALIBRATION_TOKENS)
-    ranking = prune.cached_ranking(teacher, teacher_dir, calib_ids, "greedy", seq, CALIBRATION_TOKENS, log)
+    ranking = prune.cached_ranking(teacher, teacher_dir, calib_ids, prune.AUTO_RANKING, seq, CALIBRATION_TOKENS,
+                                   log)
     teacher_ce = prune.keep_loss(teacher, windows, list(range(tc.num_hidden_layers)))
     t_layers, t_vocab = weight_split(teacher)
     untied = 0 if tc.tie_word_embeddings else t_vocab

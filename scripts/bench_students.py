@@ -127,6 +127,10 @@ def point_key(teacher: Path, corpus, recipe, eval_mode: str) -> str:
     spec = {"teacher": str(teacher), "corpus": [corpus.name, text], "data": dataclasses.asdict(recipe.data),
             "student": dataclasses.asdict(recipe.student), "distill": dataclasses.asdict(recipe.distill),
             "eval": eval_mode}
+    if recipe.student.init == "auto":  # what "auto" resolves to changes with the measurement behind it
+        from edgedistil.distill.prune import AUTO_RANKING
+
+        spec["auto_ranking"] = AUTO_RANKING
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

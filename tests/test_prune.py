@@ -234,7 +234,7 @@ def test_distill_with_a_measured_init_records_its_ranking(tmp_path, teacher_dir,
     record = run_distill(teacher_dir, load_corpus("tiny"), r, tmp_path / "distill", log=lambda *_: None)
     s = record["student"]
     ranking = s["ranking"]
-    assert ranking["method"] == "greedy" and s["init"] == "auto"
+    assert ranking["method"] == prune.AUTO_RANKING and s["init"] == "auto"
     assert s["teacher_layers"] == prune.keep_layers(ranking, 3)
     assert len(s["width"]["ffn"]) == 3 and all(len(u) == 64 for u in s["width"]["ffn"])
     assert "model.layers.*.mlp.gate_proj.weight" in s["selected"]

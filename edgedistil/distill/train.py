@@ -106,8 +106,9 @@ def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe, calib_ids: 
     if isinstance(init, str) and init in MEASURED_INITS:
         need_tokens(calib_ids if calib_ids is not None else np.zeros(0), recipe.data.seq_len + 1, "training",
                     "the corpus")
-        ranking = prune.cached_ranking(teacher, teacher_dir, calib_ids, "greedy" if init == "auto" else init,
-                                       recipe.data.seq_len, CALIBRATION_TOKENS, log)
+        method = prune.AUTO_RANKING if init == "auto" else init
+        ranking = prune.cached_ranking(teacher, teacher_dir, calib_ids, method, recipe.data.seq_len,
+                                       CALIBRATION_TOKENS, log)
         init = prune.keep_layers(ranking, s.layers)
     picks = pick_layers(init, teacher.cfg.num_hidden_layers, s.layers)
     n_head, _ = student_heads(teacher.cfg, s.heads)
@@ -200,7 +201,10 @@ def run_key(teacher_dir: Path, corpus: Corpus, recipe: Recipe) -> str:
     """Identity of a run's inputs: a checkpoint resumes only a run with the same key."""
     import hashlib
 
+    from edgedistil.distill import prune
+
     return stage_key("distill-checkpoint", recipe.section("data"), recipe.section("student"),
+                     prune.AUTO_RANKING if recipe.student.init == "auto" else None,
                      recipe.section("distill"), recipe.section("sequence"), folder_fingerprint(Path(teacher_dir)),
                      hashlib.sha256(corpus.text.encode()).hexdigest())
 
