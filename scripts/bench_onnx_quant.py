@@ -16,7 +16,10 @@ in one run, so their speeds compare. Writes docs/results/onnx_quant_schemes.json
 quantizes RUN's Hugging Face layout export (export/student-hf/model.onnx, what dist/onnx's model_q4.onnx comes
 from) with the quantize stage itself (run_quantize, int4, GPTQ), once per set of layers kept at 8 bits: the stage's
 (lm_head, down_proj) and that set plus each other kind of MatMul. Fidelity only, against the fp32 PyTorch student
-as the stage measures it; no timing. Writes docs/results/onnx_int4_eight_bit.json.
+as the stage measures it; no timing. Two more rows: every MatMul at 4 bits (none at 8), and onnxruntime-genai's
+model builder's int4 export of the same student (`-p int4 -e cpu`: every MatMul and the LM head 4-bit, measured the
+same way), so the stage's choice can be read against the file genai's own tooling makes.
+Writes docs/results/onnx_int4_eight_bit.json.
 """
 
 from __future__ import annotations
@@ -140,8 +143,8 @@ def int4_eight_bit(run: Path, dest: Path) -> None:
     heldout = Run(out=run, recipe=recipe).heldout_ids()
     floors = FLOORS["int4"]
     rows = []
-    for extra in ((), ("qkv_proj",), ("o_proj",), ("gate_up_proj",), ("qkv_proj", "o_proj")):
-        eight_bit = (*INT4_EIGHT_BIT, *extra)
+    for eight_bit in ((), *((*INT4_EIGHT_BIT, *extra) for extra in (
+            (), ("qkv_proj",), ("o_proj",), ("gate_up_proj",), ("qkv_proj", "o_proj")))):
         with tempfile.TemporaryDirectory() as tmp:
             r = run_quantize(src, run / "distill" / "student", Path(tmp) / "q", heldout, recipe.export.prefill_len,
                              "int4", log=lambda m: None, eight_bit=eight_bit)
@@ -151,10 +154,52 @@ def int4_eight_bit(run: Path, dest: Path) -> None:
                      "meets_int4_floors": f["top1_agreement"] >= floors["top1_agreement_min"]
                      and f["kl_mean"] <= floors["kl_mean_max"]})
         print(json.dumps(rows[-1]), flush=True)
+    rows.append(builder_int4_row(run, heldout, recipe, floors))
+    print(json.dumps(rows[-1]), flush=True)
     out = {"command": "python scripts/bench_onnx_quant.py --run RUN --int4-eight-bit", "source": str(src),
            "floors": floors, "reference": "fp32 PyTorch student, the quantize stage's held-out segments", "rows": rows}
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {dest}")
+
+
+def builder_int4_row(run: Path, heldout, recipe, floors: dict) -> dict:
+    """onnxruntime-genai's model builder's int4 export of RUN's student, measured as the quantize stage measures
+    ours. Its graph has our hf layout's inputs; OrtLM reads the cache length from edgedistil.max_len and the head
+    size from the cache inputs' shape, so a copy of the file gets that metadata entry (its RoPE tables serve far
+    longer) and a fixed last dimension where the builder names it symbolically."""
+    import onnx
+
+    from edgedistil.fidelity import measure_fidelity
+    from edgedistil.model import load_hf_folder
+    from edgedistil.runtimes.ort import OrtLM
+    from edgedistil.runtimes.torch_step import TorchLM
+
+    max_len = recipe.export.max_len
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "builder"
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                               str(run / "distill" / "student"), "-o", str(out), "-p", "int4", "-e", "cpu",
+                               "-c", str(Path(tmp) / "hf-cache")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"the model builder failed: {proc.stderr[-2000:]}")
+        model = onnx.load(str(out / "model.onnx"))
+        onnx.helper.set_model_props(model, {"edgedistil.max_len": str(max_len)})
+        config = json.loads((run / "distill" / "student" / "config.json").read_text())
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        for value in (*model.graph.input, *model.graph.output):
+            if value.name.startswith(("past_key_values.", "present.")):
+                value.type.tensor_type.shape.dim[3].dim_value = head_dim
+        copy = Path(tmp) / "builder-int4.onnx"
+        onnx.save(model, str(copy))
+        nbytes = sum(p.stat().st_size for p in out.glob("model.onnx*"))
+        f = measure_fidelity(TorchLM(load_hf_folder(run / "distill" / "student", max_len=max_len), max_len),
+                             OrtLM(copy), heldout, recipe.export.prefill_len)
+    return {"eight_bit": [], "file": "onnxruntime-genai model builder, -p int4 -e cpu (every MatMul and the LM head "
+                                    "4-bit, block 32, accuracy_level 4)",
+            "bytes": nbytes, "top1_agreement": round(f["top1_agreement"], 4), "kl_mean": round(f["kl_mean"], 4),
+            "greedy_tokens_matching": f["greedy_tokens_matching"],
+            "meets_int4_floors": f["top1_agreement"] >= floors["top1_agreement_min"]
+            and f["kl_mean"] <= floors["kl_mean_max"]}
 
 
 if __name__ == "__main__":

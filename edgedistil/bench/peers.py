@@ -12,6 +12,7 @@ two generate calls, so prompt processing and setup cancel out; TTFT is a generat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -84,7 +85,10 @@ def run_torch(hf_dir, work, prompt, new, repeats):
 
 def run_genai(hf_dir, work, prompt, new, repeats, precision):
     """genai on its own model builder's export of the HF folder."""
-    model_dir = os.path.join(work, f"genai-{precision}")
+    # keyed by the folder's weights, so a rebuilt student is exported again rather than served a stale export
+    stamp = hashlib.sha256(repr(sorted((f, os.path.getsize(os.path.join(hf_dir, f)), os.path.getmtime(
+        os.path.join(hf_dir, f))) for f in os.listdir(hf_dir))).encode()).hexdigest()[:12]
+    model_dir = os.path.join(work, f"genai-{precision}-{stamp}")
     if not os.path.isfile(os.path.join(model_dir, "genai_config.json")):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", model_dir,
