@@ -23,6 +23,13 @@ written to docs/results/android_int8_rounding.json.
 `litert-lm run RUN/dist/android/model.litertlm --prompt MESSAGE --backend cpu` for a few chat messages (the
 CLI renders them through the file's own chat template), beside the fp32 PyTorch student's greedy reply to the same
 message through transformers' template; written to docs/results/android_litertlm_cli.json.
+
+--litert-torch builds the .litertlm the other way issue 19 names: litert-torch's own `export_hf` (HF folder in,
+.litertlm out, its own signatures, cache layout, metadata and quantization recipes), for RUN's student and the
+embedded teacher, beside the files RUN's build made with litert-torch's converter and litert-lm-builder. Each file
+is checked through LiteRT-LM against the fp32 PyTorch model (greedy tokens on held-out prompts and one chat turn),
+then all are benchmarked by LiteRT-LM in round-robin rounds on the same threads; written to
+docs/results/android_litertlm_paths.json.
 """
 
 from __future__ import annotations
@@ -61,7 +68,15 @@ def main() -> None:
                     help="compare weight-only int8 roundings and kept matrices in PyTorch (see above)")
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "android_converter_memory.json"))
     ap.add_argument("--cli-chat", action="store_true", help="chat through `litert-lm run` on RUN's bundle (see above)")
+    ap.add_argument("--litert-torch", action="store_true",
+                    help="litert-torch's export_hf against the build's litert-lm-builder files (see above)")
+    ap.add_argument("--threads", type=int, default=1, help="--litert-torch: LiteRT-LM's CPU threads")
+    ap.add_argument("--rounds", type=int, default=3, help="--litert-torch: round-robin benchmark rounds")
     args = ap.parse_args()
+    if args.litert_torch:
+        return litertlm_paths(Path(args.run), Path(args.json).with_name("android_litertlm_paths.json")
+                              if args.json.endswith("android_converter_memory.json") else Path(args.json),
+                              args.threads, args.rounds)
     if args.cli_chat:
         return cli_chat(Path(args.run), Path(args.json).with_name("android_litertlm_cli.json")
                         if args.json.endswith("android_converter_memory.json") else Path(args.json))
@@ -144,6 +159,132 @@ def cli_chat(run: Path, dest: Path) -> None:
            "reference": "fp32 PyTorch student, greedy through transformers' chat template, to its end of turn or "
                         "the cache length", "machine": platform.machine(), "rows": rows}
     dest.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {dest}")
+
+
+# litert-torch 0.10.0's export_hf imports TensorFlow's flatbuffer schema for an unrelated model (bonsai_flux2); the
+# same generated module ships in ai-edge-litert, so it is aliased rather than installing TensorFlow. torch._dynamo
+# is imported first: its trace rules probe for a real tensorflow package.
+EXPORT_HF = """
+import importlib, importlib.machinery, json, sys, time, types
+import torch._dynamo
+schema = importlib.import_module("ai_edge_litert.schema_py_generated")
+for name in ("tensorflow", "tensorflow.lite", "tensorflow.lite.python"):
+    m = sys.modules.setdefault(name, types.ModuleType(name))
+    m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+sys.modules["tensorflow.lite.python"].schema_py_generated = schema
+sys.modules["tensorflow.lite.python.schema_py_generated"] = schema
+from litert_torch.generative.export_hf.export import export
+from edgedistil.bench.ort_worker import status_mb
+t0 = time.perf_counter()
+export(model=sys.argv[1], output_dir=sys.argv[2], prefill_lengths=[int(sys.argv[4])], cache_length=int(sys.argv[5]),
+       quantization_recipe=sys.argv[3])
+print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(status_mb("VmHWM"))}))
+"""
+# litert-torch's recipe names for the build's variants; dynamic_wi8_afp32 is export_hf's default
+EXPORT_HF_RECIPES = {"fp32": "none", "weight_only_int8": "weight_only_wi8_afp32", "dynamic_int8": "dynamic_wi8_afp32"}
+
+
+def litertlm_paths(run: Path, dest: Path, threads: int, rounds: int) -> None:
+    import statistics
+    from importlib import metadata
+
+    from tokenizers import Tokenizer
+
+    from edgedistil.bench.litert import bench_litertlm
+    from edgedistil.convert.litertlm import check_in_litertlm, read_litertlm
+    from edgedistil.distill.data import tokenize
+    from edgedistil.model import load_hf_folder
+    from edgedistil.runtimes.torch_step import TorchLM
+    from edgedistil.sources import embedded_teacher
+
+    folders = {"student": run / "distill" / "student", "teacher": embedded_teacher(log=lambda m: None)}
+    prefill_len, max_len = 64, 256  # the build's export settings, so both paths make the same signatures
+    files = {}  # (path, role, variant) -> .litertlm
+    for role, variant in (("student", "fp32"), ("student", "weight_only_int8"), ("teacher", "weight_only_int8")):
+        ours = run / "litert" / role / variant / "model.litertlm"
+        if not ours.is_file():
+            sys.exit(f"{ours} does not exist: build RUN with `edgedistil build --target android --out {run}` first")
+        files[("litert-lm-builder", role, variant)] = ours
+    out_dir = Path(tempfile.mkdtemp(prefix="litert-torch-export-"))
+    exports = {}
+    for role, variant in (("student", "fp32"), ("student", "weight_only_int8"), ("student", "dynamic_int8"),
+                          ("teacher", "weight_only_int8"), ("teacher", "dynamic_int8")):
+        folder = out_dir / f"{role}-{variant}"
+        proc = subprocess.run([sys.executable, "-c", EXPORT_HF, str(folders[role]), str(folder),
+                               EXPORT_HF_RECIPES[variant], str(prefill_len), str(max_len)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"litert-torch export_hf, {role} {variant}: {proc.stderr[-2000:]}")
+        exports[f"{role}/{variant}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        files[("litert-torch export_hf", role, variant)] = folder / "model.litertlm"
+        print(f"export_hf {role} {variant}: {exports[f'{role}/{variant}']}", flush=True)
+
+    tokenizer = Tokenizer.from_file(str(folders["student"] / "tokenizer.json"))
+    heldout_ids = tokenize(tokenizer, (run / "distill" / "heldout.txt").read_text())
+    references = {role: TorchLM(load_hf_folder(folder, max_len=max_len), max_len) for role, folder in folders.items()}
+    rows = {}
+    for (path_name, role, variant), path in files.items():
+        key = f"{path_name} / {role} / {variant}"
+        sections = read_litertlm(path)
+        try:
+            check, chat_error = check_in_litertlm(path, folders[role], references[role], heldout_ids, prefill_len), None
+        except RuntimeError as e:  # LiteRT-LM's conversation fails on the file's template: the raw prompts alone
+            check = check_in_litertlm(path, folders[role], references[role], heldout_ids, prefill_len, chat=False)
+            chat_error = f"the chat turn failed in LiteRT-LM: {e}"
+        rows[key] = {"path": path_name, "role": role, "variant": variant, "file": str(path),
+                     "bytes": path.stat().st_size, "sections": sections["sections"],
+                     "llm_metadata": sections["llm_metadata"][:3000],
+                     "litertlm_check": {k: check[k] for k in ("tokens_matching", "reference_tokens", "all_equal")},
+                     "chat_error": chat_error,
+                     "prompts": [{k: p.get(k) for k in ("kind", "prompt_tokens", "runtime_prompt_tokens",
+                                                         "tokens_matching", "reference_tokens", "text_equal")}
+                                 for p in check["prompts"]],
+                     "rounds": []}
+        print(f"{key}: {path.stat().st_size / 1e6:.1f} MB, LiteRT-LM greedy {check['tokens_matching']}/"
+              f"{check['reference_tokens']} as fp32 PyTorch" + (f"; {chat_error}" if chat_error else ""), flush=True)
+    del references
+    loadavg_before = os.getloadavg()
+    for _ in range(rounds):  # round robin, so a slow spell of the machine falls on every file alike
+        for row in rows.values():
+            row["rounds"].append(bench_litertlm(Path(row["file"]), 64, 32, 3, threads))
+    for key, row in rows.items():
+        for m in ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "init_seconds", "peak_memory_mb"):
+            row[m] = round(statistics.median(r[m] for r in row["rounds"]), 3)
+        print(f"{key}: decode {row['decode_tokens_per_s']:.1f} tok/s, prefill {row['prefill_tokens_per_s']:.0f}, "
+              f"TTFT {row['ttft_ms']:.0f} ms, init {row['init_seconds']:.2f} s, peak {row['peak_memory_mb']:.0f} MB",
+              flush=True)
+
+    def decode(path_name, role, variant):
+        return rows[f"{path_name} / {role} / {variant}"]["decode_tokens_per_s"]
+
+    ratios = {}
+    for variant in ("fp32", "weight_only_int8"):
+        ratios[f"student {variant}: export_hf / litert-lm-builder decode"] = round(
+            decode("litert-torch export_hf", "student", variant) / decode("litert-lm-builder", "student", variant), 3)
+    for path_name in ("litert-lm-builder", "litert-torch export_hf"):
+        ratios[f"{path_name}, weight_only_int8: student / teacher decode (goal >= 2.5)"] = round(
+            decode(path_name, "student", "weight_only_int8") / decode(path_name, "teacher", "weight_only_int8"), 3)
+    ratios["litert-torch export_hf, dynamic_int8 (its default): student / teacher decode (goal >= 2.5)"] = round(
+        decode("litert-torch export_hf", "student", "dynamic_int8")
+        / decode("litert-torch export_hf", "teacher", "dynamic_int8"), 3)
+    command = "python scripts/bench_android.py --run RUN --litert-torch" + (
+        f" --threads {threads}" if threads != 1 else "") + (f" --rounds {rounds}" if rounds != 3 else "")
+    out = {"command": command,
+           "versions": {n: metadata.version(n) for n in ("litert-torch", "litert-lm-api", "litert-lm-builder",
+                                                          "ai-edge-quantizer")},
+           "export_hf": {"settings": {"prefill_lengths": [prefill_len], "cache_length": max_len,
+                                      "recipes": EXPORT_HF_RECIPES}, "runs": exports},
+           "benchmark": {"runtime": "LiteRT-LM benchmark (litert_lm.Benchmark), CPU", "threads": threads,
+                         "prefill_tokens": 64, "decode_tokens": 32, "repeats_per_round": 3, "rounds": rounds,
+                         "loadavg_before": [round(x, 2) for x in loadavg_before],
+                         "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+           "check": "LiteRT-LM greedy tokens against the fp32 PyTorch model: two held-out prompts (shorter and longer "
+                    "than a prefill chunk) and one chat turn, 32 tokens each (edgedistil.convert.litertlm)",
+           "files": rows, "ratios": ratios, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print(json.dumps(ratios, indent=1))
     print(f"wrote {dest}")
 
 

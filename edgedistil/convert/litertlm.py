@@ -218,10 +218,10 @@ def _divergence(tokenizer, reference, prompt_ids: list[int], want: list[int], at
 
 
 def check_in_litertlm(path: Path, model_dir: Path, reference, heldout_ids, prefill_len: int, threads: int = 1,
-                      new_tokens: int = 32) -> dict:
+                      new_tokens: int = 32, chat: bool = True) -> dict:
     """Run the shipped .litertlm through LiteRT-LM (CPU) on two held-out prompts, one shorter and one longer than a
-    prefill chunk, and one user turn through its chat template; compare its greedy output with `reference` (the
-    fp32 PyTorch model, a step function) token for token."""
+    prefill chunk, and (`chat`) one user turn through its chat template; compare its greedy output with
+    `reference` (the fp32 PyTorch model, a step function) token for token."""
     from importlib import metadata
 
     from tokenizers import Tokenizer
@@ -243,7 +243,7 @@ def check_in_litertlm(path: Path, model_dir: Path, reference, heldout_ids, prefi
                             "runtime_new_tokens": got.new_tokens,
                             **_compare(tokenizer, reference, ids, got.text, new_tokens, settings["stop_tokens"],
                                        prefill_len)})
-        if settings["chat_template"]:
+        if chat and settings["chat_template"]:
             rendered, reply = runtime.chat(CHAT_MESSAGE, new_tokens)
             ours = _render_chat(model_dir, CHAT_MESSAGE)
             ids = tokenizer.encode(ours, add_special_tokens=False).ids
