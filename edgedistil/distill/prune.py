@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 
 LAYER_RANKINGS = ("greedy", "block_influence", "angular")
-# `[student] init = "auto"`: the ranking whose pick did best after distillation, not at init. On the embedded default
-# (14 layers x FFN 1024, 200 steps, the bf16-written conversations; docs/results/students_bf16chat_inits_14l.json)
-# block influence reached CE ratio 0.862 and top-1 0.580, greedy removal 0.829 and 0.544, angular distance 0.819 and
-# 0.536. It is also one forward pass where greedy removal takes minutes.
-AUTO_RANKING = "block_influence"
+# `[student] init = "auto"`. On the embedded default (14 layers x FFN 1024, 200 steps, the bf16-written conversations;
+# docs/results/students_bf16chat_inits_14l.json) block influence's pick did best after distillation (CE ratio 0.862,
+# top-1 0.580; greedy removal 0.829 and 0.544; angular distance 0.819 and 0.536), but its q8 bundle decodes at
+# 0.80-0.85x the greedy one's in Chromium (same shapes and bytes; natively the two are equal; the cause is not found:
+# docs/results/bench_web_layer_rankings.json), which puts the web build under its 1.8x gate. Greedy stays until
+# that is explained; `init = "block_influence"` gives the better student where the browser's speed does not matter.
+AUTO_RANKING = "greedy"
 
 
 def _run(teacher, picks: list[int], h: torch.Tensor, cos, sin) -> torch.Tensor:
