@@ -141,47 +141,51 @@ def int4_eight_bit(run: Path, dest: Path) -> None:
         sys.exit(f"{src} does not exist: run `edgedistil build --target onnx --out {run}` first")
     recipe = load_recipe(None)
     heldout = Run(out=run, recipe=recipe).heldout_ids()
-    floors = FLOORS["int4"]
     rows = []
     for eight_bit in ((), *((*INT4_EIGHT_BIT, *extra) for extra in (
             (), ("qkv_proj",), ("o_proj",), ("gate_up_proj",), ("qkv_proj", "o_proj")))):
         with tempfile.TemporaryDirectory() as tmp:
             r = run_quantize(src, run / "distill" / "student", Path(tmp) / "q", heldout, recipe.export.prefill_len,
                              "int4", log=lambda m: None, eight_bit=eight_bit)
-        f = r["fidelity"]
-        rows.append({"eight_bit": list(eight_bit), "bytes": r["bytes"], "top1_agreement": round(f["top1_agreement"], 4),
-                     "kl_mean": round(f["kl_mean"], 4), "greedy_tokens_matching": f["greedy_tokens_matching"],
-                     "meets_int4_floors": f["top1_agreement"] >= floors["top1_agreement_min"]
-                     and f["kl_mean"] <= floors["kl_mean_max"]})
+        rows.append({"eight_bit": list(eight_bit), "bytes": r["bytes"], **int4_fidelity(r["fidelity"])})
         print(json.dumps(rows[-1]), flush=True)
-    rows.append(builder_int4_row(run, heldout, recipe, floors))
+    rows.append(builder_int4_row(run, heldout, recipe))
     print(json.dumps(rows[-1]), flush=True)
     out = {"command": "python scripts/bench_onnx_quant.py --run RUN --int4-eight-bit", "source": str(src),
-           "floors": floors, "reference": "fp32 PyTorch student, the quantize stage's held-out segments", "rows": rows}
+           "floors": FLOORS["int4"], "reference": "fp32 PyTorch student, the quantize stage's held-out segments",
+           "rows": rows}
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {dest}")
 
 
-def builder_int4_row(run: Path, heldout, recipe, floors: dict) -> dict:
+def int4_fidelity(f: dict) -> dict:
+    """A row's fidelity figures and whether they meet the int4 floors."""
+    from edgedistil.fidelity import floor_verdict
+
+    return {"top1_agreement": round(f["top1_agreement"], 4), "kl_mean": round(f["kl_mean"], 4),
+            "greedy_tokens_matching": f["greedy_tokens_matching"],
+            "meets_int4_floors": floor_verdict(f, "int4")["passed"]}
+
+
+def builder_int4_row(run: Path, heldout, recipe) -> dict:
     """onnxruntime-genai's model builder's int4 export of RUN's student, measured as the quantize stage measures
     ours. Its graph has our hf layout's inputs; OrtLM reads the cache length from edgedistil.max_len and the head
     size from the cache inputs' shape, so a copy of the file gets that metadata entry (its RoPE tables serve far
     longer) and a fixed last dimension where the builder names it symbolically."""
     import onnx
 
+    from edgedistil.bench.peers import builder_export
     from edgedistil.fidelity import measure_fidelity
     from edgedistil.model import load_hf_folder
     from edgedistil.runtimes.ort import OrtLM
     from edgedistil.runtimes.torch_step import TorchLM
+    from edgedistil.sources.cache import cache_dir
 
     max_len = recipe.export.max_len
+    work = cache_dir() / "bench-genai"  # shared with scripts/bench_genai.py, which times the same export
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(builder_export(str(run / "distill" / "student"), str(work), "int4")[0])
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "builder"
-        proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
-                               str(run / "distill" / "student"), "-o", str(out), "-p", "int4", "-e", "cpu",
-                               "-c", str(Path(tmp) / "hf-cache")], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"the model builder failed: {proc.stderr[-2000:]}")
         model = onnx.load(str(out / "model.onnx"))
         onnx.helper.set_model_props(model, {"edgedistil.max_len": str(max_len)})
         config = json.loads((run / "distill" / "student" / "config.json").read_text())
@@ -196,10 +200,7 @@ def builder_int4_row(run: Path, heldout, recipe, floors: dict) -> dict:
                              OrtLM(copy), heldout, recipe.export.prefill_len)
     return {"eight_bit": [], "file": "onnxruntime-genai model builder, -p int4 -e cpu (every MatMul and the LM head "
                                     "4-bit, block 32, accuracy_level 4)",
-            "bytes": nbytes, "top1_agreement": round(f["top1_agreement"], 4), "kl_mean": round(f["kl_mean"], 4),
-            "greedy_tokens_matching": f["greedy_tokens_matching"],
-            "meets_int4_floors": f["top1_agreement"] >= floors["top1_agreement_min"]
-            and f["kl_mean"] <= floors["kl_mean_max"]}
+            "bytes": nbytes, **int4_fidelity(f)}
 
 
 if __name__ == "__main__":

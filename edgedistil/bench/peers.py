@@ -83,20 +83,26 @@ def run_torch(hf_dir, work, prompt, new, repeats):
     return out
 
 
-def run_genai(hf_dir, work, prompt, new, repeats, precision):
-    """genai on its own model builder's export of the HF folder."""
-    # keyed by the folder's weights, so a rebuilt student is exported again rather than served a stale export
+def builder_export(hf_dir, work, precision) -> tuple[str, float | None]:
+    """genai's model builder's export of the HF folder (`-p precision -e cpu`), made once into WORK: its folder and
+    the seconds the build took (None when it was there already)."""
+    # keyed by the folder's names, sizes and mtimes (records.folder_fingerprint's rule; this file stays standalone),
+    # so a rebuilt student is exported again rather than served a stale export
     stamp = hashlib.sha256(repr(sorted((f, os.path.getsize(os.path.join(hf_dir, f)), os.path.getmtime(
         os.path.join(hf_dir, f))) for f in os.listdir(hf_dir))).encode()).hexdigest()[:12]
     model_dir = os.path.join(work, f"genai-{precision}-{stamp}")
-    if not os.path.isfile(os.path.join(model_dir, "genai_config.json")):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", model_dir,
-                        "-p", precision, "-e", "cpu", "-c", os.path.join(work, "genai-cache")], check=True,
-                       capture_output=True)
-        build_s = time.perf_counter() - t0
-    else:
-        build_s = None
+    if os.path.isfile(os.path.join(model_dir, "genai_config.json")):
+        return model_dir, None
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", model_dir,
+                    "-p", precision, "-e", "cpu", "-c", os.path.join(work, "genai-cache")], check=True,
+                   capture_output=True)
+    return model_dir, time.perf_counter() - t0
+
+
+def run_genai(hf_dir, work, prompt, new, repeats, precision):
+    """genai on its own model builder's export of the HF folder."""
+    model_dir, build_s = builder_export(hf_dir, work, precision)
     return {**genai_measure(model_dir, prompt, new, repeats, f"{precision} (model builder)"), "build_seconds": build_s}
 
 
