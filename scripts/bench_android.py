@@ -186,12 +186,18 @@ EXPORT_HF_RECIPES = {"fp32": "none", "weight_only_int8": "weight_only_wi8_afp32"
 
 
 def litertlm_paths(run: Path, dest: Path, threads: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="litert-torch-export-") as tmp:  # the exports go, however it ends
+        compare_litertlm_paths(run, dest, threads, rounds, Path(tmp))
+
+
+def compare_litertlm_paths(run: Path, dest: Path, threads: int, rounds: int, out_dir: Path) -> None:
     import statistics
     from importlib import metadata
 
     from tokenizers import Tokenizer
 
     from edgedistil.bench.litert import bench_litertlm
+    from edgedistil.config import load_recipe
     from edgedistil.convert.litertlm import check_in_litertlm, read_litertlm
     from edgedistil.distill.data import tokenize
     from edgedistil.model import load_hf_folder
@@ -199,14 +205,14 @@ def litertlm_paths(run: Path, dest: Path, threads: int, rounds: int) -> None:
     from edgedistil.sources import embedded_teacher
 
     folders = {"student": run / "distill" / "student", "teacher": embedded_teacher(log=lambda m: None)}
-    prefill_len, max_len = 64, 256  # the build's export settings, so both paths make the same signatures
+    export = load_recipe(None).export  # the build's export settings, so both paths make the same signatures
+    prefill_len, max_len = export.prefill_len, export.max_len
     files = {}  # (path, role, variant) -> .litertlm
     for role, variant in (("student", "fp32"), ("student", "weight_only_int8"), ("teacher", "weight_only_int8")):
         ours = run / "litert" / role / variant / "model.litertlm"
         if not ours.is_file():
             sys.exit(f"{ours} does not exist: build RUN with `edgedistil build --target android --out {run}` first")
         files[("litert-lm-builder", role, variant)] = ours
-    out_dir = Path(tempfile.mkdtemp(prefix="litert-torch-export-"))
     exports = {}
     for role, variant in (("student", "fp32"), ("student", "weight_only_int8"), ("student", "dynamic_int8"),
                           ("teacher", "weight_only_int8"), ("teacher", "dynamic_int8")):
@@ -283,7 +289,6 @@ def litertlm_paths(run: Path, dest: Path, threads: int, rounds: int) -> None:
                     "than a prefill chunk) and one chat turn, 32 tokens each (edgedistil.convert.litertlm)",
            "files": rows, "ratios": ratios, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     dest.write_text(json.dumps(out, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
     print(json.dumps(ratios, indent=1))
     print(f"wrote {dest}")
 
