@@ -29,11 +29,11 @@ import torch.nn.functional as F
 LAYER_RANKINGS = ("greedy", "block_influence", "angular")
 # `[student] init = "auto"`. On the embedded default (14 layers x FFN 1024, 200 steps, the bf16-written conversations;
 # docs/results/students_bf16chat_inits_14l.json) block influence's pick did best after distillation (CE ratio 0.862,
-# top-1 0.580; greedy removal 0.829 and 0.544; angular distance 0.819 and 0.536), but its q8 bundle decodes at
-# 0.80-0.85x the greedy one's in Chromium (same shapes and bytes; natively the two are equal; the cause is not found:
-# docs/results/bench_web_layer_rankings.json), which puts the web build under its 1.8x gate. Greedy stays until
-# that is explained; `init = "block_influence"` gives the better student where the browser's speed does not matter.
-AUTO_RANKING = "greedy"
+# top-1 0.580; greedy removal 0.829 and 0.544; angular distance 0.819 and 0.536), and it is one forward pass where
+# greedy removal takes minutes. Its q8 bundle decodes as fast as the greedy one's in Chromium (1.02x and 0.99x over
+# four alternating rounds, docs/results/bench_web_tiering.json); an earlier 0.80-0.85x was pages that had not yet
+# left V8's baseline tier.
+AUTO_RANKING = "block_influence"
 
 
 def _run(teacher, picks: list[int], h: torch.Tensor, cos, sin) -> torch.Tensor:
