@@ -96,6 +96,28 @@ def test_rebuild_reuses_every_stage(tiny_run, tmp_path):
         assert f"[{stage}] cached" in proc.stderr
 
 
+def test_run_folders_share_one_export_of_the_teacher(tiny_run, tmp_path, monkeypatch):
+    """The teacher's export depends on the teacher, the layout and the held-out text only: a second run folder links
+    the files the first one exported into the cache instead of exporting again."""
+    import edgedistil.export.onnx as onnx_export
+    from edgedistil.build import Run, export_stage
+    from edgedistil.config import load_recipe
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    exported = []
+    real = onnx_export.run_export
+    monkeypatch.setattr(onnx_export, "run_export", lambda *a, **k: exported.append(k["out_dir"]) or real(*a, **k))
+    stage, records = export_stage("teacher", cache="hf"), []
+    for name in ("a", "b"):
+        shutil.copytree(tiny_run[0], tmp_path / name, ignore=shutil.ignore_patterns("export", "quantize", "dist"))
+        run = Run(out=tmp_path / name, recipe=load_recipe(TINY), log=lambda *_: None)
+        records.append(stage.run(run, tmp_path / name / "export" / "teacher-hf"))
+    assert len(exported) == 1 and exported[0].parent == tmp_path / "cache" / "teacher-exports"
+    a, b = (tmp_path / n / "export" / "teacher-hf" / "model.onnx" for n in "ab")
+    assert a.stat().st_ino == b.stat().st_ino == (exported[0] / "model.onnx").stat().st_ino
+    assert records[0] == records[1] and records[0]["role"] == "teacher"
+
+
 def test_verify_accepts_the_bundle_and_catches_tampering(tiny_run, tmp_path):
     bundle = tmp_path / "web"
     shutil.copytree(tiny_run[0] / "dist" / "web", bundle)
