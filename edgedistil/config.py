@@ -47,6 +47,7 @@ class DataConfig:
     chat_conversations: int = 512  # teacher-chat only: conversations the teacher writes (once, into the cache)
     chat_query_tokens: int = 40  # teacher-chat: longest user request, sampled
     chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
+    chat_no_repeat_ngram: int = 0  # teacher-chat: > 0 = the answer repeats no n-gram of this length; 0 = plain greedy
     chat_drop_loops: bool = True  # teacher-chat: leave out conversations whose answer loops (read-time filter)
     heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 

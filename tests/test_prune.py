@@ -160,6 +160,44 @@ def test_teacher_chat_corpus_is_written_by_the_teacher_once(tmp_path, monkeypatc
     assert filtered.text == corpus.text and "1 whose answer loops left out" in filtered.source
 
 
+def test_teacher_chat_answers_can_be_kept_from_repeating_ngrams(tmp_path, monkeypatch):
+    """[data] chat_no_repeat_ngram = n: no answer repeats an n-gram, the corpus gets its own cache key, and at 0 the
+    key is the one corpora had before the setting existed."""
+    from edgedistil.sources import teacher_chat
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    teacher = tiny_teacher(tmp_path / "chat-teacher", TEXT, chat=True)
+    plain = teacher_chat.ChatSettings(conversations=8, query_tokens=6, answer_tokens=40, batch_size=4)
+    assert "no_repeat_ngram" not in teacher_chat._generation(plain)
+    blocked = dataclasses.replace(plain, no_repeat_ngram=1)  # the tiny teacher repeats tokens, not longer n-grams
+    assert teacher_chat._key(teacher, blocked) != teacher_chat._key(teacher, plain)
+
+    import transformers
+
+    generate, answers = transformers.GenerationMixin.generate, []
+
+    def recorded(model, input_ids=None, **kw):  # the greedy answers' new tokens, as the teacher wrote them
+        out = generate(model, input_ids=input_ids, **kw)
+        if not kw.get("do_sample"):
+            answers.extend(row[input_ids.shape[1]:].tolist() for row in out)
+        return out
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", recorded)
+
+    def repeats(ids, n=1):
+        ids = ids[:ids.index(2)] if 2 in ids else ids  # up to the end of turn; padding after it repeats
+        grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+        return len(grams) - len(set(grams))
+
+    teacher_chat.teacher_chat_corpus(teacher, plain, log=lambda *_: None)
+    assert sum(map(repeats, answers)) > 0
+    answers.clear()
+    teacher_chat.teacher_chat_corpus(teacher, blocked, log=lambda *_: None)
+    assert answers and sum(map(repeats, answers)) == 0
+    with pytest.raises(EdgeError, match="chat_no_repeat_ngram"):
+        teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(plain, no_repeat_ngram=-1), log=lambda *_: None)
+
+
 def test_teacher_chat_writes_in_the_precision_training_picks(tmp_path, monkeypatch):
     """The recipe's [distill] precision decides the teacher's weights while it writes, and the precision is part of
     the corpus' cache key: bf16 text is not served for an fp32 request."""

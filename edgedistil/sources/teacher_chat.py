@@ -38,6 +38,9 @@ class ChatSettings:
     conversations: int = 160
     query_tokens: int = 40  # the teacher's user request, sampled (temperature 1, top-p 0.95) and cut here
     answer_tokens: int = 112  # the teacher's greedy answer, cut here
+    # > 0: the greedy answer never repeats an n-gram of this length (generate's no_repeat_ngram_size), so fewer
+    # answers loop and are left out; 0 = plain greedy
+    no_repeat_ngram: int = 0
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"  # where the teacher writes: "cpu" | "cuda"
@@ -54,7 +57,8 @@ def chat_settings(recipe) -> ChatSettings:
     d = recipe.data
     device, autocast = pick_device(recipe.distill.device, recipe.distill.precision)
     return ChatSettings(conversations=d.chat_conversations, query_tokens=d.chat_query_tokens,
-                        answer_tokens=d.chat_answer_tokens, seed=recipe.distill.seed, drop_loops=d.chat_drop_loops,
+                        answer_tokens=d.chat_answer_tokens, no_repeat_ngram=d.chat_no_repeat_ngram,
+                        seed=recipe.distill.seed, drop_loops=d.chat_drop_loops,
                         device=device, dtype="bfloat16" if autocast is not None else "float32")
 
 
@@ -68,8 +72,10 @@ def user_prefix(tokenizer) -> str:
 
 
 def _generation(settings: ChatSettings) -> dict:
-    """What the teacher's writing depends on: the settings less the read-time filter."""
-    return {k: v for k, v in asdict(settings).items() if k != "drop_loops"}
+    """What the teacher's writing depends on: the settings less the read-time filter (and no_repeat_ngram when it
+    is off, so corpora written before it existed keep their keys)."""
+    return {k: v for k, v in asdict(settings).items()
+            if k != "drop_loops" and not (k == "no_repeat_ngram" and v == 0)}
 
 
 def _key(teacher_dir: Path, settings: ChatSettings) -> str:
@@ -98,7 +104,7 @@ def _write_batch(model, tokenizer, prefix_ids, eot: int, settings: ChatSettings,
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, max_new_tokens=settings.answer_tokens, eos_token_id=eot,
-                             pad_token_id=eot)
+                             pad_token_id=eot, no_repeat_ngram_size=settings.no_repeat_ngram)
     rows = []
     for q, row in zip(keep, out[:, enc.input_ids.shape[1]:].cpu().tolist()):
         ended = eot in row
@@ -186,9 +192,10 @@ def teacher_chat_corpus(teacher_dir: Path, settings: ChatSettings = ChatSettings
     from transformers import AutoTokenizer
 
     if settings.conversations < 1 or settings.batch_size < 1 or settings.query_tokens < 1 \
-            or settings.answer_tokens < 1:
+            or settings.answer_tokens < 1 or settings.no_repeat_ngram < 0:
         raise EdgeError(f"teacher-chat settings {asdict(settings)} need positive counts",
-                        "set [data] chat_conversations, chat_query_tokens and chat_answer_tokens above 0")
+                        "set [data] chat_conversations, chat_query_tokens and chat_answer_tokens above 0, and "
+                        "chat_no_repeat_ngram to 0 or more")
     if settings.dtype not in ("float32", "bfloat16") or settings.device not in ("cpu", "cuda"):
         raise EdgeError(f"teacher-chat writes on cpu or cuda in float32 or bfloat16, not {settings.device} "
                         f"{settings.dtype}", "set [distill] device and precision to values the recipe allows")
