@@ -222,6 +222,8 @@ BUDGETS = {
     "kl_mean_max": ("max", "nats"),
     "quality_retained_min": ("min", ""),
     "speedup_vs_teacher_min": ("min", "x"),
+    # web: our page's decode speed over Transformers.js' on the same q8 file, same browser and threads
+    "decode_vs_transformersjs_min": ("min", "x"),
     "unintended_float_layers_max": ("max", "layers"),
     # the eval stage (PyTorch student vs teacher): mean share of the teacher's margin above chance kept over the
     # benchmarks (and pooled), and the share of chat answers that are empty or loop

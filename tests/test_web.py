@@ -61,6 +61,27 @@ def test_build_ran_the_bundle_in_chromium_with_the_python_reference_ids(tiny_run
     assert record["teacher"]["ids_equal"] is True and manifest["teacher_bench"]["runtime"] == student["runtime"]
 
 
+def test_build_times_transformersjs_on_the_shipped_file_beside_our_page(tiny_run, tmp_path):
+    """Issue 20: Transformers.js runs the bundle's q8 file in the same browser, its greedy ids equal our page's, and
+    the manifest, the report and `check` carry our decode speed over its."""
+    out = tiny_run[0]
+    bundle = out / "dist" / "web"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tjs, ours = manifest["transformersjs_bench"], manifest["bench"]
+    assert tjs["runtime"].startswith("Transformers.js ") and tjs["file"] == SHIPPED and tjs["ids_equal_to_ours"]
+    assert tjs["decode_tokens_per_s"] > 0 and tjs["ttft_ms"] > 0 and tjs["renderer_peak_rss_mb"] > 50
+    assert tjs["decode_ours_over_transformersjs"] == round(ours["decode_tokens_per_s"] / tjs["decode_tokens_per_s"], 3)
+    report = edgedistil("report", out, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert tjs["runtime"] in html and f"{tjs['decode_ours_over_transformersjs']:.2f}x" in html
+    budgets = tmp_path / "tjs.toml"
+    budgets.write_text("[budgets]\ndecode_vs_transformersjs_min = 1e9\n")
+    bad = edgedistil("check", bundle, "--budgets", budgets, "--format", "json")
+    row = json.loads(bad.stdout)["budgets"][0]
+    assert bad.returncode == 1 and row["measured"] == tjs["decode_ours_over_transformersjs"] and row["status"] == "fail"
+
+
 def _bench_prompt(out):
     from edgedistil.build import Run, bench_prompt
     from edgedistil.config import load_recipe

@@ -4,7 +4,7 @@ The timing a web developer gets from `pipeline('text-generation')` / `model.gene
 each token arrives, so the figures are measured the way edgedistil-web.js measures its own (bench/web.py):
 time to first token from the call, prefill tok/s = prompt tokens / TTFT, decode tok/s over the tokens after the
 first. One fresh browser per file, so each file's renderer peak is its own. The first generate warms up and is
-not counted; the medians of `repeats` runs are reported with their spread.
+not counted (bench/web.py's WARMUPS); the medians of `repeats` runs are reported with their spread.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from edgedistil.bench.ort import medians
 from edgedistil.convert.hf_onnx import DTYPE_FILES
 
 TIMING_JS = """
-async ({ dtype, prompt, newTokens, repeats }) => {
+async ({ dtype, prompt, newTokens, repeats, warmups }) => {
   const { env, pipeline, Tensor } = await import("/vendor/transformers.min.js");
   env.allowLocalModels = true;
   env.allowRemoteModels = false;
@@ -31,7 +31,7 @@ async ({ dtype, prompt, newTokens, repeats }) => {
   const input_ids = new Tensor("int64", BigInt64Array.from(prompt.map(BigInt)), [1, prompt.length]);
   const runs = [];
   let ids = null;
-  for (let r = 0; r <= repeats; r++) {
+  for (let r = 0; r < warmups + repeats; r++) {
     const stamps = [];
     // generate() puts the prompt first, then each new token: the stamps after the first are the tokens
     const streamer = { put: () => stamps.push(performance.now()), end: () => {} };
@@ -40,7 +40,7 @@ async ({ dtype, prompt, newTokens, repeats }) => {
                                                  do_sample: false, streamer });
     const tokens = stamps.slice(1);
     ids = seq.tolist()[0].slice(prompt.length).map(Number);
-    if (r === 0) continue;  // warm-up
+    if (r < warmups) continue;
     const ttft = tokens[0] - start;
     runs.push({ ttft_ms: ttft, prefill_tokens_per_s: prompt.length * 1000 / ttft,
                 decode_tokens_per_s: (tokens.length - 1) * 1000 / (tokens[tokens.length - 1] - tokens[0]) });
@@ -53,7 +53,7 @@ def bench_transformersjs(folder: Path, prompt: list[int], new_tokens: int, repea
                          added: dict[str, Path] | None = None, log=print) -> dict:
     """{dtype: timings, renderer peak, ids} for each onnx/ file of `folder`, and for `added` ({dtype: file}:
     another precision of the same graph, served under that dtype's name beside the folder's own files)."""
-    from edgedistil.bench.web import (CHROMIUM_ARGS, PAGE_TIMEOUT_MS, MemorySampler, _import_playwright,
+    from edgedistil.bench.web import (CHROMIUM_ARGS, PAGE_TIMEOUT_MS, WARMUPS, MemorySampler, _import_playwright,
                                       chromium_path, chromium_version, serve)
     from edgedistil.convert.hf_consumers import TJS_VENDOR, transformersjs_runtime
 
@@ -81,7 +81,7 @@ def bench_transformersjs(folder: Path, prompt: list[int], new_tokens: int, repea
                         page.set_default_timeout(PAGE_TIMEOUT_MS)
                         page.goto(base + "index.html")
                         raw = page.evaluate(TIMING_JS, {"dtype": dtype, "prompt": prompt, "newTokens": new_tokens,
-                                                        "repeats": repeats})
+                                                        "repeats": repeats, "warmups": WARMUPS})
                     finally:
                         mem.sample()
                         ctx.close()

@@ -370,6 +370,25 @@ def compare_with_native(record: dict, native: dict) -> dict:
     return record
 
 
+def transformersjs_beside(bundle: Path, record: dict, prompt: list[int], new_tokens: int, log=print) -> dict:
+    """Transformers.js on the bundle's own q8 file in the same conditions as our page (issue 20: the bundle ships the
+    faster path): its timings, whether its greedy ids equal our page's, and our decode speed over its."""
+    from edgedistil.bench.transformersjs import bench_transformersjs
+
+    try:
+        tjs = bench_transformersjs(bundle, prompt, new_tokens, record["repeats"], log=log)
+    except Exception as e:  # our page's figures stand without it; the manifest says why it is missing
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        log(f"bench-web: Transformers.js not measured: {reason}")
+        return {"reason": f"Transformers.js did not run: {reason}"}
+    ours, q8 = record["student"], tjs["files"]["q8"]
+    q8["ids_equal_to_ours"] = q8["ids"] == ours["ids"]
+    tjs["decode_ours_over_transformersjs"] = round(ours["decode_tokens_per_s"] / q8["decode_tokens_per_s"], 3)
+    log(f"bench-web: our module decodes at {tjs['decode_ours_over_transformersjs']:.2f}x Transformers.js on the "
+        f"same file (ids equal: {q8['ids_equal_to_ours']})")
+    return tjs
+
+
 def run_bench_web(records: dict, model: str, hf_layout, teacher_onnx: Path | None, folder: Path, prompt: list[int],
                   new_tokens: int, repeats: int, threads: int, log=print) -> dict:
     """The build's browser bench: assemble the bundle in a temp folder (the same files convert will ship; `hf_layout`
@@ -385,6 +404,7 @@ def run_bench_web(records: dict, model: str, hf_layout, teacher_onnx: Path | Non
         assemble_web_bundle(staged, model, {k: v for k, v in records.items() if k != "bench_web"}, node_modules,
                             hf_layout)
         record = bench_web(staged, prompt, new_tokens, repeats, threads, teacher=teacher_onnx, log=log)
+        record["transformersjs"] = transformersjs_beside(staged, record, prompt, new_tokens, log)
     native = records.get("bench")
     if native:
         compare_with_native(record, native)

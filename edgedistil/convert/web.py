@@ -234,6 +234,7 @@ def assemble_web_bundle(dest: Path, model: str, records: dict, node_modules: Pat
                          "layer_counts": (quant.get("precision") or {}).get("counts")},
         "fidelity": _fidelity(quant, records.get("bench_web")),
         **_bench_entries(records.get("bench"), records.get("bench_web")),
+        "transformersjs_bench": _transformersjs_entry(records.get("bench_web")),
         "quality": quality_entry(distill),
         "evaluation": evaluation_entry(records.get("eval")),
         "student": student_entry(distill),
@@ -317,6 +318,20 @@ def _bench_entries(native: dict | None, web: dict | None) -> dict:
         out["browser_vs_native_decode"] = round(brw["student"]["decode_tokens_per_s"]
                                                 / nat["student"]["decode_tokens_per_s"], 3)
     return out
+
+
+def _transformersjs_entry(web: dict | None) -> dict:
+    """Transformers.js on the bundle's q8 file, timed in the same Chromium and conditions as our page, and our decode
+    speed over its (`decode_ours_over_transformersjs`)."""
+    tjs = (web or {}).get("transformersjs")
+    if not tjs or "files" not in tjs:
+        return {"value": None, "reason": (tjs or {}).get("reason", "the browser bench stage did not run")}
+    q8 = tjs["files"]["q8"]
+    keys = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms")
+    return {"runtime": tjs["runtime"], "file": q8["file"], "dtype": "q8", **{k: q8[k] for k in keys},
+            "renderer_peak_rss_mb": q8["renderer_peak_rss_mb"], "load_ms": q8["load_ms"], "repeats": tjs["repeats"],
+            "spread": {k: q8[k + "_spread"] for k in keys}, "ids_equal_to_ours": q8["ids_equal_to_ours"],
+            "decode_ours_over_transformersjs": tjs["decode_ours_over_transformersjs"]}
 
 
 def native_entry(r: dict) -> dict:

@@ -11,10 +11,10 @@ from edgedistil.build import Run, bench_prompt, eval_record, export_stage, ort_b
 from edgedistil.config import Recipe, TargetProfile
 from edgedistil.errors import read_json
 from edgedistil.records import sha256_file, stage_key
-from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt
+from edgedistil.targets import BenchRequest, Stage, Target, fixed_prompt, manifest_figures
 from edgedistil.targets._hf_layout import (CACHE, TEACHER_ONNX, check_hf_profile, headline_file, headline_source,
-                                           hf_stage_names, hf_stages, report_blocks, write_hf_layout,
-                                           write_hf_section)
+                                           hf_stage_names, hf_stages, write_hf_layout, write_hf_section)
+from edgedistil.targets._hf_layout import report_blocks as layout_blocks
 
 
 def records(run: Run, student: str) -> dict:
@@ -101,4 +101,29 @@ def verify(bundle: Path, manifest: dict) -> list[dict]:
     return verify_onnx(bundle, manifest)
 
 
-TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, report_blocks=report_blocks)
+def figures(manifest: dict) -> dict[str, tuple[float | None, list | None]]:
+    """The shared figures, and our page's decode speed over Transformers.js' on the same q8 file."""
+    tjs = manifest.get("transformersjs_bench") or {}
+    return {**manifest_figures(manifest),
+            "decode_vs_transformersjs": (tjs.get("decode_ours_over_transformersjs"), None)}
+
+
+def report_blocks(manifest: dict) -> list[tuple]:
+    """The layout's blocks, and our page beside Transformers.js on the same file in the same browser."""
+    blocks = layout_blocks(manifest)
+    tjs, ours = manifest.get("transformersjs_bench") or {}, manifest.get("bench") or {}
+    if tjs.get("decode_tokens_per_s") and ours.get("decode_tokens_per_s"):
+        rows = [[who, f"{r['decode_tokens_per_s']:.1f}", f"{r['prefill_tokens_per_s']:.0f}", f"{r['ttft_ms']:.0f}",
+                 f"{r.get('renderer_peak_rss_mb', r.get('peak_memory_mb')):.0f}"]
+                for who, r in (("edgedistil-web.js (the bundle's module)", ours), (tjs["runtime"], tjs))]
+        blocks += [("p", [f"The bundle's {tjs['file']} in headless Chromium, wasm, one thread, medians of "
+                          f"{tjs['repeats']}: our module decodes at {tjs['decode_ours_over_transformersjs']:.2f}x "
+                          f"Transformers.js; greedy ids {'equal' if tjs['ids_equal_to_ours'] else 'differ'}."]),
+                   ("table", ["runtime", "decode tok/s", "prefill tok/s", "TTFT ms", "renderer peak MB"], rows)]
+    elif tjs.get("reason"):
+        blocks.append(("p", [f"Transformers.js beside our module: not measured ({tjs['reason']})."]))
+    return blocks
+
+
+TARGET = Target(stages=stages, bench=bench, verify=verify, check=check, figures=figures,
+                report_blocks=report_blocks)
