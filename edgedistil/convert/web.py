@@ -343,7 +343,7 @@ def native_entry(r: dict) -> dict:
 
 def _web_entry(r: dict) -> dict:
     keys = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_memory_mb")
-    extra = ("js_heap_used_mb", "renderer_peak_rss_mb", "chromium_peak_rss_mb", "load_ms", "threads",
+    extra = ("pages", "js_heap_used_mb", "renderer_peak_rss_mb", "chromium_peak_rss_mb", "load_ms", "threads",
              "cross_origin_isolated", "wasm_simd")
     return {"runtime": r["runtime"], **{k: r[k] for k in keys}, "repeats": r["repeats"], "model_bytes": r["bytes"],
             "spread": {k: r[k + "_spread"] for k in keys if k + "_spread" in r}, "sha256": r["sha256"],
