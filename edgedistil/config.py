@@ -224,6 +224,9 @@ BUDGETS = {
     "speedup_vs_teacher_min": ("min", "x"),
     # web: our page's decode speed over Transformers.js' on the same q8 file, same browser and threads
     "decode_vs_transformersjs_min": ("min", "x"),
+    # onnx: onnxruntime-genai's decode speed on our folder over its own model builder's export of the same student
+    "genai_fp32_vs_builder_min": ("min", "x"),
+    "genai_q4_vs_builder_min": ("min", "x"),
     "unintended_float_layers_max": ("max", "layers"),
     # the eval stage (PyTorch student vs teacher): mean share of the teacher's margin above chance kept over the
     # benchmarks (and pooled), and the share of chat answers that are empty or loop

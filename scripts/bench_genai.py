@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "genai_folder.json")
     args = ap.parse_args()
 
-    from bench_runtime import median_round, peer as run_peer  # scripts/: the same peer runs and median as there
+    from edgedistil.bench.genai import median_round, run_peer
 
     from edgedistil.bench.ort import bench_model
     from edgedistil.errors import EdgeError, write_json

@@ -29,18 +29,18 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgedistil.bench.genai import median_round
+from edgedistil.bench.genai import run_peer as peer
 from edgedistil.bench.ort import bench_model
 from edgedistil.errors import atomic_file, write_json
 
 REPO = Path(__file__).resolve().parent.parent
-PEERS = REPO / "edgedistil" / "bench" / "peers.py"
 
 
 def memory_bandwidth() -> dict:
@@ -99,16 +99,6 @@ def our_models(run: Path, work: Path, with_teacher_gqa: bool) -> dict[str, Path]
     models["ours int8_wo (gqa, in place)"] = gqa8
     models["teacher fp32 (full cache)"] = run / "export/teacher/model.onnx"
     return models
-
-
-def peer(python: str, mode: str, hf: Path, work: Path, prompt: int, new: int, repeats: int, *extra: str) -> dict:
-    if not Path(python).is_file():
-        return {"value": None, "reason": f"no venv for {mode} at {python}; see the script's docstring"}
-    proc = subprocess.run([python, str(PEERS), mode, str(hf), str(work), str(prompt), str(new), str(repeats), *extra],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        return {"value": None, "reason": f"{mode} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -170,14 +160,6 @@ def main() -> None:
     table = render(record)
     print(table)
     write_section(REPO / "docs/benchmarks.md", table, record)
-
-
-def median_round(results: list[dict]) -> dict:
-    """The round with the median decode speed, as it was measured, with every round's decode speed beside it."""
-    measured = sorted((r for r in results if decode(r)), key=decode)
-    if not measured:
-        return results[-1]
-    return {**measured[(len(measured) - 1) // 2], "rounds_decode_tokens_per_s": [decode(r) for r in results]}
 
 
 def decode(m: dict) -> float | None:

@@ -74,6 +74,30 @@ def test_onnxruntime_genai_generates_pytorch_ids_alone_and_in_a_batch(onnx_run):
     assert genai["batch"][0]["reference_ids"] != genai["batch"][1]["reference_ids"]
 
 
+def test_genai_is_timed_on_our_folder_beside_its_own_builders_export(onnx_run):
+    """Issue 20: per precision the builder also makes, genai runs our file and its builder's export of the same
+    student; the manifest, the report and `check` carry the decode ratio."""
+    from edgedistil.report.html import collect, summary_markdown
+
+    out, manifest = onnx_run
+    g = manifest["genai_bench"]
+    assert set(g["precisions"]) == {"fp32", "q4"} and g["threads"] == 1
+    for dtype, p in g["precisions"].items():
+        ours, builder = p["ours"], p["builder"]
+        assert ours["runtime"].startswith("onnxruntime-genai") and "our folder" in ours["runtime"], ours
+        assert "model builder" in builder["runtime"] and ours["decode_tokens_per_s"] > 0, builder
+        assert p["decode_ours_over_builder"] == round(ours["decode_tokens_per_s"] / builder["decode_tokens_per_s"], 3)
+    assert g["precisions"]["fp32"]["same_first_16_ids"] is True  # the same fp32 weights, greedy
+    fp32 = g["precisions"]["fp32"]
+    assert f"| onnx/model.onnx / builder fp32 | {fp32['ours']['decode_tokens_per_s']:.1f} |" in summary_markdown(
+        collect(out))
+    budgets = out.parent / "genai.toml"
+    budgets.write_text("[budgets]\ngenai_fp32_vs_builder_min = 1e9\n")
+    bad = edgedistil("check", out / "dist" / "onnx", "--budgets", budgets, "--format", "json")
+    row = json.loads(bad.stdout)["budgets"][0]
+    assert bad.returncode == 1 and row["measured"] == fp32["decode_ours_over_builder"] and row["status"] == "fail"
+
+
 def test_optimum_loads_the_folder_and_generates_the_same_ids(onnx_run):
     """ORTModelForCausalLM in its own venv (transformers 4.57), every onnx/ file, greedy through its generate()."""
     optimum = onnx_run[1]["hf_onnx"]["consumers"]["optimum"]
