@@ -104,6 +104,7 @@ def write_result(args, dest, command, wall, stages, code, manifest, check):
         **({"quantization_variants": manifest["quantization"]["variants"]}
            if "variants" in manifest.get("quantization", {}) else {}),
         "speedup_vs_teacher": manifest["speedup_vs_teacher"],
+        **{k: manifest[k] for k in ("transformersjs_bench", "genai_bench") if k in manifest},
         "quality": manifest["quality"],
         "student": manifest["student"],
         "check_passed": check["passed"],

@@ -43,7 +43,8 @@ WARMUPS = 2
 MIN_REPEATS = 5
 # fresh pages per model, their timed generations pooled: now and then a whole page runs slow (a build's student page
 # had a median TTFT of 1,064 ms over 7 generations, where the same bundle's next page had 388 ms and other builds
-# 382-399: docs/results/build_default_web_one_page.json), and a median over one page cannot outvote that
+# 382-399: docs/results/build_default_web_one_page.json, bench_web_one_page_rerun.json), and a median over one page
+# cannot outvote that
 PAGES = 2
 PAGE_TIMEOUT_MS = 300_000
 
