@@ -471,6 +471,8 @@ def _validate(r: Recipe, where) -> None:
     _check_range(where, "data", "heldout_fraction", 0.0 < data.heldout_fraction <= 0.5,
                  f"must be in (0, 0.5], got {data.heldout_fraction}")
     _check_range(where, "data", "seq_len", data.seq_len >= 8, f"must be >= 8, got {data.seq_len}")
+    _check_range(where, "data", "chat_no_repeat_ngram", data.chat_no_repeat_ngram >= 0,
+                 f"must be >= 0 (0 = plain greedy answers), got {data.chat_no_repeat_ngram}")
     _check_range(where, "data", "windows", data.windows in WINDOWS,
                  f"must be one of {', '.join(WINDOWS)}, got {data.windows!r}")
     _check_range(where, "export", "prefill_len", e.prefill_len >= 1, f"must be >= 1, got {e.prefill_len}")

@@ -38,9 +38,16 @@ def main() -> None:
 
     from edgedistil.bench import web
     from edgedistil.check.budgets import load_bundle_manifest
+    from edgedistil.errors import EdgeError
     from edgedistil.records import sha256_file
 
     bundles = dict(b.split("=", 1) if "=" in b else (b, b) for b in args.bundles)
+    try:  # every bundle is checked before any browser starts
+        files = {label: {"folder": b,
+                         "sha256": sha256_file(Path(b) / load_bundle_manifest(Path(b))["graphs"][0]["file"])}
+                 for label, b in bundles.items()}
+    except EdgeError as e:
+        raise SystemExit(str(e))
     base_args = [a for a in web.CHROMIUM_ARGS if not a.startswith("--js-flags")]
     chromium = web.chromium_path()
     prompt = list(range(1000, 1064))  # 64 tokens, the prefill chunk of the default recipe
@@ -80,9 +87,7 @@ def main() -> None:
               "chromium_args": base_args, "threads": 1, "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
               "repeats": args.repeats, "cpu_count": os.cpu_count(), "loadavg_1m_before": round(load_before, 2),
               "loadavg_1m_after": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d"),
-              "bundles": {label: {"folder": b, "sha256": sha256_file(Path(b) / load_bundle_manifest(Path(b))
-                                                                       ["graphs"][0]["file"])}
-                          for label, b in bundles.items()},
+              "bundles": files,
               "summary": summary, "pages": pages}
     Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

@@ -265,6 +265,7 @@ def test_document_windows_start_at_document_starts():
     ("student", 'shrink_init = "zero"', "'shrink_init' must be one of importance, slice, random"),
     ("sequence", "top_p = 0", "'top_p' must be in"),
     ("data", 'windows = "aligned"', "'windows' must be one of random, documents"),
+    ("data", "chat_no_repeat_ngram = -1", "'chat_no_repeat_ngram' must be >= 0"),
     ("sequence", "num_prompts = 0", "'num_prompts' must be >= 1"),
 ])
 def test_new_recipe_keys_are_checked(tmp_path, section, line, match):
