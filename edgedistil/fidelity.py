@@ -1,6 +1,7 @@
 """Fidelity: an artifact on its runtime against its PyTorch source, on held-out text, measured never assumed.
 
-Both sides run the same schedule (chunked prefill, then token-by-token decode) through their step functions:
+The artifact runs chunked prefill, then token-by-token decode, through its step function; the PyTorch reference
+scores each segment in one causal forward pass (its logits by definition, whatever the cache):
 - teacher forcing over held-out segments gives max abs logit diff, top-1 agreement, mean KL(source || artifact)
   and the held-out perplexity of each side (the change in perplexity is what a user notices);
 - greedy generation from a held-out prompt (shorter than one chunk, so padding is exercised), 64 steps with the
@@ -92,8 +93,13 @@ def teacher_forced(runtime, heldout_ids: np.ndarray, chunk: int, max_len: int, s
                    decode_tokens: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """`runtime`'s logits over the held-out segments (chunked prefill, then token-by-token decode), each row with
     the next token it predicts: (logits, targets)."""
+    spans = fidelity_segments(len(heldout_ids), chunk, max_len, segments, decode_tokens)
+    if hasattr(runtime, "window_logits"):  # the PyTorch reference: a whole segment in one forward pass
+        windows = np.stack([heldout_ids[start:end] for start, end in spans]).astype(np.int64)
+        logits = runtime.window_logits(windows)[:, :-1]  # the last row has no next token to score
+        return logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)
     rows, targets = [], []
-    for start, end in fidelity_segments(len(heldout_ids), chunk, max_len, segments, decode_tokens):
+    for start, end in spans:
         seg = [int(t) for t in heldout_ids[start:end]]
         logits_p, cache = prefill(runtime.step, runtime.empty_cache(), seg[:chunk], chunk, max_len)
         logits_d, _ = decode(runtime.step, cache, seg[chunk:], chunk)

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from edgedistil.decoding import decode, prefill
 from edgedistil.errors import read_json
 from edgedistil.export.onnx import run_export
-from edgedistil.fidelity import floor_verdict, measure_fidelity
+from edgedistil.fidelity import floor_verdict, measure_fidelity, teacher_forced
 from edgedistil.model import load_hf_folder
 from edgedistil.quantize.precision import layer_precisions
 from edgedistil.runtimes.ort import OrtLM
@@ -66,6 +66,20 @@ def test_chunked_prefill_through_onnx_equals_full_forward(layout, request):
     assert got.shape == full.shape
     assert np.abs(got - full).max() < 1e-4
     assert (got.argmax(-1) == full.argmax(-1)).all()
+
+
+def test_reference_scores_segments_in_one_pass_as_its_cached_steps_do(exported):
+    hf, _, heldout, _ = exported
+    reference = TorchLM(load_hf_folder(hf, max_len=MAX_LEN).eval(), MAX_LEN)
+
+    class Stepped:  # the same model through its static-cache steps: chunked prefill, then decode
+        step, empty_cache, max_len = reference.step, reference.empty_cache, reference.max_len
+
+    one_pass, targets = teacher_forced(reference, heldout, CHUNK, MAX_LEN)
+    stepped, stepped_targets = teacher_forced(Stepped(), heldout, CHUNK, MAX_LEN)
+    assert one_pass.shape == stepped.shape == (16 * (CHUNK + 16 - 1), VOCAB)
+    assert (targets == stepped_targets).all()
+    assert np.abs(one_pass - stepped).max() < 1e-4
 
 
 def test_export_record_has_fidelity_floors_and_layers(exported):

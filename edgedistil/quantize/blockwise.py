@@ -79,8 +79,9 @@ def calibrate(src: Path, heldout_ids: np.ndarray, chunk: int, min_tokens: int = 
             for pos in range(0, len(window), chunk):
                 _, cache, acts = lm.step_with_taps(window[pos:pos + chunk].tolist(), pos, cache, taps)
                 for name, x in acts.items():
-                    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-                    sums[name] = sums.get(name, 0) + x.T @ x
+                    x = x.reshape(-1, x.shape[-1])
+                    # one chunk's products in float32 (64 rows), their sum over chunks in float64
+                    sums[name] = sums.get(name, 0) + (x.T @ x).astype(np.float64)
                     absmax[name] = np.maximum(absmax.get(name, 0), np.abs(x).max(0))
                 tokens += chunk
     if tokens < min_tokens:
@@ -108,16 +109,18 @@ def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: 
         w[:, dead] = 0.0
         h += damp * torch.diag(h).mean() * torch.eye(k, dtype=torch.float64)
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    # the inverse in float64, the column sweep in float32 (as GPTQ's reference code): twice as fast; on the default 99.95% of the int8 codes come out the same
+    w, hinv = w.float(), hinv.float()
     levels = 2 ** bits - 1
     lowest = 1 if narrow and symmetric else 0
     groups = -(-k // block_size)
     codes = torch.zeros(n, k, dtype=torch.int64)
-    scales = torch.zeros(n, groups, dtype=torch.float64)
+    scales = torch.zeros(n, groups, dtype=torch.float32)
     zeros = torch.zeros(n, groups, dtype=torch.int64)
     lazy = 128  # columns updated together before the error reaches the rest of the matrix
     for c1 in range(0, k, lazy):
         c2 = min(c1 + lazy, k)
-        w1, err1, hinv1 = w[:, c1:c2].clone(), torch.zeros(n, c2 - c1, dtype=torch.float64), hinv[c1:c2, c1:c2]
+        w1, err1, hinv1 = w[:, c1:c2].clone(), torch.zeros(n, c2 - c1, dtype=torch.float32), hinv[c1:c2, c1:c2]
         for i in range(c2 - c1):
             col, g = c1 + i, (c1 + i) // block_size
             if col % block_size == 0:  # a new block: its scale from the weights as the error has left them
