@@ -65,9 +65,10 @@ export function wasmFeatures() {
  *  - base: URL of the bundle folder (default: the folder of this file);
  *  - model: the ONNX file to load (default: the manifest's graph file);
  *  - threads: wasm threads (default 1; more than 1 needs cross-origin isolation, see USAGE.md). onnxruntime-web
- *    reads this once, at the first session it creates on the page.
+ *    reads this once, at the first session it creates on the page;
+ *  - sessionOptions: onnxruntime-web session options, over this module's (wasm, graph optimization "all").
  */
-export async function load({ base = HERE, model = null, threads = 1 } = {}) {
+export async function load({ base = HERE, model = null, threads = 1, sessionOptions = {} } = {}) {
   const url = (path) => new URL(path, base).href;
   const manifest = await fetchJson(url("manifest.json"));
   // only the .wasm path: a prefix would make onnxruntime-web fetch its glue .mjs, which the bundled build inlines
@@ -80,6 +81,7 @@ export async function load({ base = HERE, model = null, threads = 1 } = {}) {
   const session = await ort.InferenceSession.create(url(file), {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
+    ...sessionOptions,
   });
   const loadMs = performance.now() - t0;
   return new EdgeLM({ manifest, session, tokenizer, tokenizerConfig, file, loadMs, threads });

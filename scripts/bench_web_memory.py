@@ -1,0 +1,174 @@
+"""Where the browser's memory goes: the Chromium renderer's peak for each of a run's ONNX files and session options.
+
+A web bundle's renderer peaks far above its file (1,358 MB for the default's 70.5 MB q8 file in one build). This
+script opens fresh headless Chromium pages on the run's web bundle, each loading one file with one set of
+onnxruntime-web session options through the bundle's own module, and reads the renderer's resident peak (VmHWM,
+/proc) at three points: the page with onnxruntime-web's wasm instantiated but no model, after the session is
+created, and after the generations. Decode speed is timed in the same pages, so memory and speed trade side by side.
+
+    python scripts/bench_web_memory.py RUN
+
+Files: the shipped q8 (int8 weights folded to fp32 at load), the fp32 export, and any of the run's other quantized
+HF-layout files (int4 and fp16 from `edgedistil build --target onnx`, int8_wo). Options: the module's (graph
+optimization "all"), without ONNX Runtime's memory arena and memory patterns, and with graph optimization off
+(the int8 weights then stay int8 in the heap and are dequantized at every step).
+
+Run it on idle cores. Writes docs/results/bench_web_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OPTIONS = {
+    "module default (graph optimization all)": {},
+    "no arena, no memory patterns": {"enableCpuMemArena": False, "enableMemPattern": False},
+    "graph optimization off": {"graphOptimizationLevel": "disabled"},
+}
+PAGE = """<!doctype html><meta charset="utf-8"><body data-state="idle">
+<script type="module">
+import { load, ort } from "./edgedistil-web.js";
+window.edgedistilMemory = { load, ort };
+document.body.dataset.state = "ready";
+</script>
+"""
+RUN_JS = """
+async ({ model, sessionOptions, ids, newTokens, repeats }) => {
+  const lm = await window.edgedistilMemory.load({ model, sessionOptions });
+  window.lm = lm;
+  return lm.loadMs;
+}
+"""
+GENERATE_JS = """
+async ({ ids, newTokens, repeats }) => {
+  const runs = [];
+  for (let r = 0; r < repeats + 1; r++) {
+    const res = await window.lm.generate(ids, { maxNewTokens: newTokens, stopAtEos: false });
+    if (r > 0) runs.push(res.timings);  // the first one untimed (V8 tiers wasm up while it runs)
+  }
+  return { runs, ids: (await window.lm.generate(ids, { maxNewTokens: newTokens, stopAtEos: false })).ids };
+}
+"""
+
+
+def renderer_mb(profile: str) -> dict:
+    """VmHWM and VmRSS (MB) of the largest renderer process of the Chromium started with `profile`."""
+    best = {"VmHWM": 0.0, "VmRSS": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if profile not in cmd or "--type=renderer" not in cmd:
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        mem = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines()
+               if ln.startswith(("VmRSS:", "VmHWM:"))}
+        if mem.get("VmHWM", 0) > best["VmHWM"]:
+            best = mem
+    return {k: round(v, 1) for k, v in best.items()}
+
+
+def one_page(pw, chromium, base: str, model: str, options: dict, prompt: list[int], new_tokens: int,
+             repeats: int) -> dict:
+    import shutil
+    import tempfile
+
+    from edgedistil.bench import web
+
+    profile = tempfile.mkdtemp(prefix="edgedistil-chromium-")
+    try:
+        ctx = pw.chromium.launch_persistent_context(profile, executable_path=str(chromium), headless=True,
+                                                    args=web.CHROMIUM_ARGS, timeout=120_000)
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.set_default_timeout(web.PAGE_TIMEOUT_MS)
+            page.goto(base + "memory.html")
+            page.wait_for_function("document.body.dataset.state === 'ready'")
+            # onnxruntime-web instantiates its wasm at the first session; a session on a 0-byte model would fail,
+            # so the baseline is the page with the module imported, before any session
+            baseline = renderer_mb(profile)
+            load_ms = page.evaluate(RUN_JS, {"model": model, "sessionOptions": options, "ids": prompt,
+                                             "newTokens": new_tokens, "repeats": repeats})
+            loaded = renderer_mb(profile)
+            out = page.evaluate(GENERATE_JS, {"ids": prompt, "newTokens": new_tokens, "repeats": repeats})
+            after = renderer_mb(profile)
+        finally:
+            ctx.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    decode = [r["decode_tokens_per_s"] for r in out["runs"]]
+    return {"renderer_baseline_mb": baseline["VmHWM"], "renderer_peak_after_load_mb": loaded["VmHWM"],
+            "renderer_rss_after_load_mb": loaded["VmRSS"], "renderer_peak_mb": after["VmHWM"],
+            "renderer_rss_after_generation_mb": after["VmRSS"], "load_ms": round(load_ms, 1),
+            "decode_tokens_per_s": round(statistics.median(decode), 1),
+            "ttft_ms": round(statistics.median(r["ttft_ms"] for r in out["runs"]), 1), "ids": out["ids"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a run folder with dist/web (edgedistil build --target web)")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="timed generations per page, after one untimed")
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "bench_web_memory.json"))
+    args = ap.parse_args()
+
+    from edgedistil.bench import web
+    from edgedistil.check.budgets import load_bundle_manifest
+    from edgedistil.records import sha256_file
+
+    run = Path(args.run)
+    bundle = run / "dist" / "web"
+    try:
+        shipped = bundle / load_bundle_manifest(bundle)["graphs"][0]["file"]
+    except Exception as e:  # noqa: BLE001 - one line, whatever the manifest problem
+        raise SystemExit(f"{bundle}: {str(e).splitlines()[0]}; build it with `edgedistil build --target web`")
+    files = {"q8 (shipped: int8 storage, fp32 compute)": shipped,
+             "fp32": run / "export" / "student-hf" / "model.onnx"}
+    for method, label in (("int8_wo", "int8 MatMulNBits (int8_wo)"), ("int4", "q4 (MatMulNBits)"),
+                          ("fp16", "fp16 storage")):
+        path = run / "quantize" / f"{method}-hf" / "model.onnx"
+        if path.is_file():
+            files[label] = path
+    files = {k: v for k, v in files.items() if v.is_file()}
+    names = {label: f"m{i}.onnx" for i, label in enumerate(files)}
+    page = Path(run / ".memory.html")
+    page.write_text(PAGE)
+    prompt = list(range(1000, 1064))
+    chromium = web.chromium_path()
+    rows = []
+    load_before = os.getloadavg()[0]
+    try:
+        with web.serve(bundle, extra={"memory.html": page, **{names[k]: v for k, v in files.items()}}) as base, \
+                web._import_playwright()() as pw:
+            for label in files:
+                for option, settings in OPTIONS.items():
+                    row = {"file": label, "bytes": files[label].stat().st_size, "options": option,
+                           **one_page(pw, chromium, base, names[label], settings, prompt, args.new_tokens,
+                                      args.repeats)}
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "ids"}), flush=True)
+    finally:
+        page.unlink(missing_ok=True)
+    ids = [row.pop("ids") for row in rows]
+    for row, got in zip(rows, ids):  # options must not change what a file generates
+        first = next(i for i, r in enumerate(rows) if r["file"] == row["file"])
+        row["ids_equal_to_module_default"] = got == ids[first]
+    record = {"command": f"python scripts/bench_web_memory.py {args.run}", "what": __doc__.split("\n\n")[0],
+              "browser": f"Chromium {web.chromium_version(chromium)} (headless)", "chromium_args": web.CHROMIUM_ARGS,
+              "threads": 1, "prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "cpu_count": os.cpu_count(), "loadavg_1m_before": round(load_before, 2),
+              "loadavg_1m_after": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d"),
+              "files": {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in files.items()},
+              "session_options": OPTIONS, "rows": rows}
+    Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
