@@ -10,8 +10,9 @@ created, and after the generations. Decode speed is timed in the same pages, so 
 
 Files: the shipped q8 (int8 weights folded to fp32 at load), the fp32 export, and any of the run's other quantized
 HF-layout files (int4 and fp16 from `edgedistil build --target onnx`, int8_wo). Options: the module's (graph
-optimization "all"), without ONNX Runtime's memory arena and memory patterns, and with graph optimization off
-(the int8 weights then stay int8 in the heap and are dequantized at every step).
+optimization "all"), without ONNX Runtime's memory arena and memory patterns, with graph optimization off (the
+int8 weights then stay int8 in the heap and are dequantized at every step), and without weight prepacking. The
+q8 and fp32 files also run as ORT-format copies whose initializers stay in the model's bytes.
 
 Run it on idle cores. Writes docs/results/bench_web_memory.json.
 """
@@ -21,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +33,15 @@ OPTIONS = {
     "module default (graph optimization all)": {},
     "no arena, no memory patterns": {"enableCpuMemArena": False, "enableMemPattern": False},
     "graph optimization off": {"graphOptimizationLevel": "disabled"},
+    "no weight prepacking": {"extra": {"session": {"disable_prepacking": "1"}}},
+}
+# ORT-format copies of the q8 and fp32 files (written with optimizations off), whose initializers onnxruntime can
+# use in place in the model's bytes instead of copying them out of a parsed protobuf
+IN_PLACE = {"use_ort_model_bytes_directly": "1", "use_ort_model_bytes_for_initializers": "1"}
+ORT_FORMAT_OPTIONS = {
+    "ORT format, initializers in the model bytes": {"extra": {"session": IN_PLACE}},
+    "ORT format, initializers in the model bytes, no weight prepacking":
+        {"extra": {"session": {**IN_PLACE, "disable_prepacking": "1"}}},
 }
 PAGE = """<!doctype html><meta charset="utf-8"><body data-state="idle">
 <script type="module">
@@ -57,29 +69,29 @@ async ({ ids, newTokens, repeats }) => {
 """
 
 
+def ort_format(src: Path, dst: Path) -> Path:
+    """`src` saved in ORT format by onnxruntime, with graph optimizations off (the browser runs its own)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.optimized_model_filepath = str(dst)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return dst
+
+
 def renderer_mb(profile: str) -> dict:
     """VmHWM and VmRSS (MB) of the largest renderer process of the Chromium started with `profile`."""
-    best = {"VmHWM": 0.0, "VmRSS": 0.0}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if profile not in cmd or "--type=renderer" not in cmd:
-                continue
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        mem = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines()
-               if ln.startswith(("VmRSS:", "VmHWM:"))}
-        if mem.get("VmHWM", 0) > best["VmHWM"]:
-            best = mem
-    return {k: round(v, 1) for k, v in best.items()}
+    from edgedistil.bench.web import chromium_memory
+
+    renderers = [mem for renderer, mem in chromium_memory(profile) if renderer] or [{"VmHWM": 0.0, "VmRSS": 0.0}]
+    best = max(renderers, key=lambda mem: mem.get("VmHWM", 0.0))
+    return {k: round(best.get(k, 0.0), 1) for k in ("VmHWM", "VmRSS")}
 
 
 def one_page(pw, chromium, base: str, model: str, options: dict, prompt: list[int], new_tokens: int,
              repeats: int) -> dict:
-    import shutil
-    import tempfile
-
     from edgedistil.bench import web
 
     profile = tempfile.mkdtemp(prefix="edgedistil-chromium-")
@@ -137,7 +149,13 @@ def main() -> None:
         if path.is_file():
             files[label] = path
     files = {k: v for k, v in files.items() if v.is_file()}
-    names = {label: f"m{i}.onnx" for i, label in enumerate(files)}
+    cases = [(label, option, settings) for label in files for option, settings in OPTIONS.items()]
+    ort_dir = Path(tempfile.mkdtemp(prefix="edgedistil-ort-format-"))
+    for label in list(files)[:2]:  # the q8 and the fp32 file
+        files[f"{label}, ORT format"] = ort_format(files[label], ort_dir / f"{len(files)}.ort")
+        cases += [(f"{label}, ORT format", option, settings) for option, settings in ORT_FORMAT_OPTIONS.items()]
+    names = {label: f"m{i}{path.suffix}" for i, (label, path) in enumerate(files.items())}
+    hashes = {label: {"path": str(path), "sha256": sha256_file(path)} for label, path in files.items()}
     page = Path(run / ".memory.html")
     page.write_text(PAGE)
     prompt = list(range(1000, 1064))
@@ -145,17 +163,19 @@ def main() -> None:
     rows = []
     load_before = os.getloadavg()[0]
     try:
-        with web.serve(bundle, extra={"memory.html": page, **{names[k]: v for k, v in files.items()}}) as base, \
+        # this checkout's module (the bundle's own may predate `sessionOptions`), the bundle's onnxruntime-web
+        module = REPO / "edgedistil" / "convert" / "web_runtime" / "edgedistil-web.js"
+        with web.serve(bundle, extra={"memory.html": page, "edgedistil-web.js": module,
+                                      **{names[k]: v for k, v in files.items()}}) as base, \
                 web._import_playwright()() as pw:
-            for label in files:
-                for option, settings in OPTIONS.items():
-                    row = {"file": label, "bytes": files[label].stat().st_size, "options": option,
-                           **one_page(pw, chromium, base, names[label], settings, prompt, args.new_tokens,
-                                      args.repeats)}
-                    rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "ids"}), flush=True)
+            for label, option, settings in cases:
+                row = {"file": label, "bytes": files[label].stat().st_size, "options": option,
+                       **one_page(pw, chromium, base, names[label], settings, prompt, args.new_tokens, args.repeats)}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "ids"}), flush=True)
     finally:
         page.unlink(missing_ok=True)
+        shutil.rmtree(ort_dir, ignore_errors=True)
     ids = [row.pop("ids") for row in rows]
     for row, got in zip(rows, ids):  # options must not change what a file generates
         first = next(i for i, r in enumerate(rows) if r["file"] == row["file"])
@@ -165,8 +185,8 @@ def main() -> None:
               "threads": 1, "prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
               "cpu_count": os.cpu_count(), "loadavg_1m_before": round(load_before, 2),
               "loadavg_1m_after": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d"),
-              "files": {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in files.items()},
-              "session_options": OPTIONS, "rows": rows}
+              "files": hashes,
+              "session_options": {**OPTIONS, **ORT_FORMAT_OPTIONS}, "rows": rows}
     Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -175,21 +175,28 @@ class MemorySampler:
             self.sample()
 
     def sample(self):
-        total = 0.0
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                if self.profile not in cmd:
-                    continue
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            mem = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines()
-                   if ln.startswith(("VmRSS:", "VmHWM:"))}
-            total += mem.get("VmRSS", 0.0)
-            if "--type=renderer" in cmd:  # VmHWM: the renderer's own peak, even between samples
+        processes = chromium_memory(self.profile)
+        self.total_peak_mb = max(self.total_peak_mb, sum(mem.get("VmRSS", 0.0) for _, mem in processes))
+        for renderer, mem in processes:
+            if renderer:  # VmHWM: the renderer's own peak, even between samples
                 self.renderer_peak_mb = max(self.renderer_peak_mb, mem.get("VmHWM", 0.0))
-        self.total_peak_mb = max(self.total_peak_mb, total)
+
+
+def chromium_memory(profile: str) -> list[tuple[bool, dict[str, float]]]:
+    """(whether it is a renderer, its VmRSS and VmHWM in MB) for each process of the Chromium using `profile`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if profile not in cmd:
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        mem = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines()
+               if ln.startswith(("VmRSS:", "VmHWM:"))}
+        out.append(("--type=renderer" in cmd, mem))
+    return out
 
 
 BENCH_JS = """

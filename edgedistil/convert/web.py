@@ -151,7 +151,10 @@ console.log(result.ids, result.text, result.timings);  // timings: ttft_ms, pref
 `generate` accepts text or an array of token ids; it stops at the end-of-sequence token unless
 `stopAtEos: false`. `lm.encode(text)` and `lm.decode(ids)` use the bundle's tokenizer. The module keeps the files it
 imports at the relative paths of this folder; to move them, keep `edgedistil-web.js` beside `vendor/`, and pass
-`load({{ base: "https://.../bundle/" }})` when the model and manifest live elsewhere.
+`load({{ base: "https://.../bundle/" }})` when the model and manifest live elsewhere. `load({{ sessionOptions }})`
+passes onnxruntime-web session options on: `{{ graphOptimizationLevel: "disabled" }}` keeps the int8 weights int8
+in memory, for about half the renderer's peak at about a seventh of the decode speed (docs/benchmarks.md in the
+edgedistil repository, "Web: where the renderer's memory goes").
 
 ## The model's calling convention
 
