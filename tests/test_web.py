@@ -112,6 +112,16 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
             output, stats, status = page.inner_text("#output"), page.inner_text("#stats"), page.inner_text("#status")
             last = page.evaluate("window.edgedistil.last")
             js_ids = page.evaluate(f"window.edgedistil.lm.encode({json.dumps(prompt)})")
+            # session options reach onnxruntime-web: unfolded int8 weights give the same ids, a bad option fails
+            unfolded = page.evaluate("""async (ids) => {
+              const { load } = await import("./edgedistil-web.js");
+              const lm = await load({ sessionOptions: { graphOptimizationLevel: "disabled" } });
+              const res = await lm.generate(ids, { maxNewTokens: 8, stopAtEos: false });
+              let refused = null;
+              try { await load({ sessionOptions: { graphOptimizationLevel: "no-such-level" } }); }
+              catch (e) { refused = String(e); }
+              return { ids: res.ids, refused };
+            }""", js_ids)
         finally:
             ctx.close()
     assert "tokens/s" in stats and "first token" in stats
@@ -123,6 +133,7 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
     ref = reference_ids(bundle / SHIPPED, js_ids, 24, json.loads((bundle / "manifest.json").read_text())
                         ["graphs"][0]["tokens_per_call"])
     assert last["ids"] == ref[: len(last["ids"])]  # the page stops early only at the end-of-sequence token
+    assert unfolded["ids"] == ref[:8] and unfolded["refused"], unfolded
 
 
 def _raw_get(base: str, path: str) -> tuple[int, bytes, str]:
