@@ -77,10 +77,15 @@ def test_hidden_state_kd_learns_a_projection_to_a_wider_teacher(tmp_path, teache
     assert load_hf_folder(out / "student").cfg.hidden_size == 32  # projections train the student, are not shipped
 
 
-def test_default_feature_map_on_a_built_student(tmp_path, teacher_dir, corpus):
-    record = run_distill(teacher_dir, corpus, recipe(distill={"feature_weight": 0.5}), tmp_path / "d",
-                         log=lambda m: None)
-    assert record["feature_kd"]["teacher_hidden_states"] == [2, 4] and record["feature_kd"]["projection"] is False
+@pytest.mark.parametrize("init, hidden_states", [("even", [1, 4]), ([1, 2], [2, 3]), ("random", [2, 4])])
+def test_default_feature_map_follows_the_layers_the_student_was_copied_from(tmp_path, teacher_dir, corpus, init,
+                                                                           hidden_states):
+    """Each student layer matches the output of the teacher layer it was copied from (hidden state k + 1 for
+    layer k); a random student, copied from none, matches evenly spaced ones."""
+    record = run_distill(teacher_dir, corpus, recipe(distill={"feature_weight": 0.5}, student={"init": init}),
+                         tmp_path / "d", log=lambda m: None)
+    assert record["feature_kd"]["teacher_hidden_states"] == hidden_states
+    assert record["feature_kd"]["projection"] is False
 
 
 def test_preflight_refuses_another_vocabulary_and_names_sequence_kd(tmp_path, teacher_dir, other_vocab_dir, corpus):

@@ -255,13 +255,15 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     exported = trial_export(student, recipe.export.max_len, log) if d.preflight_export else None
     feature = None
     if d.feature_weight > 0 and not sequence:
-        layer_map = d.feature_layers or even_feature_map(student.cfg.num_hidden_layers,
-                                                         teacher.cfg.num_hidden_layers)
+        # a student built from teacher layers matches each of its layers to the one it was copied from
+        kept = design.get("teacher_layers")
+        layer_map = d.feature_layers or ([k + 1 for k in kept] if kept else
+                                         even_feature_map(student.cfg.num_hidden_layers, teacher.cfg.num_hidden_layers))
         bad = [i for i in layer_map if not 1 <= i <= teacher.cfg.num_hidden_layers]
         if len(layer_map) != student.cfg.num_hidden_layers or bad:
             raise EdgeError(f"[distill] feature_layers {layer_map} must give one teacher hidden-state index in 1.."
                             f"{teacher.cfg.num_hidden_layers} per student layer ({student.cfg.num_hidden_layers})",
-                            "fix feature_layers, or set it to [] for evenly spaced layers")
+                            "fix feature_layers, or set it to [] (the teacher layers the student was built from)")
         feature = FeatureKD(student.cfg.hidden_size, teacher.cfg.hidden_size, layer_map, d.feature_loss)
     preflight_s = time.perf_counter() - t_pre
 
