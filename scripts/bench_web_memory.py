@@ -45,13 +45,13 @@ ORT_FORMAT_OPTIONS = {
 }
 PAGE = """<!doctype html><meta charset="utf-8"><body data-state="idle">
 <script type="module">
-import { load, ort } from "./edgedistil-web.js";
-window.edgedistilMemory = { load, ort };
+import { load } from "./edgedistil-web.js";
+window.edgedistilMemory = { load };
 document.body.dataset.state = "ready";
 </script>
 """
 RUN_JS = """
-async ({ model, sessionOptions, ids, newTokens, repeats }) => {
+async ({ model, sessionOptions }) => {
   const lm = await window.edgedistilMemory.load({ model, sessionOptions });
   window.lm = lm;
   return lm.loadMs;
@@ -106,8 +106,7 @@ def one_page(pw, chromium, base: str, model: str, options: dict, prompt: list[in
             # onnxruntime-web instantiates its wasm at the first session; a session on a 0-byte model would fail,
             # so the baseline is the page with the module imported, before any session
             baseline = renderer_mb(profile)
-            load_ms = page.evaluate(RUN_JS, {"model": model, "sessionOptions": options, "ids": prompt,
-                                             "newTokens": new_tokens, "repeats": repeats})
+            load_ms = page.evaluate(RUN_JS, {"model": model, "sessionOptions": options})
             loaded = renderer_mb(profile)
             out = page.evaluate(GENERATE_JS, {"ids": prompt, "newTokens": new_tokens, "repeats": repeats})
             after = renderer_mb(profile)
@@ -150,19 +149,18 @@ def main() -> None:
             files[label] = path
     files = {k: v for k, v in files.items() if v.is_file()}
     cases = [(label, option, settings) for label in files for option, settings in OPTIONS.items()]
-    ort_dir = Path(tempfile.mkdtemp(prefix="edgedistil-ort-format-"))
-    for label in list(files)[:2]:  # the q8 and the fp32 file
-        files[f"{label}, ORT format"] = ort_format(files[label], ort_dir / f"{len(files)}.ort")
-        cases += [(f"{label}, ORT format", option, settings) for option, settings in ORT_FORMAT_OPTIONS.items()]
-    names = {label: f"m{i}{path.suffix}" for i, (label, path) in enumerate(files.items())}
-    hashes = {label: {"path": str(path), "sha256": sha256_file(path)} for label, path in files.items()}
-    page = Path(run / ".memory.html")
-    page.write_text(PAGE)
     prompt = list(range(1000, 1064))
     chromium = web.chromium_path()
     rows = []
     load_before = os.getloadavg()[0]
-    try:
+    with tempfile.TemporaryDirectory(prefix="edgedistil-web-memory-") as tmp:
+        for label in list(files)[:2]:  # the q8 and the fp32 file
+            files[f"{label}, ORT format"] = ort_format(files[label], Path(tmp) / f"{len(files)}.ort")
+            cases += [(f"{label}, ORT format", option, settings) for option, settings in ORT_FORMAT_OPTIONS.items()]
+        names = {label: f"m{i}{path.suffix}" for i, (label, path) in enumerate(files.items())}
+        hashes = {label: {"path": str(path), "sha256": sha256_file(path)} for label, path in files.items()}
+        page = Path(tmp) / "memory.html"
+        page.write_text(PAGE)
         # this checkout's module (the bundle's own may predate `sessionOptions`), the bundle's onnxruntime-web
         module = REPO / "edgedistil" / "convert" / "web_runtime" / "edgedistil-web.js"
         with web.serve(bundle, extra={"memory.html": page, "edgedistil-web.js": module,
@@ -173,9 +171,6 @@ def main() -> None:
                        **one_page(pw, chromium, base, names[label], settings, prompt, args.new_tokens, args.repeats)}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "ids"}), flush=True)
-    finally:
-        page.unlink(missing_ok=True)
-        shutil.rmtree(ort_dir, ignore_errors=True)
     ids = [row.pop("ids") for row in rows]
     for row, got in zip(rows, ids):  # options must not change what a file generates
         first = next(i for i, r in enumerate(rows) if r["file"] == row["file"])

@@ -109,7 +109,8 @@ def gptq(weight: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: 
         w[:, dead] = 0.0
         h += damp * torch.diag(h).mean() * torch.eye(k, dtype=torch.float64)
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    # the inverse in float64, the column sweep in float32 (as GPTQ's reference code): twice as fast; on the default 99.95% of the int8 codes come out the same
+    # the inverse in float64, the column sweep in float32 (as GPTQ's reference code): twice as fast; on the
+    # default 99.95% of the int8 codes come out the same
     w, hinv = w.float(), hinv.float()
     levels = 2 ** bits - 1
     lowest = 1 if narrow and symmetric else 0

@@ -26,6 +26,6 @@ class TorchLM:
     @torch.no_grad()
     def window_logits(self, windows: np.ndarray, batch: int = 4) -> np.ndarray:
         """Logits [N, T, V] of `windows` [N, T], each scored from position 0 with full causal attention: the
-        model's own definition of its logits, and an order of magnitude faster than stepping through a cache."""
+        model's own definition of its logits, and faster than stepping through a cache."""
         ids = torch.as_tensor(np.asarray(windows), dtype=torch.long)
         return np.concatenate([self.model(ids[i:i + batch]).float().numpy() for i in range(0, len(ids), batch)])
