@@ -132,14 +132,15 @@ def main() -> None:
 
     from edgedistil.bench import web
     from edgedistil.check.budgets import load_bundle_manifest
+    from edgedistil.errors import EdgeError
     from edgedistil.records import sha256_file
 
     run = Path(args.run)
     bundle = run / "dist" / "web"
     try:
         shipped = bundle / load_bundle_manifest(bundle)["graphs"][0]["file"]
-    except Exception as e:  # noqa: BLE001 - one line, whatever the manifest problem
-        raise SystemExit(f"{bundle}: {str(e).splitlines()[0]}; build it with `edgedistil build --target web`")
+    except EdgeError as e:  # one line: the problem and its fix
+        raise SystemExit(str(e)) from None
     files = {"q8 (shipped: int8 storage, fp32 compute)": shipped,
              "fp32": run / "export" / "student-hf" / "model.onnx"}
     for method, label in (("int8_wo", "int8 MatMulNBits (int8_wo)"), ("int4", "q4 (MatMulNBits)"),
