@@ -43,7 +43,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
                               str(killed)], cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (ckpts.is_dir() and any((p / "state.json").is_file() for p in ckpts.iterdir())):
+    # a finished checkpoint: a step-N folder (a temp folder being written holds state.json before its rename)
+    while not (ckpts.is_dir() and any(p.name.startswith("step-") and (p / "state.json").is_file()
+                                      for p in ckpts.iterdir())):
         assert child.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.01)
