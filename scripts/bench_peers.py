@@ -5,6 +5,7 @@ rate schedule and optimizer; every resulting student evaluated the same way by e
     .venv/bin/python scripts/bench_peers.py                              # the embedded default, all peers
     .venv/bin/python scripts/bench_peers.py --steps 5 --eval-tokens 256 --json /tmp/peers.json   # a smoke run
     .venv/bin/python scripts/bench_peers.py --peers trl --run-eval       # + benchmarks and chat (edgedistil eval)
+    .venv/bin/python scripts/bench_peers.py --run-eval --work W --resume # after a crash: reuse the runs finished in W
 
 What it does:
 1. Builds the recipe's initial student exactly as the distill stage does (make_student: the measured layer pick)
@@ -50,6 +51,7 @@ PEER_VENVS = {  # venv name -> packages pinned (torch comes first, then these un
 }
 PEERS = ("trl", "torchtune", "torchtune_lora")  # all run by default
 SPEED_GOAL = 1.5
+WALL_FILE = "bench_wall.json"  # beside each of our runs' record.json: its end-to-end seconds, for --resume
 
 
 def peer_venv(name: str, log=print) -> Path:
@@ -78,6 +80,23 @@ def windows_for(train_ids, starts, recipe):
                       for _ in range(d.steps)])
 
 
+def peer_entry(rec: dict, out: Path, wall: float, tokens: int, steps: int) -> dict:
+    """A peer's row of the JSON from its peer_record.json and the wall time of its process."""
+    if rec["steps_run"] != steps:
+        return {"failed": f"ran {rec['steps_run']} steps, not {steps}"}
+    curve = rec.pop("curve")
+    return {
+        "what": rec.pop("trainer"), "student_dir": str(out / "student"),
+        "train_loop_seconds": round(rec["train_loop_seconds"], 2),
+        "train_tokens_per_s": round(tokens / rec["train_loop_seconds"], 1),
+        "end_to_end_seconds": round(wall, 1),
+        "end_to_end_scope": "the peer's process: python start, imports, loading student and teacher, train, save",
+        "final_loss": curve[-1].get("loss") if curve else None,
+        "curve_first_last": [curve[0], curve[-1]] if curve else None,
+        **{k: v for k, v in rec.items() if k not in ("train_loop_seconds",)},
+    }
+
+
 def quality_of(student_dir: Path, teacher, windows, other_windows) -> dict:
     from edgedistil.distill.evaluate import compare_on_heldout
     from edgedistil.model import load_hf_folder
@@ -99,8 +118,13 @@ def main() -> None:
     ap.add_argument("--run-eval", action="store_true", help="also run edgedistil eval (fast benchmarks, chat)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in every run (default: all cores)")
     ap.add_argument("--work", type=Path, default=None, help="keep inits, windows and students here")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --work: reuse every run that finished there before (its student, record and timing) "
+                         "instead of training it again")
     ap.add_argument("--json", default=None, help="output path")
     args = ap.parse_args()
+    if args.resume and args.work is None:
+        raise SystemExit("--resume needs --work, the folder an earlier run kept its students in")
     peers = [p for p in args.peers.split(",") if p]
     bad = [p for p in peers if p not in PEERS]
     if bad:
@@ -180,13 +204,20 @@ def main() -> None:
     windows_match_cache = None
     for label, settings in ours:
         r = recipe_with(recipe, distill=settings, student={"source": str(init_dir)})
-        t0 = time.perf_counter()
-        try:
-            record = run_distill(teacher_dir, corpus, r, work / label, log=log)
-        except Exception as e:  # noqa: BLE001 - recorded, the other runs go on
-            runs[label] = {"failed": f"{type(e).__name__}: {one_line(str(e))}"}
-            continue
-        wall = time.perf_counter() - t0
+        done = work / label / WALL_FILE
+        if args.resume and done.is_file() and (work / label / "record.json").is_file():
+            log(f"[{label}] reusing the finished run in {work / label}")
+            record = json.loads((work / label / "record.json").read_text())
+            wall = json.loads(done.read_text())["end_to_end_seconds"]
+        else:
+            t0 = time.perf_counter()
+            try:
+                record = run_distill(teacher_dir, corpus, r, work / label, log=log)
+            except Exception as e:  # noqa: BLE001 - recorded, the other runs go on
+                runs[label] = {"failed": f"{type(e).__name__}: {one_line(str(e))}"}
+                continue
+            wall = time.perf_counter() - t0
+            done.write_text(json.dumps({"end_to_end_seconds": wall}))
         cache = record.get("teacher_cache")
         if cache:
             from safetensors.torch import load_file
@@ -227,6 +258,15 @@ def main() -> None:
             runs[peer] = {"failed": f"venv: {' '.join(map(str, e.cmd))[:200]} exited {e.returncode}"}
             continue
         job_path = work / f"{peer}-job.json"
+        if args.resume and (out / "peer_record.json").is_file():
+            log(f"[{peer}] reusing the finished run in {out}")
+            rec = json.loads((out / "peer_record.json").read_text())
+            # a run from before the timing file existed: the peer process's own seconds, start to end
+            wall = rec.pop("bench_end_to_end_seconds", None)
+            runs[peer] = peer_entry(rec, out, wall or rec["process_seconds"], tokens, d.steps)
+            if wall is None and "failed" not in runs[peer]:
+                runs[peer]["end_to_end_scope"] += " (the process's own seconds: a run from before bench_peers timed it)"
+            continue
         job_path.write_text(json.dumps({**job, "out": str(out)}))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
@@ -243,20 +283,8 @@ def main() -> None:
             log(f"[{peer}] failed: {runs[peer]['failed']}")
             continue
         rec = json.loads((out / "peer_record.json").read_text())
-        if rec["steps_run"] != d.steps:
-            runs[peer] = {"failed": f"ran {rec['steps_run']} steps, not {d.steps}"}
-            continue
-        curve = rec.pop("curve")
-        runs[peer] = {
-            "what": rec.pop("trainer"), "student_dir": str(out / "student"),
-            "train_loop_seconds": round(rec["train_loop_seconds"], 2),
-            "train_tokens_per_s": round(tokens / rec["train_loop_seconds"], 1),
-            "end_to_end_seconds": round(wall, 1),
-            "end_to_end_scope": "the peer's process: python start, imports, loading student and teacher, train, save",
-            "final_loss": curve[-1].get("loss") if curve else None,
-            "curve_first_last": [curve[0], curve[-1]] if curve else None,
-            **{k: v for k, v in rec.items() if k not in ("train_loop_seconds",)},
-        }
+        (out / "peer_record.json").write_text(json.dumps({**rec, "bench_end_to_end_seconds": wall}, indent=2))
+        runs[peer] = peer_entry(rec, out, wall, tokens, d.steps)
 
     # 4. every student evaluated the same way
     init_q = quality_of(init_dir, teacher, heldout, other)
@@ -303,7 +331,8 @@ def main() -> None:
             f" {k} {v}" for k, v in (("--config", args.config), ("--steps", args.steps),
                                      ("--eval-tokens", args.eval_tokens), ("--threads", args.threads)) if v)
             + (f" --peers {args.peers}" if args.peers != ",".join(PEERS) else "")
-            + (" --no-live" if args.no_live else "") + (" --run-eval" if args.run_eval else ""),
+            + (" --no-live" if args.no_live else "") + (" --run-eval" if args.run_eval else "")
+            + (f" --work {args.work} --resume" if args.resume else ""),
         "teacher": str(teacher_dir), "corpus": corpus.name, "heldout_corpus": other_name,
         "student": {k: design.get(k) for k in ("layers", "init", "teacher_layers") if k in design},
         "same_for_every_run": {

@@ -150,6 +150,21 @@ def test_rouge_l_known_values():
     assert behaviour.rouge_l("", "anything") == 0.0
 
 
+def test_answers_from_a_folder_whose_weights_are_a_lone_shard(tiny, tmp_path):
+    """torchtune's checkpointer writes model-00001-of-00001.safetensors and no index, which transformers'
+    from_pretrained does not find; the chat answers read it as they read model.safetensors."""
+    import shutil
+
+    teacher, _, _ = tiny
+    shard = tmp_path / "torchtune-student"
+    shutil.copytree(teacher, shard)
+    (shard / "model.safetensors").rename(shard / "model-00001-of-00001.safetensors")
+    prompts = ["hello there", "tell me more"]
+    want = behaviour.generate_answers(teacher, prompts, new_tokens=8)
+    assert behaviour.generate_answers(shard, prompts, new_tokens=8) == want
+    assert all(a["tokens"] > 0 for a in want["answers"])  # something was generated to compare
+
+
 def test_chat_prompts_ship_with_the_package():
     prompts = behaviour.chat_prompts()
     assert len(prompts) >= 50 and len(set(prompts)) == len(prompts)

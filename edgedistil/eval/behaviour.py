@@ -71,15 +71,35 @@ def _end_ids(tok) -> list[int]:
     return sorted(ids)
 
 
+def transformers_lm(model_dir: Path):
+    """The folder as a transformers model (fp32, eval), its weights read by edgedistil's own safetensors loader, which
+    takes any layout of *.safetensors (one file under any name, or shards with or without an index: torchtune's
+    checkpointer writes model-00001-of-00001.safetensors alone, which from_pretrained does not find)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgedistil.errors import EdgeError
+    from edgedistil.model import load_hf_folder
+
+    weights = load_hf_folder(model_dir).state_dict()  # checked against config.json
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in weights]
+    if missing:
+        raise EdgeError(f"transformers' {type(model).__name__} wants weights {model_dir} does not have "
+                        f"({len(missing)}, first: {missing[0]})", "use config.json and *.safetensors from the same "
+                        "checkpoint")
+    model.load_state_dict({k: weights[k] for k in wanted})
+    return model.float().eval()
+
+
 @torch.no_grad()
 def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_TOKENS, batch: int = BATCH,
                      log=None) -> dict:
     """Greedy answers for `prompts` (one user turn each); with the chat template when the tokenizer has one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
-                                                 use_safetensors=True).eval()
+    model = transformers_lm(model_dir)
     ends = _end_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else ends[0]
     chat = bool(getattr(tok, "chat_template", None))

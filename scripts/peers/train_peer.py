@@ -60,7 +60,7 @@ def run_trl(job: dict, out: Path) -> dict:
     def collate(rows):
         ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
         labels = ids.clone()
-        labels[:, 0] = -100  # never predicted after GKD's shift; masked so the token count is the 64 predictions
+        labels[:, 0] = -100  # never predicted after GKD's shift; masked so the count is the seq_len predictions
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
     args = GKDConfig(
