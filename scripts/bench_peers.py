@@ -51,7 +51,7 @@ PEER_VENVS = {  # venv name -> packages pinned (torch comes first, then these un
 }
 PEERS = ("trl", "torchtune", "torchtune_lora")  # all run by default
 SPEED_GOAL = 1.5
-WALL_FILE = "bench_wall.json"  # beside each of our runs' record.json: its end-to-end seconds, for --resume
+WALL_FILE = "bench_wall.json"  # in each run's folder once it finished: its end-to-end seconds, for --resume
 
 
 def peer_venv(name: str, log=print) -> Path:
@@ -257,16 +257,17 @@ def main() -> None:
         except subprocess.CalledProcessError as e:
             runs[peer] = {"failed": f"venv: {' '.join(map(str, e.cmd))[:200]} exited {e.returncode}"}
             continue
-        job_path = work / f"{peer}-job.json"
+        done = out / WALL_FILE
         if args.resume and (out / "peer_record.json").is_file():
             log(f"[{peer}] reusing the finished run in {out}")
             rec = json.loads((out / "peer_record.json").read_text())
-            # a run from before the timing file existed: the peer process's own seconds, start to end
-            wall = rec.pop("bench_end_to_end_seconds", None)
-            runs[peer] = peer_entry(rec, out, wall or rec["process_seconds"], tokens, d.steps)
-            if wall is None and "failed" not in runs[peer]:
+            timed = done.is_file()  # else a run from before the timing file: the peer process's own seconds
+            wall = json.loads(done.read_text())["end_to_end_seconds"] if timed else rec["process_seconds"]
+            runs[peer] = peer_entry(rec, out, wall, tokens, d.steps)
+            if not timed and "failed" not in runs[peer]:
                 runs[peer]["end_to_end_scope"] += " (the process's own seconds: a run from before bench_peers timed it)"
             continue
+        job_path = work / f"{peer}-job.json"
         job_path.write_text(json.dumps({**job, "out": str(out)}))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
@@ -283,7 +284,7 @@ def main() -> None:
             log(f"[{peer}] failed: {runs[peer]['failed']}")
             continue
         rec = json.loads((out / "peer_record.json").read_text())
-        (out / "peer_record.json").write_text(json.dumps({**rec, "bench_end_to_end_seconds": wall}, indent=2))
+        done.write_text(json.dumps({"end_to_end_seconds": wall}))
         runs[peer] = peer_entry(rec, out, wall, tokens, d.steps)
 
     # 4. every student evaluated the same way
