@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--q4", action="append", default=[], metavar="NAME=FILE",
+                    help="another int4 file to run through genai in our folder beside model_q4.onnx (repeatable): "
+                         "the quantize stage's other settings, timed in the same rounds")
     ap.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "genai_folder.json")
     args = ap.parse_args()
 
@@ -50,8 +54,23 @@ def main() -> None:
                       (student / "config.json", "RUN must be the run folder the bundle was built in")):
         if not need.is_file():
             raise SystemExit(str(EdgeError(f"{need} does not exist", fix)))
+    candidates = dict(q.split("=", 1) for q in args.q4 if "=" in q)
+    if len(candidates) != len(args.q4) or not all(Path(f).is_file() for f in candidates.values()):
+        raise SystemExit(str(EdgeError(f"--q4 takes NAME=FILE with an existing ONNX file, got {args.q4}",
+                                       "name each file, e.g. --q4 eight_bit_head=/tmp/q/model.onnx")))
     work = cache_dir() / "bench-genai"
     work.mkdir(parents=True, exist_ok=True)
+    if candidates:  # our folder again, its onnx/ holding the candidates beside the shipped files
+        shipped, folder = folder, work / "ours-with-candidates"
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "onnx").mkdir(parents=True)
+        for entry in shipped.iterdir():
+            if entry.name != "onnx":
+                (folder / entry.name).symlink_to(entry.resolve())
+        for entry in (shipped / "onnx").iterdir():
+            (folder / "onnx" / entry.name).symlink_to(entry.resolve())
+        for name, f in candidates.items():
+            (folder / "onnx" / f"model_q4_{name}.onnx").symlink_to(Path(f).resolve())
     load_before = os.getloadavg()
     t_start = time.perf_counter()
 
@@ -68,6 +87,8 @@ def main() -> None:
         "genai on our folder, int4 (model_q4)": peer("genai-ours", folder, "onnx/model_q4.onnx"),
         "genai on its own export, int4": peer("genai-int4", student),
         "our loop, our int4 file (model_q4)": ours(folder / "onnx" / "model_q4.onnx"),
+        **{f"genai on our folder, int4 candidate {name}": peer("genai-ours", folder, f"onnx/model_q4_{name}.onnx")
+           for name in candidates},
     }
     rounds: dict[str, list[dict]] = {name: [] for name in models}
     for r in range(args.rounds):
@@ -78,18 +99,22 @@ def main() -> None:
     get = lambda name: results[name].get("decode_tokens_per_s")  # noqa: E731
     ratios = {}
     for p, own in (("fp32", "genai on its own export, fp32"), ("int4", "genai on its own export, int4")):
-        mine = next(n for n in results if n.startswith(f"genai on our folder, {p}"))
+        mine = next(n for n in results if n.startswith(f"genai on our folder, {p}") and "candidate" not in n)
         loop = next(n for n in results if n.startswith(f"our loop, our {p}"))
         ratios[f"genai {p}: our folder / its own export (goal >= 1)"] = ratio(get(mine), get(own))
         ratios[f"{p}: our loop / genai on our folder"] = ratio(get(loop), get(mine))
         ratios[f"genai {p}: same first 16 ids on our folder as on its export"] = (
             results[mine].get("tokens") == results[own].get("tokens") if results[mine].get("tokens") else None)
+    for name in candidates:
+        ratios[f"genai int4: candidate {name} / its own export"] = ratio(
+            get(f"genai on our folder, int4 candidate {name}"), get("genai on its own export, int4"))
     import onnxruntime_genai as og
 
     record = {
         "command": "python scripts/bench_genai.py --run RUN" + "".join(
             f" --{k} {v}" for k, v in (("rounds", args.rounds), ("repeats", args.repeats),
-                                       ("new-tokens", args.new_tokens))),
+                                       ("new-tokens", args.new_tokens))) + "".join(f" --q4 {q}" for q in args.q4),
+        "q4_candidates": candidates,
         "folder": str(folder), "student": str(student), "onnxruntime_genai": og.__version__,
         "prompt_tokens": len(PROMPT), "new_tokens": args.new_tokens, "threads": 1, "rounds": args.rounds,
         "models": results, "ratios": ratios,

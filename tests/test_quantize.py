@@ -47,12 +47,17 @@ def test_int4_is_matmulnbits_with_configurable_blocks(source):
     hf, src, heldout, root = source
     rec = run_quantize(src, hf, root / "int4", heldout, CHUNK, "int4", block_size=16, **QUIET)
     assert rec["ops"].get("MatMulNBits") == 15 and "block 16" in rec["scheme"] and rec["block_size"] == 16
-    # the embedding Gather is kept fp32 on purpose, the LM head and down_proj at 8 bits
-    assert rec["precision"]["counts"] == {"int4": 12, "int8": 3, "fp32": 1} and rec["warnings"] == []
-    assert rec["int4_eight_bit"] == ["lm_head", "down_proj"]
-    assert {layer["node"].split("/")[1] for layer in rec["precision"]["layers"] if layer["intended"] == "int8"} \
-        == {"lm_head", "mlp"} and all(layer["precision"] == layer["intended"] for layer in rec["precision"]["layers"])
-    assert rec["bytes"] < rec["source_bytes"]
+    # every MatMul 4-bit; this layout's embedding is its own table (not the head's), so an int8 block lookup
+    assert rec["precision"]["counts"] == {"int4": 15, "int8": 1} and rec["warnings"] == []
+    assert rec["int4_eight_bit"] == [] and by_node(rec, "embed")[0]["op"] == "GatherBlockQuantized"
+    # layers named for 8 bits get them
+    wide = run_quantize(src, hf, root / "int4-wide", heldout, CHUNK, "int4", block_size=16,
+                        eight_bit=("lm_head", "down_proj"), **QUIET)
+    assert wide["precision"]["counts"] == {"int4": 12, "int8": 4} and wide["int4_eight_bit"] == ["lm_head", "down_proj"]
+    assert {layer["node"].split("/")[1] for layer in wide["precision"]["layers"] if layer["intended"] == "int8"} \
+        == {"lm_head", "mlp"} and all(layer["precision"] == layer["intended"] for layer in wide["precision"]["layers"]
+                                      if layer["op"] == "MatMulNBits")
+    assert rec["bytes"] < wide["bytes"] < rec["source_bytes"]
     with pytest.raises(EdgeError, match="block_size"):
         run_quantize(src, hf, root / "int4-bad", heldout, CHUNK, "int4", block_size=24, **QUIET)
     assert not (root / "int4-bad").exists()
@@ -148,6 +153,54 @@ def test_int8_weight_only_on_the_gqa_layout_quantizes_the_tied_lookup(tmp_path):
     run_export(hf, tmp_path / "full", heldout, MAX_LEN, CHUNK, "student", **QUIET)
     full = run_quantize(tmp_path / "full" / "model.onnx", hf, tmp_path / "qf", heldout, CHUNK, "int8_wo", **QUIET)
     assert abs(rec["fidelity"]["kl_mean"] - full["fidelity"]["kl_mean"]) < 0.25 * full["fidelity"]["kl_mean"]
+
+
+@pytest.mark.parametrize("eight_bit", [(), ("lm_head",)])
+def test_int4_on_the_gqa_layout_looks_the_embedding_up_in_the_heads_own_codes(tmp_path, eight_bit):
+    """The tied head's MatMulNBits codes serve the embedding lookup too (one copy of the table, as genai's own
+    int4 export has it), in standard ops that onnxruntime-web also runs: the rows it gathers are exactly the head's
+    dequantized rows, 4-bit nibbles and zero points unpacked, or 8-bit with the implicit zero point."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgedistil.quantize.blockwise import dequantize
+    from tests.test_export import make_llama as make
+
+    hf = make(tmp_path / "hf", seed=4)
+    heldout = np.random.default_rng(5).integers(0, VOCAB, 800)
+    run_export(hf, tmp_path / "gqa", heldout, MAX_LEN, CHUNK, "student", cache="gqa", **QUIET)
+    rec = run_quantize(tmp_path / "gqa" / "model.onnx", hf, tmp_path / "q", heldout, CHUNK, "int4", block_size=16,
+                       eight_bit=eight_bit, **QUIET)
+    bits = 8 if eight_bit else 4
+    embed = by_node(rec, "embed")
+    assert len(embed) == 1 and embed[0]["precision"] == f"int{bits}" and rec["warnings"] == []
+    assert rec["fidelity"]["top1_agreement"] > 0.5  # the graph around the lookup still works
+    m = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    assert not [k for k, v in inits.items() if v.size == VOCAB * 64 and v.dtype == np.float32]  # no fp32 table
+    lookup = {n.op_type for n in m.graph.node if "embed" in n.name}
+    assert "GatherBlockQuantized" not in lookup and "Gather" in lookup
+    head = next(n for n in m.graph.node if n.op_type == "MatMulNBits" and "lm_head" in n.name)
+    codes = inits[head.input[1]]  # [N, blocks, block * bits / 8]
+    if bits == 4:
+        codes = np.stack([codes & 15, codes >> 4], -1)
+    codes = codes.reshape(codes.shape[0], -1).astype(np.float32)
+    blocks = codes.shape[1] // 16
+    scales = inits[head.input[2]].reshape(-1, blocks)
+    if bits == 4:
+        packed_zeros = inits[head.input[3]].reshape(len(codes), -1)
+        zeros = np.stack([packed_zeros & 15, packed_zeros >> 4], -1).reshape(len(codes), -1)[:, :blocks]
+    else:
+        zeros = np.full_like(scales, 128)
+    rows = dequantize(codes, scales, zeros.astype(np.float32), 16)
+    # the lookup alone, cut out of the file, read on a few token ids
+    looked_up = next(n for n in m.graph.node if n.op_type == "Reshape" and n.name.endswith("_rows")).output[0]
+    onnx.utils.extract_model(str(tmp_path / "q" / "model.onnx"), str(tmp_path / "lookup.onnx"), ["input_ids"],
+                             [looked_up])
+    ids = np.array([[3, 0, VOCAB - 1, 17]], np.int32)  # the edgedistil io's ids
+    out = ort.InferenceSession(str(tmp_path / "lookup.onnx")).run(None, {"input_ids": ids})[0]
+    np.testing.assert_allclose(out.reshape(4, -1), rows[ids[0]], rtol=1e-6, atol=1e-6)
 
 
 def test_smoothing_is_exact_in_fp32(source):
@@ -275,7 +328,7 @@ def test_int4_gptq_beats_round_to_nearest_and_records_it(source):
     every4 = dict(block_size=16, eight_bit=(), **QUIET)  # every MatMul 4-bit
     gptq_rec = run_quantize(src, hf, root / "int4-gptq", heldout, CHUNK, "int4", **every4)
     nearest = run_quantize(src, hf, root / "int4-rtn", heldout, CHUNK, "int4", rounding="nearest", **every4)
-    assert gptq_rec["precision"]["counts"] == {"int4": 15, "fp32": 1} and gptq_rec["int4_eight_bit"] == []
+    assert gptq_rec["precision"]["counts"] == {"int4": 15, "int8": 1} and gptq_rec["int4_eight_bit"] == []
     assert gptq_rec["rounding"] == "gptq" and "gptq rounding" in gptq_rec["scheme"] and nearest["rounding"] == "nearest"
     assert gptq_rec["fidelity"]["kl_mean"] < nearest["fidelity"]["kl_mean"]
     with pytest.raises(EdgeError, match="GPTQ calibration"):

@@ -190,12 +190,15 @@ def _replace_weight_matmuls(model, excluded: list[str], replace) -> None:
 
 
 def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, excluded: list[str],
-                     hessians: dict[str, np.ndarray] | None, eight_bit: tuple[str, ...] = ()) -> None:
+                     hessians: dict[str, np.ndarray] | None, eight_bit: tuple[str, ...] = ()) -> dict[str, dict]:
     """Replace every weight MatMul of `model` (an onnx ModelProto, changed in place) not in `excluded` by
     MatMulNBits, GPTQ-rounded when `hessians` are given, else rounded to nearest; nodes whose name holds a part in
     `eight_bit` get 8 bits whatever `bits` is. A weight another node still reads (a tied embedding's Gather) is
-    kept for that node."""
+    kept for that node. Returns {weight: its packed initializers' names, bits, block_size, N, K}, for
+    quantize_gathers to look a tied embedding up in the head's own codes."""
     from onnx import helper, numpy_helper
+
+    packed_weights: dict[str, dict] = {}
 
     def replace(node, weight):
         a, b = node.input
@@ -205,12 +208,15 @@ def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int, exc
         codes, scales, zeros = gptq(weight, None if hessians is None else hessians[a], nbits, block_size, symmetric)
         packed = pack_matmul_nbits(codes, scales, zeros, nbits, block_size, symmetric)
         names = {"B": f"{b}_Q{nbits}", "scales": f"{b}_scales", "zero_points": f"{b}_zero_points"}
+        packed_weights[b] = {**{key: names[key] for key in packed}, "bits": nbits, "block_size": block_size,
+                             "N": n_out, "K": k_in}
         return ([helper.make_node("MatMulNBits", [a] + [names[key] for key in packed], list(node.output),
                                   name=f"{node.name}_Q{nbits}", domain="com.microsoft", K=k_in, N=n_out, bits=nbits,
                                   block_size=block_size, accuracy_level=accuracy_level)],
                 [numpy_helper.from_array(arr, names[key]) for key, arr in packed.items()])
 
     _replace_weight_matmuls(model, excluded, replace)
+    return packed_weights
 
 
 # int8_storage rounds each MatMul weight with a scale per block of this many inputs (K) of each output column. One
@@ -352,7 +358,7 @@ def smooth_norm_inputs(model, calib: Calibration, alpha: float = 0.5) -> Calibra
 
 
 def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool = False,
-                     shared: dict[str, tuple] | None = None) -> None:
+                     shared: dict[str, tuple] | None = None, packed: dict[str, dict] | None = None) -> None:
     """Replace each embedding lookup of `model` (changed in place) not in `excluded` by GatherBlockQuantized: int8,
     symmetric blocks of `block_size` along the hidden axis, like the MatMul weights. `portable`: standard ops
     instead, which any ONNX runtime runs: the int8 row and its scale are gathered and multiplied after a Cast, one
@@ -360,7 +366,9 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
     int8 rows) is looked up there instead of quantized again.
     A row Gather (axis 0) swaps one for one; the gqa layout's column Gather on the tied head matrix, followed by
     the Transpose that moves the gathered axis first, becomes a row lookup of an int8 copy of that matrix
-    (GatherBlockQuantized gathers uint8 data on axis 0 only)."""
+    (GatherBlockQuantized gathers uint8 data on axis 0 only). A column Gather on a head matrix in `packed` (from
+    quantize_matmuls, the head already MatMulNBits) looks up the head's own codes instead, at its bits, in standard
+    ops: one copy of the table in the file, as onnxruntime-genai's int4 export has it, and one every runtime runs."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -387,6 +395,12 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
             nodes.append(node)
             continue
         base = node.input[0] + ("_rows" if axis == 1 else "")
+        head = (packed or {}).get(node.input[0]) if axis == 1 else None
+        if head is not None and head["K"] % head["block_size"] == 0:
+            new_nodes, new_inits = _gather_packed_head(node, head, output)
+            nodes += new_nodes
+            added += new_inits
+            continue
         if portable:
             tied = (shared or {}).get(node.input[0])  # rows of the table, for a row or a column Gather alike
             q, sc = tied or (f"{base}_Q8", f"{base}_scales")
@@ -411,3 +425,50 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
                                       [output], name=f"{node.name}_Q8", domain="com.microsoft", bits=8,
                                       block_size=block_size, gather_axis=0, quantize_axis=1))
     _rewrite(model, nodes, added)
+
+
+def _gather_packed_head(node, head: dict, output: str) -> tuple[list, list]:
+    """The embedding lookup `node` (a column Gather on the tied head matrix) as a row lookup of the head's own
+    MatMulNBits codes, in standard ops so that every ONNX runtime runs it (onnxruntime-web has no
+    GatherBlockQuantized): the rows' codes, scales and zero points are gathered, 4-bit codes split into nibbles
+    (low first), and dequantized as MatMulNBits does. Returns the nodes and their constant initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    base, bits = node.input[0] + "_rows", head["bits"]
+    n_rows, blocks, block = head["N"], head["K"] // head["block_size"], head["block_size"]
+    consts = {"scales_shape": [n_rows, blocks], "zeros_shape": [n_rows, -(-blocks * bits // 8)],
+              "column": [0, 0, 0, -1, 1], "blocks": [0, 0, blocks, block], "rows": [0, 0, head["K"]],
+              "last": [0, 0, -1, 1], "zeros_row": [0, 0, -1], "start": [0], "stop": [blocks], "axis": [-1]}
+    nodes = []
+
+    def op(kind, inputs, name, **attrs):
+        out = f"{base}_{name}"
+        nodes.append(helper.make_node(kind, inputs, [out], name=f"{node.name}_{name}", **attrs))
+        return out
+
+    def nibbles(packed, name):  # uint8 [..., P] -> int32 [..., 2 P], low nibble first
+        wide = op("Cast", [packed], f"{name}_i32", to=TensorProto.INT32)
+        low = op("Reshape", [op("Mod", [wide, f"{base}_sixteen"], f"{name}_low"), f"{base}_column"], f"{name}_lo")
+        high = op("Reshape", [op("Div", [wide, f"{base}_sixteen"], f"{name}_high"), f"{base}_column"], f"{name}_hi")
+        return op("Concat", [low, high], f"{name}_pairs", axis=-1)
+
+    ids = node.input[1]
+    codes = op("Gather", [head["B"], ids], "codes")  # [b, s, blocks, block * bits / 8]
+    codes = op("Reshape", [nibbles(codes, "codes"), f"{base}_blocks"], "codes_blocks") if bits == 4 else codes
+    values = op("Cast", [codes], "codes_f32", to=TensorProto.FLOAT)
+    scale = op("Gather", [op("Reshape", [head["scales"], f"{base}_scales_shape"], "scales"), ids], "scale")
+    if "zero_points" in head:
+        zeros = op("Gather", [op("Reshape", [head["zero_points"], f"{base}_zeros_shape"], "zeros"), ids], "zero")
+        zeros = op("Reshape", [nibbles(zeros, "zero"), f"{base}_zeros_row"], "zero_all") if bits == 4 else zeros
+        zeros = op("Slice", [zeros, f"{base}_start", f"{base}_stop", f"{base}_axis"], "zero_blocks")
+        zeros = op("Reshape", [op("Cast", [zeros], "zero_f32", to=TensorProto.FLOAT), f"{base}_last"], "zero_column")
+    else:  # symmetric: MatMulNBits' implicit zero point
+        zeros = f"{base}_zero_implicit"
+        consts["zero_implicit"] = np.float32(2 ** (bits - 1))
+    centred = op("Sub", [values, zeros], "centred")
+    scaled = op("Mul", [centred, op("Reshape", [scale, f"{base}_last"], "scale_column")], "scaled")
+    nodes.append(helper.make_node("Reshape", [scaled, f"{base}_rows"], [output], name=f"{node.name}_rows"))
+    inits = [numpy_helper.from_array(np.array(v, np.float32 if k == "zero_implicit" else np.int64), f"{base}_{k}")
+             for k, v in consts.items()]
+    inits.append(numpy_helper.from_array(np.array(16, np.int32), f"{base}_sixteen"))
+    return nodes, inits

@@ -19,10 +19,11 @@ quantize/blockwise.py):
   weights) and a slower prefill (scripts/bench_web.py). Natively `int8_wo` is the one.
 - `fp16`: weights stored in fp16, each behind a Cast to fp32, so the file halves and the I/O contract (fp32
   cache and logits) is unchanged; ONNX Runtime folds the Casts at load, so compute and memory stay fp32.
-- `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis, with the
-  LM head and down_proj at 8 bits (INT4_EIGHT_BIT: all-4-bit misses the int4 top-1 floor on the embedded default); the
-  embedding stays fp32 by default; with `keep_float = []` it is an
-  int8 block lookup as in `int8_wo` (what the in-place gqa layout, ONNX Runtime only, wants).
+- `int4`: weight-only MatMulNBits, asymmetric blocks of `block_size` (default 32) along the input axis, every MatMul
+  at 4 bits unless `eight_bit` names some (INT4_EIGHT_BIT). A tied embedding (the in-place gqa layout's column
+  Gather on the head matrix) is looked up in the head's own packed codes, with standard ops, so the table is in the
+  file once, as in onnxruntime-genai's own int4 export, and onnxruntime-web runs the file too; any other embedding
+  is an int8 block lookup as in `int8_wo`.
 
 MatMulNBits weights (int4, int8_wo) and int8_storage's are rounded with GPTQ, calibrated on held-out text between
 the fidelity segments (quantize/blockwise.py), unless `rounding="nearest"`.
@@ -54,7 +55,7 @@ from edgedistil.runtimes.torch_step import TorchLM
 GPTQ_METHODS = ("int4", "int8_wo", "int8_storage")  # the methods `rounding` applies to
 # Chosen per method from the per-layer sensitivity measured on the embedded default (docs/design.md, Quantization).
 DEFAULT_KEEP_FLOAT: dict[str, list[str]] = {"int8": [], "int8_wo": [], "int8_storage": [], "int8_static": [],
-                                             "int4": ["embed_tokens"], "fp16": []}
+                                             "int4": [], "fp16": []}
 SCHEME = {
     "int8": "onnxruntime quantize_dynamic: MatMul and Gather weights int8 per channel, dynamic activations",
     "int8_static": "onnxruntime quantize_static QDQ: weight MatMuls int8 per channel, activations int8 calibrated "
@@ -67,7 +68,8 @@ SCHEME = {
                     "with standard ops",
     "fp16": "weights fp16 behind Cast to fp32 (storage only: compute, cache and logits fp32)",
     "int4": "onnxruntime MatMulNBits: weight-only int4, asymmetric, block {block_size} along K, accuracy_level 4, "
-            "{rounding} rounding; 8-bit layers: {eight_bit}",
+            "{rounding} rounding; 8-bit layers: {eight_bit}; a tied embedding looked up in the head's own codes "
+            "with standard ops (else int8 blocks)",
 }
 
 
@@ -75,9 +77,11 @@ SCHEME = {
 # MatMul; 0 = off. From scripts/bench_onnx_quant.py on the embedded default: int8_wo top-1 0.968 -> 0.980, and int4
 # loses agreement with it.
 SMOOTH_ALPHA = {"int8_wo": 0.5, "int4": 0.0}
-# int4's layers kept at 8 bits (MatMulNBits either way), chosen like SMOOTH_ALPHA: with every MatMul 4-bit the
-# embedded default misses the int4 top-1 floor (0.939); the LM head and down_proj at 8 bits hold it.
-INT4_EIGHT_BIT = ("lm_head", "down_proj")
+# int4's layers kept at 8 bits (MatMulNBits either way). None: int4 is the file picked for size and speed, and on the
+# embedded default no set holds the int4 floors (docs/results/onnx_int4_eight_bit.json: the LM head and down_proj at
+# 8 bits, the default until 2026-12-07, top-1 0.870 against 0.839, in 59.9 MB against 42.2), while every 8-bit
+# layer slows it: genai decoded them at 0.72-0.80x the all-4-bit file's speed (docs/results/genai_q4_candidates.json).
+INT4_EIGHT_BIT: tuple[str, ...] = ()
 
 
 def eight_bit_layers(method: str, eight_bit: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -195,20 +199,23 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
             fp16_weights(src, dst, excluded)
         elif method in ("int4", "int8_wo"):
             model = onnx.load(str(src))
-            # the embedding lookup (unless kept float, as int4 does by default): int8 blocks,
-            # first, so it no longer shares a tied head's matrix, which smoothing scales
-            quantize_gathers(model, block_size, excluded)
+            alpha = (SMOOTH_ALPHA[method] if smooth_alpha is None else smooth_alpha) if rounding == "gptq" else 0
+            if alpha:
+                # the embedding lookup int8 blocks first, so it no longer shares a tied head's matrix, which
+                # smoothing scales
+                quantize_gathers(model, block_size, excluded)
+            hessians = None
             if rounding == "gptq":
                 calib = calibrate(src, heldout_ids, prefill_len)
-                alpha = SMOOTH_ALPHA[method] if smooth_alpha is None else smooth_alpha
                 calib = smooth_norm_inputs(model, calib, alpha) if alpha else calib
                 hessians = calib.hessians
                 calibration = {"tokens": calib.tokens, "smooth_alpha": alpha,
                                "smoothed_inputs": list(calib.smoothed)}
-            else:
-                hessians = None
-            quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded, hessians,
-                             eight_bit_layers(method, eight_bit))
+            packed = quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded,
+                                      hessians, eight_bit_layers(method, eight_bit))
+            if not alpha:
+                # a tied head's lookup reads the head's own codes (one copy), any other table int8 blocks
+                quantize_gathers(model, block_size, excluded, packed=packed)
             onnx.save(model, str(dst))
         elif method == "int8_storage":
             model = onnx.load(str(src))

@@ -56,6 +56,8 @@ def _precision(node, init, via: str) -> str:
     if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
         bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
         return f"int{bits}"
+    if init.name.endswith("_Q4"):  # a lookup of a 4-bit head's packed codes (quantize/blockwise.py)
+        return "int4"
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "uint8": "int8", "int8": "int8",
             "int4": "int4", "uint4": "int4"}.get(_dtype_name(init.data_type), _dtype_name(init.data_type))
 
