@@ -61,8 +61,8 @@ SCHEME = {
     "int8_static": "onnxruntime quantize_static QDQ: weight MatMuls int8 per channel, activations int8 calibrated "
                    "(MinMax) on held-out decoding traces from position 0",
     "int8_wo": "onnxruntime MatMulNBits: weight-only int8, symmetric, block {block_size} along K, accuracy_level 4, "
-               "{rounding} rounding (with GPTQ: RMSNorm outputs smoothed first); embedding GatherBlockQuantized int8, "
-               "block {block_size}",
+               "{rounding} rounding (with GPTQ: RMSNorm outputs smoothed first, and the embedding GatherBlockQuantized "
+               "int8, block {block_size}; rounded to nearest, a tied embedding is looked up in the head's own codes)",
     "int8_storage": "int8 weights, a scale per 32 inputs of each output column, {rounding} rounding, behind Cast, Mul "
                     "and Reshape that ONNX Runtime folds to fp32 at load (fp32 compute); embedding int8 per row, gathered "
                     "with standard ops",
