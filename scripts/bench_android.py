@@ -20,8 +20,9 @@ on RUN's student in PyTorch with the file's numerics: int8 per row on the narrow
 written to docs/results/android_int8_rounding.json.
 
 --cli-chat runs the stock CLI on the shipped file, as an Android developer would try it on a desktop first:
-`litert-lm run RUN/dist/android/model.litertlm --prompt MESSAGE --backend cpu` for a few chat messages (the
-CLI renders them through the file's own chat template), beside the fp32 PyTorch student's greedy reply to the same
+`litert-lm run RUN/dist/android/model.litertlm --prompt MESSAGE --backend cpu --cache memory` for a few chat
+messages (the CLI renders them through the file's own chat template; `--cache memory` keeps its weight cache out of
+dist/android), beside the fp32 PyTorch student's greedy reply to the same
 message through transformers' template; written to docs/results/android_litertlm_cli.json.
 
 --litert-torch builds the .litertlm the other way issue 19 names: litert-torch's own `export_hf` (HF folder in,
@@ -30,6 +31,12 @@ embedded teacher, beside the files RUN's build made with litert-torch's converte
 is checked through LiteRT-LM against the fp32 PyTorch model (greedy tokens on held-out prompts and one chat turn),
 then all are benchmarked by LiteRT-LM in round-robin rounds on the same threads; written to
 docs/results/android_litertlm_paths.json.
+
+--litertlm-vs-host times LiteRT-LM's benchmark on RUN's shipped .litertlm against our CompiledModel loop on the
+.tflite inside it, at 1, 2 and 4 threads, LiteRT-LM with and without its XNNPACK weight cache, every setting once
+per round (round robin), the same 64-token prompt and decode length; written to
+docs/results/android_litertlm_vs_host.json. It is why bench[android] caps the headline threads at the machine's
+cores and keeps the weight cache on.
 """
 
 from __future__ import annotations
@@ -70,9 +77,16 @@ def main() -> None:
     ap.add_argument("--cli-chat", action="store_true", help="chat through `litert-lm run` on RUN's bundle (see above)")
     ap.add_argument("--litert-torch", action="store_true",
                     help="litert-torch's export_hf against the build's litert-lm-builder files (see above)")
+    ap.add_argument("--litertlm-vs-host", action="store_true",
+                    help="LiteRT-LM against our loop per thread count and weight-cache setting (see above)")
     ap.add_argument("--threads", type=int, default=1, help="--litert-torch: LiteRT-LM's CPU threads")
-    ap.add_argument("--rounds", type=int, default=3, help="--litert-torch: round-robin benchmark rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="--litert-torch, --litertlm-vs-host: round-robin rounds")
+    ap.add_argument("--decode-tokens", type=int, default=128, help="--litertlm-vs-host: decode steps per run")
     args = ap.parse_args()
+    if args.litertlm_vs_host:
+        return litertlm_vs_host(Path(args.run), Path(args.json).with_name("android_litertlm_vs_host.json")
+                                if args.json.endswith("android_converter_memory.json") else Path(args.json),
+                                args.rounds, args.decode_tokens)
     if args.litert_torch:
         return litertlm_paths(Path(args.run), Path(args.json).with_name("android_litertlm_paths.json")
                               if args.json.endswith("android_converter_memory.json") else Path(args.json),
@@ -113,6 +127,63 @@ def main() -> None:
     print(f"wrote {args.json}")
 
 
+def litertlm_vs_host(run: Path, dest: Path, rounds: int, decode_tokens: int) -> None:
+    import statistics
+
+    from edgedistil.bench.litert import _worker, litertlm_runs
+    from edgedistil.targets import fixed_prompt
+
+    bundle = run / "dist" / "android"
+    lm, tflite = bundle / "model.litertlm", bundle / "model.tflite"
+    if not lm.is_file():
+        sys.exit(f"{lm} does not exist: build RUN with `edgedistil build --target android --out {run}` first")
+    prompt = fixed_prompt(64)
+    settings = [(t, kind) for t in (1, 2, 4) for kind in ("host loop", "LiteRT-LM, no weight cache",
+                                                          "LiteRT-LM, weight cache")]
+    rates = {f"{t} thread(s) / {kind}": [] for t, kind in settings}
+    loadavg_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="edgedistil-litertlm-cache-") as cache:
+        litertlm_runs(lm, len(prompt), decode_tokens, 1, 1, cache)  # writes the weight cache; not counted
+        for r in range(rounds):
+            for t, kind in settings:
+                if kind == "host loop":
+                    raw = _worker({"model": str(tflite), "threads": t, "prompt": prompt, "new_tokens": decode_tokens,
+                                   "repeats": 1, "binding": "resident"})
+                else:
+                    raw = litertlm_runs(lm, len(prompt), decode_tokens, 1, t,
+                                        cache if kind.endswith(", weight cache") else None)
+                rates[f"{t} thread(s) / {kind}"].append(round(raw["runs"][0]["decode_tokens_per_s"], 2))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+    rows = []
+    for t, kind in settings:
+        key = f"{t} thread(s) / {kind}"
+        host = rates[f"{t} thread(s) / host loop"]
+        row = {"threads": t, "runtime": kind, "decode_tokens_per_s": round(statistics.median(rates[key]), 2),
+               "per_round": rates[key]}
+        if kind != "host loop":  # the median of per-round ratios to our loop at the same threads
+            row["vs_host_loop"] = round(statistics.median(a / b for a, b in zip(rates[key], host)), 3)
+        rows.append(row)
+        print(f"{key}: {row['decode_tokens_per_s']:.1f} tok/s" +
+              (f", {row['vs_host_loop']:.3f}x our loop" if "vs_host_loop" in row else ""), flush=True)
+    out = {"command": "python scripts/bench_android.py --run RUN --litertlm-vs-host " +
+                      f"--rounds {rounds} --decode-tokens {decode_tokens}",
+           "file": {"litertlm": str(lm), "bytes": lm.stat().st_size},
+           "runtimes": {"host loop": "ai-edge-litert CompiledModel, cache resident in two swapped TensorBuffer sets",
+                        "LiteRT-LM": "litert_lm.Benchmark (litert-lm-api " + _version("litert-lm-api") + "), CPU"},
+           "machine": {"arch": platform.machine(), "cpus": os.cpu_count(),
+                       "loadavg_1m_before": round(loadavg_before[0], 2),
+                       "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+           "prompt_tokens": len(prompt), "decode_tokens": decode_tokens, "rounds": rounds, "rows": rows}
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {dest}")
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(package)
+
+
 CLI_MESSAGES = ("What is the capital of France?", "What can you tell me about the sea?",
                 "Write a short poem about the moon.")
 
@@ -135,7 +206,8 @@ def cli_chat(run: Path, dest: Path) -> None:
     rows = []
     for message in CLI_MESSAGES:
         t0 = time.perf_counter()
-        proc = subprocess.run([cli, "run", str(bundle), "--prompt", message, "--backend", "cpu"],
+        # --cache memory: the weight cache an app keeps in its cacheDir, without writing a file into dist/android
+        proc = subprocess.run([cli, "run", str(bundle), "--prompt", message, "--backend", "cpu", "--cache", "memory"],
                               capture_output=True, text=True, timeout=600)
         seconds = time.perf_counter() - t0
         ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
@@ -154,7 +226,8 @@ def cli_chat(run: Path, dest: Path) -> None:
     from importlib import metadata
 
     out = {"command": "python scripts/bench_android.py --run RUN --cli-chat",
-           "cli": f"litert-lm {metadata.version('litert-lm')} run MODEL --prompt MESSAGE --backend cpu",
+           "cli": f"litert-lm {metadata.version('litert-lm')} run MODEL --prompt MESSAGE --backend cpu "
+                  "--cache memory",
            "bundle": str(bundle), "variant": manifest["quantization"]["method"], "max_num_tokens": max_len,
            "reference": "fp32 PyTorch student, greedy through transformers' chat template, to its end of turn or "
                         "the cache length", "machine": platform.machine(), "rows": rows}

@@ -64,8 +64,10 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
         return found
 
     def bench_key(run: Run) -> str:
+        from edgedistil.bench.litert import METHOD
+
         return stage_key("bench-android", {k: sha256_file(v) for k, v in models(run).items()},
-                         run.recipe.section("bench"), profile.threads)
+                         run.recipe.section("bench"), profile.threads, METHOD)
 
     def host_bench(run: Run, folder: Path) -> dict:
         """Host LiteRT at 1, 2 and 4 threads: the student's bundle variant beside the teacher in the same variant."""
@@ -73,7 +75,7 @@ def stages(profile: TargetProfile, recipe: Recipe) -> list[Stage]:
 
         b = run.recipe.bench
         record = run_bench_android(models(run), bench_prompt(run), b.new_tokens, b.repeats, profile.threads,
-                                   log=run.log)
+                                   max_len=run.recipe.export.max_len, log=run.log)
         with atomic_dir(folder) as tmp:
             write_json(tmp / "record.json", record)
         return record
@@ -125,7 +127,7 @@ def bench(req: BenchRequest) -> dict:
     models = {"student": model, **({"teacher": Path(req.teacher_model)} if req.teacher_model else {})}
     b = req.recipe.bench
     return run_bench_android(models, fixed_prompt(req.prompt_tokens or prefill_len), b.new_tokens, b.repeats,
-                             req.profile.threads, log=req.log)
+                             req.profile.threads, max_len=max_len, log=req.log)
 
 
 def emulated_bench(req: BenchRequest) -> dict:
@@ -222,14 +224,16 @@ def report_blocks(manifest: dict) -> list[tuple]:
     if s:
         rows = [[label, fmt.format(s[k]), fmt.format(t[k]) if t else "-", f"{s[k] / t[k]:.2f}x" if t and t[k] else "-"]
                 for k, label, fmt in LITERTLM_ROWS]
-        host, host_t = manifest.get("bench") or {}, manifest.get("teacher_bench") or {}
-        if host.get("decode_tokens_per_s"):
-            rows.append(["our host LiteRT loop, decode tok/s (same graph)", f"{host['decode_tokens_per_s']:.1f}",
-                         f"{host_t['decode_tokens_per_s']:.1f}" if host_t.get("decode_tokens_per_s") else "-", ""])
+        if s.get("host_loop_decode_tokens_per_s"):
+            host, host_t = s["host_loop_decode_tokens_per_s"], (t or {}).get("host_loop_decode_tokens_per_s")
+            rows.append(["our host LiteRT loop, decode tok/s (same graph)", f"{host:.1f}",
+                         f"{host_t:.1f}" if host_t else "-", f"{host / host_t:.2f}x" if host_t else "-"])
             rows.append(["LiteRT-LM decode / our loop", f"{s['decode_vs_host_loop']:.2f}x",
                          f"{t['decode_vs_host_loop']:.2f}x" if t else "-", ""])
-        blocks += [("p", [f"dist/android through LiteRT-LM's own benchmark: {s['runtime']}, {s['repeats']} repeats "
-                          "(medians). Host figures, not a phone."]),
+        blocks += [("p", [f"dist/android through LiteRT-LM's own benchmark: {s['runtime']}, {s['repeats']} rounds "
+                          f"alternating with our loop on the same .tflite ({s.get('prefill_tokens', '?')}-token "
+                          f"prompt, {s.get('decode_tokens', '?')} decode steps; medians). Host figures, not a "
+                          "phone."]),
                    ("table", ["LiteRT-LM", "student", "teacher", "ratio"], rows)]
     elif lm.get("reason"):
         blocks.append(("p", [f"dist/android: LiteRT-LM's benchmark not run ({lm['reason']})."]))
