@@ -129,6 +129,7 @@ def main() -> None:
 
 def litertlm_vs_host(run: Path, dest: Path, rounds: int, decode_tokens: int) -> None:
     import statistics
+    from importlib import metadata
 
     from edgedistil.bench.litert import _worker, litertlm_runs
     from edgedistil.targets import fixed_prompt
@@ -169,19 +170,13 @@ def litertlm_vs_host(run: Path, dest: Path, rounds: int, decode_tokens: int) -> 
                       f"--rounds {rounds} --decode-tokens {decode_tokens}",
            "file": {"litertlm": str(lm), "bytes": lm.stat().st_size},
            "runtimes": {"host loop": "ai-edge-litert CompiledModel, cache resident in two swapped TensorBuffer sets",
-                        "LiteRT-LM": "litert_lm.Benchmark (litert-lm-api " + _version("litert-lm-api") + "), CPU"},
+                        "LiteRT-LM": f"litert_lm.Benchmark (litert-lm-api {metadata.version('litert-lm-api')}), CPU"},
            "machine": {"arch": platform.machine(), "cpus": os.cpu_count(),
                        "loadavg_1m_before": round(loadavg_before[0], 2),
                        "loadavg_1m_after": round(os.getloadavg()[0], 2)},
            "prompt_tokens": len(prompt), "decode_tokens": decode_tokens, "rounds": rounds, "rows": rows}
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {dest}")
-
-
-def _version(package: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(package)
 
 
 CLI_MESSAGES = ("What is the capital of France?", "What can you tell me about the sea?",
