@@ -42,16 +42,30 @@ def decode(step: StepFn, cache: Any, tokens: list[int], start: int) -> tuple[np.
     return np.stack(rows), cache
 
 
-def greedy(step: StepFn, cache: Any, prompt: list[int], new_tokens: int, chunk: int, max_len: int) -> list[int]:
-    """Greedy generation: chunked prefill of `prompt`, then `new_tokens` decode steps. Returns the new tokens."""
+def penalized_argmax(row: np.ndarray, answer: list[int], penalty: float) -> int:
+    """Argmax after CTRL's repetition penalty on the tokens of `answer` (a positive logit divided by `penalty`, a
+    negative one multiplied). Only the answer's own tokens: the prompt holds the chat template's end-of-turn token,
+    and a penalty over the whole context pushes that down until answers stop ending (docs/quality.md, "Decoding")."""
+    if penalty == 1.0 or not answer:
+        return int(row.argmax())
+    row = row.astype(np.float32, copy=True)
+    seen, p = np.unique(answer), np.float32(penalty)
+    row[seen] = np.where(row[seen] > 0, row[seen] / p, row[seen] * p)
+    return int(row.argmax())
+
+
+def greedy(step: StepFn, cache: Any, prompt: list[int], new_tokens: int, chunk: int, max_len: int,
+           repetition_penalty: float = 1.0) -> list[int]:
+    """Greedy generation: chunked prefill of `prompt`, then `new_tokens` decode steps. Returns the new tokens.
+    `repetition_penalty` > 1 penalizes the tokens already generated (penalized_argmax); 1 is plain greedy."""
     if len(prompt) + new_tokens > max_len:
         raise EdgeError(f"{len(prompt)} prompt + {new_tokens} new tokens exceed the {max_len}-position cache",
                         "generate fewer tokens or export with a larger max_len")
     logits, cache = prefill(step, cache, prompt, chunk, max_len)
-    out = [int(logits[-1].argmax())]
+    out = [penalized_argmax(logits[-1], [], repetition_penalty)]
     pos = len(prompt)
     while len(out) < new_tokens:
         logits, cache = step([out[-1]], pos, cache)
-        out.append(int(logits[-1].argmax()))
+        out.append(penalized_argmax(logits[-1], out, repetition_penalty))
         pos += 1
     return out

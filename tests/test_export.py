@@ -162,3 +162,22 @@ def test_near_ties_are_reported_beside_top1():
     assert a["top1_agreement"] == pytest.approx(1 / 3)
     assert a["near_tie_share"] == pytest.approx(1 / 3)
     assert a["top1_agreement_outside_near_ties"] == pytest.approx(1 / 2)
+
+
+def test_repetition_penalty_pushes_down_only_the_answers_own_tokens():
+    from edgedistil.decoding import greedy, penalized_argmax
+
+    row = np.array([1.0, 3.0, 2.9, -0.5], dtype=np.float32)
+    assert penalized_argmax(row, [], 2.0) == 1 and penalized_argmax(row, [1], 1.0) == 1
+    assert penalized_argmax(row, [1], 1.2) == 2  # 3.0 / 1.2 = 2.5 < 2.9
+    assert penalized_argmax(np.array([-1.0, -1.1], dtype=np.float32), [0], 1.2) == 1  # -1.2 < -1.1
+    assert row[1] == 3.0  # the caller's logits are left as they were
+
+    # a model that always prefers token 2, then 3: the penalty moves on after one 2, greedy repeats it
+    def step(ids, pos, cache):
+        logits = np.tile(np.array([0.0, 0.0, 2.0, 1.8], dtype=np.float32), (len(ids), 1))
+        return logits, cache
+
+    assert greedy(step, None, [0, 1], 4, 2, 16) == [2, 2, 2, 2]
+    # the prompt's 2s are not penalized
+    assert greedy(step, None, [2, 2], 4, 2, 16, repetition_penalty=1.5)[:2] == [2, 3]

@@ -37,6 +37,7 @@ def test_bundle_ships_the_pinned_runtime_and_verifies(tiny_run):
         assert "http://" not in text and "https://" not in text
     usage = (bundle / "USAGE.md").read_text()
     assert "Cross-Origin-Embedder-Policy: require-corp" in usage and "generate(" in usage
+    assert "repetitionPenalty: 1.2" in usage and "end-of-turn" in usage  # the option, and the runtimes' trap
     assert f"`{manifest['quantization']['method']}` ({manifest['quantization']['scheme']})" in usage
     proc = edgedistil("verify", bundle)
     assert proc.returncode == 0, proc.stderr
@@ -103,8 +104,10 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
             page.goto(base + "index.html")
             page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=120_000)
             assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#status")
+            assert page.input_value("#penalty") == "1.2"  # the demo's measured default
             page.fill("#prompt", prompt)
             page.fill("#tokens", "24")
+            page.fill("#penalty", "1")  # plain greedy: what Python's reference decodes
             page.click("#generate")
             page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
             shot = tmp_path / "demo.png"
@@ -117,10 +120,11 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
               const { load } = await import("./edgedistil-web.js");
               const lm = await load({ sessionOptions: { graphOptimizationLevel: "disabled" } });
               const res = await lm.generate(ids, { maxNewTokens: 8, stopAtEos: false });
+              const penalized = await lm.generate(ids, { maxNewTokens: 24, stopAtEos: false, repetitionPenalty: 3 });
               let refused = null;
               try { await load({ sessionOptions: { graphOptimizationLevel: "no-such-level" } }); }
               catch (e) { refused = String(e); }
-              return { ids: res.ids, refused };
+              return { ids: res.ids, penalized: penalized.ids, refused };
             }""", js_ids)
         finally:
             ctx.close()
@@ -130,10 +134,14 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert js_ids == Tokenizer.from_file(str(bundle / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids
     assert last["promptIds"] == js_ids
-    ref = reference_ids(bundle / SHIPPED, js_ids, 24, json.loads((bundle / "manifest.json").read_text())
-                        ["graphs"][0]["tokens_per_call"])
+    chunk = json.loads((bundle / "manifest.json").read_text())["graphs"][0]["tokens_per_call"]
+    ref = reference_ids(bundle / SHIPPED, js_ids, 24, chunk)
     assert last["ids"] == ref[: len(last["ids"])]  # the page stops early only at the end-of-sequence token
     assert unfolded["ids"] == ref[:8] and unfolded["refused"], unfolded
+    # the repetition penalty (the answer's own tokens) decodes as Python's, and changes a greedy answer that repeats
+    assert len(set(ref)) < len(ref), "the tiny model's greedy answer should repeat a token"
+    penalized = reference_ids(bundle / SHIPPED, js_ids, 24, chunk, repetition_penalty=3.0)
+    assert unfolded["penalized"] == penalized and penalized != ref, (unfolded["penalized"], penalized, ref)
 
 
 def _raw_get(base: str, path: str) -> tuple[int, bytes, str]:

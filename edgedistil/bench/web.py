@@ -269,13 +269,14 @@ def run_page(pw, url: str, ids: list[int], new_tokens: int, repeats: int, chromi
 # ---- the bench -------------------------------------------------------------------------------------------------
 
 
-def reference_ids(model: Path, prompt: list[int], new_tokens: int, chunk: int) -> list[int]:
+def reference_ids(model: Path, prompt: list[int], new_tokens: int, chunk: int,
+                  repetition_penalty: float = 1.0) -> list[int]:
     """Python onnxruntime's greedy tokens for the same file and prompt: what the browser must reproduce."""
     from edgedistil.decoding import greedy
     from edgedistil.runtimes.ort import OrtLM
 
     lm = OrtLM(model, threads=1)
-    return greedy(lm.step, lm.empty_cache(), prompt, new_tokens, chunk, lm.max_len)
+    return greedy(lm.step, lm.empty_cache(), prompt, new_tokens, chunk, lm.max_len, repetition_penalty)
 
 
 def divergence_gap(model: Path, prompt: list[int], ref: list[int], got: list[int], chunk: int) -> dict | None:

@@ -149,8 +149,13 @@ console.log(result.ids, result.text, result.timings);  // timings: ttft_ms, pref
 ```
 
 `generate` accepts text or an array of token ids; it stops at the end-of-sequence token unless
-`stopAtEos: false`. `lm.encode(text)` and `lm.decode(ids)` use the bundle's tokenizer. The module keeps the files it
-imports at the relative paths of this folder; to move them, keep `edgedistil-web.js` beside `vendor/`, and pass
+`stopAtEos: false`. It decodes greedily; `repetitionPenalty: 1.2` divides the logits of the tokens the answer
+already holds by 1.2 (CTRL's penalty on the answer's own tokens), which ended every looping answer of the default
+student and its teacher on 54 chat prompts (docs/quality.md in the edgedistil repository, "Decoding").
+Transformers.js and onnxruntime-genai apply their `repetition_penalty` over the prompt too, where the chat
+template's end-of-turn token sits: there the same 1.2 stops answers from ending. `lm.encode(text)` and
+`lm.decode(ids)` use the bundle's tokenizer. The module keeps the files it imports at the relative paths of
+this folder; to move them, keep `edgedistil-web.js` beside `vendor/`, and pass
 `load({{ base: "https://.../bundle/" }})` when the model and manifest live elsewhere. `load({{ sessionOptions }})`
 passes onnxruntime-web session options on: `{{ graphOptimizationLevel: "disabled" }}` keeps the int8 weights int8
 in memory, for about half the renderer's peak at about a seventh of the decode speed (docs/benchmarks.md in the

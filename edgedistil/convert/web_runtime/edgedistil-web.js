@@ -47,6 +47,26 @@ function argmaxRow(data, row, vocab) {
   return best - row * vocab;
 }
 
+// Argmax after CTRL's repetition penalty on the answer's own tokens (`seen`), as edgedistil.decoding.penalized_argmax:
+// a positive logit divided by the penalty, a negative one multiplied. Not the prompt's tokens: the chat template
+// puts the end-of-turn token in the prompt, and penalizing it there stops answers from ending.
+function penalizedArgmaxRow(data, row, vocab, seen, penalty) {
+  if (penalty === 1 || seen.size === 0) return argmaxRow(data, row, vocab);
+  const base = row * vocab;
+  const p = Math.fround(penalty);  // float32 arithmetic throughout, as numpy's on float32 logits
+  const value = (i) => {
+    const v = data[base + i];
+    return seen.has(i) ? Math.fround(v > 0 ? v / p : v * p) : v;
+  };
+  let best = 0;
+  let bestValue = value(0);
+  for (let i = 1; i < vocab; i++) {
+    const v = value(i);
+    if (v > bestValue) { best = i; bestValue = v; }
+  }
+  return best;
+}
+
 // What the browser gives wasm: threads need SharedArrayBuffer, which needs cross-origin isolation (COOP/COEP).
 export function wasmFeatures() {
   // the smallest module using a v128 value type: validates only where wasm SIMD is supported
@@ -154,11 +174,12 @@ export class EdgeLM {
 
   /**
    * Greedy generation. `prompt` is text or an array of token ids. Options: maxNewTokens (default 32), stopAtEos
-   * (default true; false gives exactly maxNewTokens, as edgedistil's Python reference does), onToken(event) called
+   * (default true; false gives exactly maxNewTokens, as edgedistil's Python reference does), repetitionPenalty
+   * (default 1: plain greedy; > 1 penalizes the tokens already generated, not the prompt's), onToken(event) called
    * per new token with {id, index, text (the new text since the last event), tokensPerSecond}.
    * Returns {promptIds, ids, text, timings}.
    */
-  async generate(prompt, { maxNewTokens = 32, stopAtEos = true, onToken = null } = {}) {
+  async generate(prompt, { maxNewTokens = 32, stopAtEos = true, repetitionPenalty = 1, onToken = null } = {}) {
     const promptIds = typeof prompt === "string" ? this.encode(prompt) : Array.from(prompt, Number);
     const P = this.chunk;
     if (!promptIds.length) throw new Error("edgedistil-web: the prompt is empty");
@@ -168,11 +189,13 @@ export class EdgeLM {
         `new tokens do not fit the ${this.maxLen}-position cache; shorten the prompt or generate fewer tokens`);
     }
     const ids = [];
+    const seen = new Set();
     let text = "";
     const t0 = performance.now();
     let decodeStart = 0;
     const emit = async (id) => {
       ids.push(id);
+      seen.add(id);
       if (!onToken) return;
       const full = this.decode(ids);
       // a byte-level token may end inside a multi-byte character: hold it back until the character is complete
@@ -208,7 +231,7 @@ export class EdgeLM {
     while (ids.length < maxNewTokens && !(stopAtEos && ids[ids.length - 1] === this.eosId)) {
       const s0 = performance.now();
       [logits, cache] = await this.step([ids[ids.length - 1]], pos, cache);
-      const next = argmaxRow(logits.data, 0, vocab);
+      const next = penalizedArgmaxRow(logits.data, 0, vocab, seen, repetitionPenalty);
       decodeMs += performance.now() - s0;
       steps += 1;
       pos += 1;

@@ -1,0 +1,106 @@
+"""The eval's chat answers under a repetition penalty, beside greedy: does the decoding fix the loops?
+
+    python scripts/bench_decoding.py --student RUN/distill/student      # -> docs/results/decoding_repetition.json
+
+The eval's behaviour section (edgedistil/eval/behaviour.py) decodes greedily, as issue 18 measures. A consumer's
+generation config may add transformers' repetition penalty (CTRL's: a token already in the context has its logit
+divided by the penalty when positive, multiplied when negative), which transformers, Transformers.js and
+onnxruntime-genai all apply over the whole context, the prompt included. For the student and its teacher, at each
+penalty: the share of degenerate answers, the share that end their turn, the mean length, and ROUGE-L of the
+student's answers against the teacher's at the same penalty and against the teacher's greedy ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edgedistil.errors import write_json  # noqa: E402
+from edgedistil.eval import behaviour  # noqa: E402
+from edgedistil.sources.cache import cache_dir  # noqa: E402
+
+
+@torch.no_grad()
+def answers(model_dir: Path, prompts: list[str], penalty: float, scope: str, new_tokens: int) -> list[dict]:
+    """Greedy answers through the chat template, as behaviour.generate_answers, with `penalty` over the whole
+    context (`scope` "context", as the runtimes apply it) or over the answer's own tokens only ("answer")."""
+    from transformers import AutoTokenizer, GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = behaviour.transformers_lm(model_dir)
+    ends = behaviour._end_ids(tok)
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=ends[0],
+                           repetition_penalty=penalty if scope == "context" else 1.0)
+    order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False).input_ids))
+    out: list[dict] = [{}] * len(texts)
+    for s in range(0, len(order), behaviour.BATCH):
+        idx = order[s:s + behaviour.BATCH]
+        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_len = enc.input_ids.shape[1]  # left padded: every row's answer starts here
+        extra = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_len)]
+                                    if scope == "answer" and penalty != 1.0 else [])
+        new = model.generate(**enc, generation_config=cfg, logits_processor=extra)[:, prompt_len:]
+        for i, ids in zip(idx, new.tolist()):
+            stop = next((k for k, t in enumerate(ids) if t in ends), None)
+            out[i] = {"text": tok.decode(ids[:stop], skip_special_tokens=True), "tokens": len(ids[:stop]),
+                      "ended": stop is not None}
+    return out
+
+
+def mean_rouge(a: list[dict], b: list[dict]) -> float:
+    return round(sum(behaviour.rouge_l(x["text"], y["text"]) for x, y in zip(a, b)) / len(a), 4)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", type=Path, required=True, help="student HF folder (RUN/distill/student)")
+    ap.add_argument("--teacher", type=Path, default=cache_dir() / "teachers" / "smollm2-135m-instruct")
+    ap.add_argument("--penalties", default="1.0,1.1,1.2,1.3")
+    ap.add_argument("--scopes", default="context,answer",
+                    help="where the penalty looks: the whole context (as the runtimes apply it), the answer only")
+    ap.add_argument("--new-tokens", type=int, default=behaviour.NEW_TOKENS)
+    ap.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "decoding_repetition.json")
+    args = ap.parse_args()
+    for d in (args.student, args.teacher):
+        if not (d / "config.json").is_file():
+            raise SystemExit(f"no HF model folder at {d}: pass --student RUN/distill/student (and --teacher DIR)")
+    t0 = time.perf_counter()
+    prompts = behaviour.chat_prompts()
+    penalties = [float(x) for x in args.penalties.split(",")]
+    settings = [(1.0, "none")] + [(p, sc) for sc in args.scopes.split(",") for p in penalties if p != 1.0]
+    gen = {(role, p, sc): answers(d, prompts, p, sc, args.new_tokens)
+           for role, d in (("student", args.student), ("teacher", args.teacher)) for p, sc in settings}
+    rows = []
+    for p, sc in settings:
+        s, t = gen["student", p, sc], gen["teacher", p, sc]
+        rows.append({"repetition_penalty": p, "scope": sc, "student": behaviour.summarize(s),
+                     "teacher": behaviour.summarize(t), "rouge_l_student_vs_teacher": mean_rouge(s, t),
+                     "rouge_l_student_vs_greedy_teacher": mean_rouge(s, gen["teacher", 1.0, "none"])})
+        r = rows[-1]
+        print(f"penalty {p} ({sc}): degenerate student {r['student']['degenerate']:.3f} teacher "
+              f"{r['teacher']['degenerate']:.3f}; ends its turn student {r['student']['ends_with_end_of_turn']:.3f} "
+              f"teacher {r['teacher']['ends_with_end_of_turn']:.3f}; ROUGE-L {r['rouge_l_student_vs_teacher']}")
+    write_json(args.json, {
+        "command": "python scripts/bench_decoding.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "student": str(args.student), "teacher": str(args.teacher), "prompts": len(prompts),
+        "new_tokens": args.new_tokens,
+        "decoding": "greedy, with transformers' repetition penalty over the whole context or the answer only",
+        "rows": rows,
+        "answers": [{"prompt": q, **{f"{role} {p} {sc}": gen[role, p, sc][i]["text"]
+                                     for role in ("student", "teacher") for p, sc in settings}}
+                    for i, q in enumerate(prompts)],
+        "seconds": round(time.perf_counter() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
