@@ -66,20 +66,50 @@ def decode_bytes(layer_params: int, vocab_params: int) -> int:
     return layer_params + vocab_params
 
 
+def time_decode(path: Path) -> float:
+    """fp32 decode tok/s of an exported graph on ONNX Runtime (1 thread), in a fresh process (decode_probe)."""
+    proc = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EdgeError(f"plan: timing an exported candidate failed: {proc.stderr.strip().splitlines()[-1:]}",
+                        "rerun with --measure 0 to skip measured speeds")
+    return float(proc.stdout.split()[0])
+
+
 def measure_decode(model, max_len: int, prefill_len: int) -> float:
-    """fp32 decode tok/s of `model` on ONNX Runtime (1 thread), in a fresh process (decode_probe)."""
+    """fp32 decode tok/s of `model` on ONNX Runtime (1 thread): the export stage's graph, timed once."""
     from edgedistil.export.onnx import trace_full
 
     with tempfile.TemporaryDirectory(prefix="edgedistil-plan-") as tmp:
         path = Path(tmp) / "model.onnx"
-        model = model.float().eval()
-        trace_full(model, path, max_len, prefill_len)
-        proc = subprocess.run([sys.executable, "-m", "edgedistil.bench.decode_probe", "ort", str(path)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise EdgeError(f"plan: timing an exported candidate failed: {proc.stderr.strip().splitlines()[-1:]}",
-                            "rerun with --measure 0 to skip measured speeds")
-        return float(proc.stdout.split()[0])
+        trace_full(model.float().eval(), path, max_len, prefill_len)
+        return time_decode(path)
+
+
+def paired_speedups(teacher, students: dict, max_len: int, prefill_len: int, rounds: int = 3) -> dict:
+    """Each student's fp32 decode speed over the teacher's, timed in alternating rounds (teacher, then every
+    student, `rounds` times) so that the machine's drift over minutes falls on both sides of each ratio: per
+    student the median of its per-round ratios, the spread, and the median tok/s."""
+    import statistics
+
+    from edgedistil.export.onnx import trace_full
+
+    with tempfile.TemporaryDirectory(prefix="edgedistil-plan-") as tmp:
+        paths = {}
+        for name, model in {"teacher": teacher, **students}.items():
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            trace_full(model.float().eval(), paths[name], max_len, prefill_len)
+        tps = {name: [] for name in paths}
+        for _ in range(rounds):
+            for name, path in paths.items():
+                tps[name].append(time_decode(path))
+    out = {}
+    for name in students:
+        ratios = [s / t for s, t in zip(tps[name], tps["teacher"])]
+        out[name] = {"speedup": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios],
+                     "tokens_per_s": round(statistics.median(tps[name]), 1),
+                     "teacher_tokens_per_s": round(statistics.median(tps["teacher"]), 1)}
+    return out
 
 
 @torch.no_grad()

@@ -100,7 +100,7 @@ def main() -> None:
                     if args.margin_items and label not in point and kept.is_dir():
                         point[label] = benchmark_margin(kept, teacher, args.margin_items, log)
                         path.write_text(json.dumps(point, indent=2) + "\n")
-                    point["speedup_fp32"] = speeds[k]
+                    point["speedup_fp32"] = speeds[k]["speedup"]
                     point["budget"] = mult
                     precise = point.get(label) if args.margin_items else None
                     point["margin_read"] = precise["margin_kept_pooled"] if precise else point.get("margin_kept_pooled")
@@ -194,23 +194,24 @@ def benchmark_margin(student: Path, teacher: Path, items: int, log) -> dict:
             "per_task": {t: ev["benchmarks"][t] for t in TASKS}}
 
 
-def measured_speedups(teacher_dir: Path, recipe, layer_counts: list[int], log) -> dict[int, float]:
-    """fp32 decode speedup over the teacher per layer count, on ONNX Runtime (1 thread; edgedistil plan's timing).
+def measured_speedups(teacher_dir: Path, recipe, layer_counts: list[int], log) -> dict[int, dict]:
+    """fp32 decode speedup over the teacher per layer count, on ONNX Runtime (1 thread; edgedistil plan's timing),
+    in three rounds alternating with the teacher (edgedistil.plan.paired_speedups: the median per-round ratio).
 
     Which layers are kept does not change the cost of a step, so each size is timed once, with even layers.
     """
     from edgedistil.distill.student import build_student
     from edgedistil.model import load_hf_folder
-    from edgedistil.plan import measure_decode
+    from edgedistil.plan import paired_speedups
 
     teacher = load_hf_folder(teacher_dir).float().eval()
     e, s = recipe.export, recipe.student
-    teacher_tps = measure_decode(teacher, e.max_len, e.prefill_len)
-    speeds = {}
-    for k in layer_counts:
-        student = build_student(teacher, k, "even", intermediate_size=s.intermediate_size, heads=s.heads)[0]
-        speeds[k] = round(measure_decode(student, e.max_len, e.prefill_len) / teacher_tps, 3)
-        log(f"students: {k} layers decode at {speeds[k]:.2f}x the teacher (fp32, ONNX Runtime, 1 thread)")
+    students = {k: build_student(teacher, k, "even", intermediate_size=s.intermediate_size, heads=s.heads)[0]
+                for k in layer_counts}
+    speeds = paired_speedups(teacher, students, e.max_len, e.prefill_len)
+    for k, v in speeds.items():
+        log(f"students: {k} layers decode at {v['speedup']:.2f}x the teacher (fp32, ONNX Runtime, 1 thread; "
+            f"rounds {v['ratios']})")
     return speeds
 
 
