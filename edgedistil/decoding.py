@@ -61,6 +61,8 @@ def greedy(step: StepFn, cache: Any, prompt: list[int], new_tokens: int, chunk: 
     if len(prompt) + new_tokens > max_len:
         raise EdgeError(f"{len(prompt)} prompt + {new_tokens} new tokens exceed the {max_len}-position cache",
                         "generate fewer tokens or export with a larger max_len")
+    if not repetition_penalty > 0:
+        raise EdgeError(f"repetition penalty {repetition_penalty} is not > 0", "use 1 for plain greedy decoding")
     logits, cache = prefill(step, cache, prompt, chunk, max_len)
     out = [penalized_argmax(logits[-1], [], repetition_penalty)]
     pos = len(prompt)

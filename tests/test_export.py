@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from edgedistil.decoding import decode, prefill
-from edgedistil.errors import read_json
+from edgedistil.errors import EdgeError, read_json
 from edgedistil.export.onnx import run_export
 from edgedistil.fidelity import floor_verdict, measure_fidelity, teacher_forced
 from edgedistil.model import load_hf_folder
@@ -181,3 +181,5 @@ def test_repetition_penalty_pushes_down_only_the_answers_own_tokens():
     assert greedy(step, None, [0, 1], 4, 2, 16) == [2, 2, 2, 2]
     # the prompt's 2s are not penalized
     assert greedy(step, None, [2, 2], 4, 2, 16, repetition_penalty=1.5)[:2] == [2, 3]
+    with pytest.raises(EdgeError, match="repetition penalty 0 is not > 0"):
+        greedy(step, None, [2, 2], 4, 2, 16, repetition_penalty=0)

@@ -121,10 +121,12 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
               const lm = await load({ sessionOptions: { graphOptimizationLevel: "disabled" } });
               const res = await lm.generate(ids, { maxNewTokens: 8, stopAtEos: false });
               const penalized = await lm.generate(ids, { maxNewTokens: 24, stopAtEos: false, repetitionPenalty: 3 });
+              let badPenalty = null;
+              try { await lm.generate(ids, { repetitionPenalty: 0 }); } catch (e) { badPenalty = String(e); }
               let refused = null;
               try { await load({ sessionOptions: { graphOptimizationLevel: "no-such-level" } }); }
               catch (e) { refused = String(e); }
-              return { ids: res.ids, penalized: penalized.ids, refused };
+              return { ids: res.ids, penalized: penalized.ids, badPenalty, refused };
             }""", js_ids)
         finally:
             ctx.close()
@@ -142,6 +144,7 @@ def test_demo_page_generates_text_and_the_tokenizer_matches_python(tiny_run, tmp
     assert len(set(ref)) < len(ref), "the tiny model's greedy answer should repeat a token"
     penalized = reference_ids(bundle / SHIPPED, js_ids, 24, chunk, repetition_penalty=3.0)
     assert unfolded["penalized"] == penalized and penalized != ref, (unfolded["penalized"], penalized, ref)
+    assert "repetitionPenalty 0 is not a number > 0" in unfolded["badPenalty"], unfolded["badPenalty"]
 
 
 def _raw_get(base: str, path: str) -> tuple[int, bytes, str]:

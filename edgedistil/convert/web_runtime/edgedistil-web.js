@@ -183,6 +183,10 @@ export class EdgeLM {
     const promptIds = typeof prompt === "string" ? this.encode(prompt) : Array.from(prompt, Number);
     const P = this.chunk;
     if (!promptIds.length) throw new Error("edgedistil-web: the prompt is empty");
+    if (!(Number.isFinite(repetitionPenalty) && repetitionPenalty > 0)) {
+      throw new Error(`edgedistil-web: repetitionPenalty ${repetitionPenalty} is not a number > 0; pass 1 for plain ` +
+        "greedy decoding, or about 1.2 against loops");
+    }
     const paddedEnd = Math.ceil(promptIds.length / P) * P;
     if (paddedEnd > this.maxLen || promptIds.length + maxNewTokens > this.maxLen) {
       throw new Error(`edgedistil-web: ${promptIds.length} prompt tokens (padded to ${paddedEnd}) + ${maxNewTokens} ` +
