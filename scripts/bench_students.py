@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--margin-items", type=int, default=0,
                     help="> 0: the benchmark margin of every kept student on this many items a task (teacher "
                          "figures cached once)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="train nothing: write the table of the points already cached, listing the missing ones")
     ap.add_argument("--json", default=None, help="output path")
     args = ap.parse_args()
 
@@ -76,7 +78,7 @@ def main() -> None:
         run = Run(out=Path(tmp), recipe=recipe, log=log)
         teacher = run.teacher_dir()
         speeds = measured_speedups(teacher, recipe, layer_counts, log)
-        points = []
+        points, missing = [], []
         for k in layer_counts:
             for init in inits:
                 for mult in budgets:
@@ -89,6 +91,10 @@ def main() -> None:
                     if path.is_file():
                         point = json.loads(path.read_text())
                         log(f"students: {k} layers, init {init}, {mult}x: from {path}")
+                    elif args.cached_only:
+                        missing.append({"layers": k, "init": init, "budget": mult})
+                        log(f"students: {k} layers, init {init}, {mult}x: not trained yet (--cached-only)")
+                        continue
                     else:
                         point = train_point(teacher, corpus, r, Path(tmp) / key, args.eval, log)
                         point.update(layers=k, init=init, budget=mult)
@@ -112,14 +118,11 @@ def main() -> None:
                and (p["ce_ratio"] or 0) >= 0.95 and (p.get("margin_read") or 0) >= 0.90]
     result = {
         "recipe": name,
-        "command": "python scripts/bench_students.py" + "".join(
-            f" --{k} {v}" for k, v in (("config", args.config), ("layers", args.layers), ("inits", args.inits),
-                                       ("budgets", args.budgets), ("eval", args.eval), ("json", args.json)) if v)
-            + (" --data-scale" if args.data_scale else "") + "".join(f" --set {o}" for o in args.overrides),
+        "command": " ".join(["python scripts/bench_students.py", *sys.argv[1:]]),
         "teacher": str(teacher), "corpus": recipe.data.corpus, "base_steps": recipe.distill.steps,
         "data_scale": args.data_scale, "base_conversations": recipe.data.chat_conversations,
         "tokens_per_step": recipe.distill.batch_size * recipe.data.seq_len,
-        "speed": speeds, "points": points,
+        "speed": speeds, "points": points, "missing": missing,
         "goal": "at the largest budget, a student at >= 1.5x fp32 decode speed with CE ratio >= 0.95 and >= 90% of "
                 "the teacher's benchmark margin (pooled)",
         "goal_met": bool(meeting),
