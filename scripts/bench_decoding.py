@@ -17,44 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgedistil.errors import write_json  # noqa: E402
 from edgedistil.eval import behaviour  # noqa: E402
 from edgedistil.sources.cache import cache_dir  # noqa: E402
-
-
-@torch.no_grad()
-def answers(model_dir: Path, prompts: list[str], penalty: float, scope: str, new_tokens: int) -> list[dict]:
-    """Greedy answers through the chat template, as behaviour.generate_answers, with `penalty` over the whole
-    context (`scope` "context", as the runtimes apply it) or over the answer's own tokens only ("answer")."""
-    from transformers import AutoTokenizer, GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = behaviour.transformers_lm(model_dir)
-    ends = behaviour._end_ids(tok)
-    tok.padding_side = "left"
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
-    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=ends[0],
-                           repetition_penalty=penalty if scope == "context" else 1.0)
-    order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False).input_ids))
-    out: list[dict] = [{}] * len(texts)
-    for s in range(0, len(order), behaviour.BATCH):
-        idx = order[s:s + behaviour.BATCH]
-        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        prompt_len = enc.input_ids.shape[1]  # left padded: every row's answer starts here
-        extra = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_len)]
-                                    if scope == "answer" and penalty != 1.0 else [])
-        new = model.generate(**enc, generation_config=cfg, logits_processor=extra)[:, prompt_len:]
-        for i, ids in zip(idx, new.tolist()):
-            stop = next((k for k, t in enumerate(ids) if t in ends), None)
-            out[i] = {"text": tok.decode(ids[:stop], skip_special_tokens=True), "tokens": len(ids[:stop]),
-                      "ended": stop is not None}
-    return out
 
 
 def mean_rouge(a: list[dict], b: list[dict]) -> float:
@@ -78,7 +46,8 @@ def main() -> None:
     prompts = behaviour.chat_prompts()
     penalties = [float(x) for x in args.penalties.split(",")]
     settings = [(1.0, "none")] + [(p, sc) for sc in args.scopes.split(",") for p in penalties if p != 1.0]
-    gen = {(role, p, sc): answers(d, prompts, p, sc, args.new_tokens)
+    gen = {(role, p, sc): behaviour.generate_answers(d, prompts, args.new_tokens, repetition_penalty=p,
+                                                     penalty_scope=sc)["answers"]
            for role, d in (("student", args.student), ("teacher", args.teacher)) for p, sc in settings}
     rows = []
     for p, sc in settings:

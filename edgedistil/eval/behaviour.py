@@ -94,9 +94,11 @@ def transformers_lm(model_dir: Path):
 
 @torch.no_grad()
 def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_TOKENS, batch: int = BATCH,
-                     log=None) -> dict:
-    """Greedy answers for `prompts` (one user turn each); with the chat template when the tokenizer has one."""
-    from transformers import AutoTokenizer, GenerationConfig
+                     log=None, repetition_penalty: float = 1.0, penalty_scope: str = "context") -> dict:
+    """Greedy answers for `prompts` (one user turn each); with the chat template when the tokenizer has one.
+    `repetition_penalty` > 1 applies transformers' penalty over the whole context (`penalty_scope` "context", as
+    the runtimes' generation configs do) or over the answer's own tokens only ("answer")."""
+    from transformers import AutoTokenizer, GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = transformers_lm(model_dir)
@@ -106,14 +108,20 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
              if chat else p for p in prompts]
     tok.padding_side = "left"
-    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad)
+    context_penalty = repetition_penalty if penalty_scope == "context" else 1.0
+    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad,
+                           repetition_penalty=context_penalty)
     # similar lengths share a batch, so left padding stays short
     order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False).input_ids))
     answers: list[dict] = [{}] * len(texts)
     for s in range(0, len(order), batch):
         idx = order[s:s + batch]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, generation_config=cfg)[:, enc.input_ids.shape[1]:].tolist()
+        prompt_len = enc.input_ids.shape[1]  # left padded: every row's answer starts here
+        answer_only = LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=prompt_len)]
+            if penalty_scope == "answer" and repetition_penalty != 1.0 else [])
+        out = model.generate(**enc, generation_config=cfg, logits_processor=answer_only)[:, prompt_len:].tolist()
         for i, ids in zip(idx, out):
             stop = next((k for k, t in enumerate(ids) if t in ends), None)
             kept = ids[:stop]
