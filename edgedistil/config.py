@@ -49,6 +49,10 @@ class DataConfig:
     chat_answer_tokens: int = 112  # teacher-chat: longest answer, greedy
     chat_no_repeat_ngram: int = 0  # teacher-chat: > 0 = the answer repeats no n-gram of this length; 0 = plain greedy
     chat_drop_loops: bool = True  # teacher-chat: leave out conversations whose answer loops (read-time filter)
+    # teacher-chat: documents the teacher also writes from its document-start token (its pretraining distribution:
+    # general text, for the benchmarks' knowledge), mixed in with the conversations; once, cached apart; 0 = none
+    chat_documents: int = 0
+    chat_document_tokens: int = 192  # teacher-chat: longest document, sampled
     heldout_corpus: str = "pydoc"  # a second held-out corpus, never trained on ("" = none): kjv | pydoc | path
 
 
@@ -474,6 +478,10 @@ def _validate(r: Recipe, where) -> None:
     _check_range(where, "data", "seq_len", data.seq_len >= 8, f"must be >= 8, got {data.seq_len}")
     _check_range(where, "data", "chat_no_repeat_ngram", data.chat_no_repeat_ngram >= 0,
                  f"must be >= 0 (0 = plain greedy answers), got {data.chat_no_repeat_ngram}")
+    _check_range(where, "data", "chat_documents", data.chat_documents >= 0,
+                 f"must be >= 0 (0 = conversations only), got {data.chat_documents}")
+    _check_range(where, "data", "chat_document_tokens", data.chat_document_tokens >= 1,
+                 f"must be >= 1, got {data.chat_document_tokens}")
     _check_range(where, "data", "windows", data.windows in WINDOWS,
                  f"must be one of {', '.join(WINDOWS)}, got {data.windows!r}")
     _check_range(where, "export", "prefill_len", e.prefill_len >= 1, f"must be >= 1, got {e.prefill_len}")

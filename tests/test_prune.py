@@ -160,6 +160,40 @@ def test_teacher_chat_corpus_is_written_by_the_teacher_once(tmp_path, monkeypatc
     assert filtered.text == corpus.text and "1 whose answer loops left out" in filtered.source
 
 
+def test_teacher_chat_mixes_in_documents_the_teacher_writes_from_nothing(tmp_path, monkeypatch):
+    """[data] chat_documents = n: the teacher also writes n documents from its document-start token, cached apart
+    from the conversations, whose cache key stays the one they had without documents; a larger count starts from
+    the smaller one's whole batches."""
+    from edgedistil.sources import teacher_chat
+
+    monkeypatch.setenv("EDGEDISTIL_CACHE", str(tmp_path / "cache"))
+    teacher = tiny_teacher(tmp_path / "chat-teacher", TEXT, chat=True)
+    chat = teacher_chat.ChatSettings(conversations=4, query_tokens=6, answer_tokens=8, batch_size=4)
+    mixed = dataclasses.replace(chat, documents=6, document_tokens=10)
+    assert teacher_chat._key(teacher, mixed) == teacher_chat._key(teacher, chat)
+    alone = teacher_chat.teacher_chat_corpus(teacher, chat, log=lambda *_: None)
+    corpus = teacher_chat.teacher_chat_corpus(teacher, mixed, log=lambda *_: None)
+    documents = corpus.documents[len(alone.documents):]
+    assert corpus.documents[:len(alone.documents)] == alone.documents and 1 <= len(documents) <= 6
+    assert "6 documents" in corpus.source or f"{len(documents)} documents" in corpus.source
+    assert all("<|im_start|>" not in d for d in documents)  # written as plain text, not as a conversation
+    folder = tmp_path / "cache" / "corpora" / "teacher-documents"
+    assert len(list(folder.iterdir())) == 1 and len(list((tmp_path / "cache" / "corpora" / "teacher-chat")
+                                                         .iterdir())) == 1
+    # read back, not written again; 10 documents reuse the first (whole) batch of the 6
+    monkeypatch.setattr(teacher_chat, "_write_document_batch", lambda *a, **k: pytest.fail("generated again"))
+    assert teacher_chat.teacher_chat_corpus(teacher, mixed, log=lambda *_: None).text == corpus.text
+    written = []
+    monkeypatch.setattr(teacher_chat, "_write_document_batch",
+                        lambda model, tok, start, settings, batch: written.append(batch) or [{"text": "x", "ended": 0}])
+    more = teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(mixed, documents=10), log=lambda *_: None)
+    first = [r["text"] for r in map(json.loads, next(folder.iterdir()).joinpath("documents.jsonl").read_text()
+                                     .splitlines()) if r["batch"] == 0]
+    assert written == [1, 2] and more.documents[len(alone.documents):] == first + ["x", "x"]
+    with pytest.raises(EdgeError, match="chat_documents"):
+        teacher_chat.teacher_chat_corpus(teacher, dataclasses.replace(mixed, documents=-1), log=lambda *_: None)
+
+
 def test_teacher_chat_answers_can_be_kept_from_repeating_ngrams(tmp_path, monkeypatch):
     """[data] chat_no_repeat_ngram = n: no answer repeats an n-gram, the corpus gets its own cache key, and at 0 the
     key is the one corpora had before the setting existed."""
