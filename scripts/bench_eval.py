@@ -7,6 +7,8 @@
     # the build's fast subset, timed, on an untrained 6-layer cut of the teacher (the default student's shape and
     # starting point: evenly spaced layers, as [student] init = "even")
     .venv/bin/python scripts/bench_eval.py --name fast_cut6 --cut-layers 6 --subset fast --alone
+    # the default recipe's student as the distill stage builds it (measured layers and FFN neurons), untrained
+    .venv/bin/python scripts/bench_eval.py --name default_init_500 --init-of-recipe default --per-task 500 --no-chat
 
 Runs with torch.set_num_threads(--threads) and writes the wall time of the whole evaluation.
 """
@@ -14,8 +16,11 @@ Runs with torch.set_num_threads(--threads) and writes the wall time of the whole
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +50,34 @@ def cut_of_teacher(teacher: Path, layers: int) -> Path:
     return save_hf_folder(model, folder, tokenizer_from=teacher)
 
 
+def init_of_recipe(config: str) -> Path:
+    """The recipe's student as the distill stage builds it, before any training step: its measured layers and FFN
+    neurons, ranked on the start of the recipe's training split (edgedistil.distill.train.make_student)."""
+    from edgedistil.build import Run
+    from edgedistil.config import load_recipe
+    from edgedistil.distill.data import load_tokenizer, tokenize
+    from edgedistil.distill.train import make_student
+    from edgedistil.model import load_hf_folder, save_hf_folder
+    from edgedistil.records import folder_fingerprint
+    from edgedistil.sources import split_corpus
+
+    recipe = load_recipe(None if config == "default" else config)
+    with tempfile.TemporaryDirectory(prefix="edgedistil-init-") as tmp:
+        run = Run(out=Path(tmp), recipe=recipe, log=print)
+        teacher_dir, corpus = run.teacher_dir(), run.corpus()
+    train_docs, _ = split_corpus(corpus, recipe.data.heldout_fraction)
+    key = hashlib.sha256(json.dumps([folder_fingerprint(teacher_dir), recipe.student.__dict__,
+                                     hashlib.sha256("\n".join(train_docs).encode()).hexdigest()],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    folder = cache_dir() / "eval" / f"init-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    teacher = load_hf_folder(teacher_dir).eval()
+    calib_ids = tokenize(load_tokenizer(teacher_dir), "\n".join(train_docs)[:200_000])
+    student, _, _ = make_student(teacher, teacher_dir, recipe, calib_ids, print)
+    return save_hf_folder(student, folder, tokenizer_from=teacher_dir)
+
+
 def main() -> None:
     import torch
 
@@ -55,6 +88,8 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="writes docs/results/eval_<name>.json")
     ap.add_argument("--student", type=Path, help="student HF folder (default: the teacher alone)")
     ap.add_argument("--cut-layers", type=int, help="evaluate an untrained cut of the teacher with this many layers")
+    ap.add_argument("--init-of-recipe", metavar="TOML|default",
+                    help="evaluate the recipe's student as the distill stage builds it, untrained")
     ap.add_argument("--teacher", type=Path, default=TEACHER)
     ap.add_argument("--alone", action="store_true", help="score the model without the teacher beside it: what a "
                     "build pays once the teacher's figures are cached")
@@ -71,7 +106,8 @@ def main() -> None:
                          "teacher) or pass --teacher DIR")
     tasks = args.tasks.split(",") if args.tasks else list(TASKS)
     subset = args.subset or {name: args.per_task for name in tasks}
-    model = cut_of_teacher(args.teacher, args.cut_layers) if args.cut_layers else args.student or args.teacher
+    model = cut_of_teacher(args.teacher, args.cut_layers) if args.cut_layers else \
+        init_of_recipe(args.init_of_recipe) if args.init_of_recipe else args.student or args.teacher
     out = REPO / "docs" / "results" / f"eval_{args.name}.json"
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
@@ -87,6 +123,7 @@ def main() -> None:
                        # the machine is shared: the 1/5/15-minute load average says how contended the timing was
                        "load_average": [round(x, 2) for x in os.getloadavg()],
                        "model_is": "an untrained evenly spaced cut of the teacher" if args.cut_layers else
+                       f"the untrained student of recipe {args.init_of_recipe}" if args.init_of_recipe else
                        ("the student" if args.student else "the teacher")}
     write_json(out, record)
     print(f"wrote {out}")
