@@ -65,15 +65,15 @@ def init_of_recipe(config: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="edgedistil-init-") as tmp:
         run = Run(out=Path(tmp), recipe=recipe, log=print)
         teacher_dir, corpus = run.teacher_dir(), run.corpus()
-    train_docs, _ = split_corpus(corpus, recipe.data.heldout_fraction)
+    train_text = "\n".join(split_corpus(corpus, recipe.data.heldout_fraction)[0])
     key = hashlib.sha256(json.dumps([folder_fingerprint(teacher_dir), recipe.student.__dict__,
-                                     hashlib.sha256("\n".join(train_docs).encode()).hexdigest()],
+                                     hashlib.sha256(train_text.encode()).hexdigest()],
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = cache_dir() / "eval" / f"init-{key}"
     if (folder / "config.json").is_file():
         return folder
     teacher = load_hf_folder(teacher_dir).eval()
-    calib_ids = tokenize(load_tokenizer(teacher_dir), "\n".join(train_docs)[:200_000])
+    calib_ids = tokenize(load_tokenizer(teacher_dir), train_text[:200_000])  # as run_distill calibrates
     student, _, _ = make_student(teacher, teacher_dir, recipe, calib_ids, print)
     return save_hf_folder(student, folder, tokenizer_from=teacher_dir)
 

@@ -232,8 +232,8 @@ def _write_rows(job: _Job, teacher_dir: Path, settings: ChatSettings, generation
     partial.unlink(missing_ok=True)
 
 
-def _cached_rows(job: _Job, teacher_dir: Path, tokenizer, settings: ChatSettings, generation: dict,
-                 batch_writer, log) -> list[dict]:
+def _cached_rows(job: _Job, teacher_dir: Path, settings: ChatSettings, generation: dict, batch_writer,
+                 log) -> list[dict]:
     """The job's rows, written once under a lock (torchrun's ranks, or two builds, asking at once wait for the first
     writer, then read what it wrote) and read back on later calls."""
     done = job.folder / f"{job.kind}.jsonl"
@@ -260,7 +260,7 @@ def _conversation_rows(teacher_dir: Path, tokenizer, prefix: str, settings: Chat
     job = _Job("conversations", settings.conversations,
                lambda n: _key(teacher_dir, replace(settings, conversations=n)),
                cache_dir() / "corpora" / TEACHER_CHAT / _key(teacher_dir, settings))
-    return _cached_rows(job, teacher_dir, tokenizer, settings, _generation(settings),
+    return _cached_rows(job, teacher_dir, settings, _generation(settings),
                         lambda model: lambda b: _write_batch(model, tokenizer, prefix_ids, eot, settings, b), log)
 
 
@@ -269,7 +269,7 @@ def _document_rows(teacher_dir: Path, tokenizer, settings: ChatSettings, log) ->
     job = _Job("documents", settings.documents,
                lambda n: _key(teacher_dir, replace(settings, documents=n), documents=True),
                cache_dir() / "corpora" / "teacher-documents" / _key(teacher_dir, settings, documents=True))
-    return _cached_rows(job, teacher_dir, tokenizer, settings, _document_generation(settings),
+    return _cached_rows(job, teacher_dir, settings, _document_generation(settings),
                         lambda model: lambda b: _write_document_batch(model, tokenizer, start, settings, b), log)
 
 
