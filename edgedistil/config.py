@@ -74,6 +74,10 @@ class StudentConfig:
     # Minitron ranks width) | "slice" (the teacher's first rows) | "random"
     shrink_init: str = "importance"
     source: str = ""  # "" = built from the teacher; or an HF folder of a ready student (e.g. a smaller pretrained LM)
+    # output-head rows kept after training (distill/head.py): 0 = the whole vocabulary; K = the K ids the student
+    # puts the most probability on over its training text, with the bytes and special tokens (the others never
+    # produced, and a decode step reads K rows of the vocabulary matrix instead of all of them)
+    head_rows: int = 0
 
     # keys whose TOML value may also be of these types (checked in _validate)
     also_accept = {"init": (list,)}
@@ -405,6 +409,8 @@ def _validate(r: Recipe, where) -> None:
     _check_range(where, "student", "intermediate_size", s.intermediate_size >= 0,
                  f"must be >= 0 (0 = the teacher's), got {s.intermediate_size}")
     _check_range(where, "student", "heads", s.heads >= 0, f"must be >= 0 (0 = the teacher's), got {s.heads}")
+    _check_range(where, "student", "head_rows", s.head_rows >= 0,
+                 f"must be >= 0 (0 = the whole vocabulary), got {s.head_rows}")
     _check_range(where, "student", "shrink_init", s.shrink_init in SHRINK_INITS,
                  f"must be one of {', '.join(SHRINK_INITS)}, got {s.shrink_init!r}")
     _check_range(where, "distill", "method", d.method in DISTILL_METHODS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgedistil.decoding import decode, greedy, prefill
+from edgedistil.model.edge_lm import HEAD_FLOOR
 
 
 # Positions where the source's two best logits are closer than this are near-ties: any rounding may swap them.
@@ -53,8 +54,13 @@ def logits_agreement(ref: np.ndarray, got: np.ndarray, targets: np.ndarray | Non
     }
     if targets is not None:
         rows, cols = torch.arange(len(targets)), torch.as_tensor(np.asarray(targets), dtype=torch.long)
-        result["perplexity_reference"], result["perplexity"] = (float(np.exp(-lp[rows, cols].mean().item()))
-                                                                 for lp in (lp_ref, lp_got))
+        # a trimmed head (EdgeLM.trim_head) gives the ids it leaves out HEAD_FLOOR: perplexity reads the positions
+        # whose next token the reference can produce (all of them for a whole head)
+        possible = lp_ref[rows, cols] > HEAD_FLOOR / 2
+        result["perplexity_reference"], result["perplexity"] = (
+            float(np.exp(-lp[rows, cols][possible].mean().item())) for lp in (lp_ref, lp_got))
+        if not bool(possible.all()):
+            result["perplexity_positions"] = int(possible.sum())
     return result
 
 

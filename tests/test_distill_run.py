@@ -371,3 +371,52 @@ def test_teacher_correction_fine_tunes_the_teacher_once_and_it_teaches(tmp_path,
     with pytest.raises(pytest.fail.Exception, match="corrected again"):
         run_distill(teacher_dir, corpus, other, tmp_path / "c" / "distill", log=lambda m: None)
 
+
+
+def test_head_rows_keeps_the_rows_the_student_uses_and_measures_the_cut(tmp_path, teacher_dir, corpus):
+    from edgedistil.distill.data import load_tokenizer
+    from edgedistil.distill.evaluate import eval_windows
+    from edgedistil.distill.head import always_kept
+    from edgedistil.distill.data import tokenize
+    from edgedistil.model.edge_lm import HEAD_FLOOR
+
+    out = tmp_path / "distill"
+    record = run_distill(teacher_dir, corpus, recipe(student={"head_rows": 300}), out, log=lambda m: None)
+    saved = json.loads((out / "student" / "head_rows.json").read_text())
+    kept = saved["kept_ids"]
+    base = always_kept(load_tokenizer(out / "student"))
+    assert len(kept) == 300 == saved["rows"] and kept == sorted(set(kept)) and set(base) <= set(kept)
+    # transformers' generate() leaves out what the exports cannot produce
+    gen = json.loads((out / "student" / "generation_config.json").read_text())
+    assert sorted(gen["suppress_tokens"] + kept) == list(range(512))
+
+    whole, shipped = load_hf_folder(out / "student", head="full"), load_hf_folder(out / "student")
+    assert whole.head_rows == 512 and shipped.head_rows == 300 and not shipped.cfg.tie_word_embeddings
+    text = (out / "heldout.txt").read_text()
+    windows = eval_windows(tokenize(load_tokenizer(out / "student"), text), 32, 256)
+    with torch.no_grad():
+        full, cut = whole(windows[:, :-1]), shipped(windows[:, :-1])
+    outside = torch.ones(512, dtype=torch.bool)
+    outside[kept] = False
+    assert torch.allclose(cut[..., kept], full[..., kept], atol=1e-5) and float(cut[..., outside].max()) < HEAD_FLOOR / 2
+    # the record's cost of the cut is the share of positions where the trimmed head picks the whole head's token
+    agree = float((cut.argmax(-1) == full.argmax(-1)).float().mean())
+    figures = record["head"]["heldout"]
+    assert figures["top1_agreement_with_whole_head"] == pytest.approx(agree, abs=1e-4)
+    assert 0 < figures["probability_kept"] <= 1 and record["head"]["rows"] == 300
+
+
+def test_head_rows_below_the_bytes_and_special_tokens_is_refused_before_training(tmp_path, teacher_dir, corpus):
+    out = tmp_path / "distill"
+    with pytest.raises(EdgeError, match="head_rows = 100 must be above the 257 ids always kept") as e:
+        run_distill(teacher_dir, corpus, recipe(student={"head_rows": 100}), out, log=lambda m: None)
+    assert "e.g. 16384" in e.value.fix
+    assert not out.exists()
+
+
+def test_rank_rows_keeps_the_base_then_the_most_probable():
+    from edgedistil.distill.head import rank_rows
+
+    mass = torch.tensor([0.0, 5.0, 1.0, 9.0, 3.0, 9.0, 0.5], dtype=torch.float64)
+    assert rank_rows(mass, [0, 6], 4) == [0, 3, 5, 6]  # ties (ids 3 and 5) by id; base kept whatever its mass
+    assert rank_rows(mass, [0], 3) == [0, 3, 5]

@@ -183,3 +183,32 @@ def test_repetition_penalty_pushes_down_only_the_answers_own_tokens():
     assert greedy(step, None, [2, 2], 4, 2, 16, repetition_penalty=1.5)[:2] == [2, 3]
     with pytest.raises(EdgeError, match="repetition penalty 0 is not > 0"):
         greedy(step, None, [2, 2], 4, 2, 16, repetition_penalty=0)
+
+
+@pytest.mark.parametrize("cache", ["full", "gqa"])
+def test_a_trimmed_head_exports_as_full_vocabulary_logits_floored_outside_its_rows(tmp_path, cache):
+    from edgedistil.model import write_head_rows
+    from edgedistil.model.edge_lm import HEAD_FLOOR
+
+    hf = make_llama(tmp_path / "hf", seed=3)
+    kept = list(range(0, VOCAB, 3))
+    write_head_rows(hf, kept, VOCAB, "every third id (a test)")
+    heldout = np.random.default_rng(3).integers(0, VOCAB, 600)
+    record = run_export(hf, tmp_path / cache, heldout, MAX_LEN, CHUNK, "student", log=lambda m: None, cache=cache)
+    # checked against the model as shipped: its head cut to the kept rows
+    assert record["fidelity"]["top1_agreement"] == 1.0 and record["fidelity"]["max_abs_diff"] < 1e-3
+    assert record["fidelity"]["perplexity_positions"] < 600  # next tokens the cut head cannot produce are left out
+    lm = OrtLM(tmp_path / cache / "model.onnx")
+    ids = heldout[:CHUNK].tolist()
+    logits, _ = prefill(lm.step, lm.empty_cache(), ids, CHUNK, MAX_LEN)
+    outside = np.ones(VOCAB, bool)
+    outside[kept] = False
+    assert logits.shape == (CHUNK, VOCAB) and logits[:, outside].max() < HEAD_FLOOR / 2
+    whole = load_hf_folder(hf, max_len=MAX_LEN, head="full")
+    with torch.no_grad():
+        ref = whole(torch.tensor([ids]))[0].numpy()
+    assert np.abs(logits[:, kept] - ref[:, kept]).max() < 1e-4
+    # the head's matrix is the kept rows alone
+    heads = [i for i in onnx.load(tmp_path / cache / "model.onnx").graph.initializer if i.dims and VOCAB not in i.dims
+             and len(kept) in i.dims and 64 in i.dims]
+    assert heads

@@ -50,11 +50,12 @@ RUNTIME_LABEL = "host LiteRT (x86-64 XNNPACK)"
 # the 49.6M-parameter default student and 3.5 GB for the 134.5M teacher (scripts/bench_android.py remeasures it into
 # docs/results/android_converter_memory.json). The estimate is a line above both points.
 # weight_only_int8 keeps these fp16, matched on the consuming op's output tensor: the LM head's output is the
-# signature output `logits`, the embedding lookup's is named after torch.nn.modules.sparse.Embedding. On the 6-layer
+# signature output `logits` (a trimmed head's, [student] head_rows, after its Linear lm_head: the logits come from
+# the Gather and floor that follow it), the embedding lookup's is named after torch.nn.modules.sparse.Embedding. On the 6-layer
 # default, per-channel int8 everywhere measured top-1 0.962, with the vocabulary matrix fp16 0.983 and with down_proj
 # too 0.992 (docs/results/android_int8_schemes.json). The 11-layer default needed GPTQ with act order and v_proj
 # fp16 too (1.2M weights): 0.969 nearest, 0.975 GPTQ, 0.982 with act order, 0.987 with v_proj (docs/android.md).
-KEPT_FP16 = {"vocabulary matrix (embedding/LM head)": r".*(logits|torch\.nn\.modules\.sparse).*",
+KEPT_FP16 = {"vocabulary matrix (embedding/LM head)": r".*(logits|Linear_lm_head|torch\.nn\.modules\.sparse).*",
              "down_proj": r".*down_proj.*", "v_proj": r".*v_proj.*"}
 # the same matrices by their PyTorch names, left out of GPTQ rounding (they stay fp16)
 GPTQ_SKIP = ("lm_head", "down_proj", "v_proj")

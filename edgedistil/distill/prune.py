@@ -43,7 +43,7 @@ def _run(teacher, picks: list[int], h: torch.Tensor, cos, sin) -> torch.Tensor:
 
 
 def _loss(teacher, h: torch.Tensor, labels: torch.Tensor) -> float:
-    logits = teacher.lm_head(teacher.model.norm(h)).float()
+    logits = teacher.logits(teacher.model.norm(h)).float()
     return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)))
 
 

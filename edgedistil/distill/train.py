@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from edgedistil.config import Recipe
-from edgedistil.distill import correction, distributed, on_policy, teacher_cache
+from edgedistil.distill import correction, distributed, head, on_policy, teacher_cache
 from edgedistil.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from edgedistil.distill.data import check_vocab, load_tokenizer, need_tokens, sample_blocks, tokenize, \
     tokenize_documents
@@ -36,6 +36,9 @@ from edgedistil.errors import EdgeError, atomic_dir, write_json
 from edgedistil.model import EdgeLM, load_hf_folder, read_hf_config, save_hf_folder
 from edgedistil.records import folder_fingerprint, stage_key
 from edgedistil.sources import Corpus, split_corpus
+
+# training tokens the student's probability mass is summed over to rank its output-head rows ([student] head_rows)
+HEAD_RANK_TOKENS = 16_384
 
 
 def cpu_has_bf16() -> bool:
@@ -97,7 +100,7 @@ def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe, calib_ids: 
         if not folder.is_dir():
             raise EdgeError(f"[student] source {folder} does not exist",
                             "pass an HF model folder, or \"\" to build the student from the teacher")
-        student = load_hf_folder(folder).float()
+        student = load_hf_folder(folder, head="full").float()
         return student, folder, {"source": str(folder), "layers": student.cfg.num_hidden_layers,
                                  "init": "from the source folder"}
     init, ranking, width = s.init, None, None
@@ -153,6 +156,38 @@ def heldout_corpus_quality(student, teacher, tokenizer, corpus: Corpus, recipe: 
     return {"corpus": other.name, "source": other.source, **quality}
 
 
+def trim_head(student, rows: int, tokenizer, train_ids: np.ndarray, heldout: torch.Tensor, corpus: Corpus,
+              recipe: Recipe, folder: Path, log=print) -> dict:
+    """Keep the `rows` output-head rows the trained student uses most (distill/head.py) in its saved `folder`, and
+    what the cut costs on held-out text (and on the corpus never trained on)."""
+    from edgedistil.model import write_head_rows
+    from edgedistil.sources import load_corpus
+
+    t0 = time.perf_counter()
+    device = next(student.parameters()).device  # where saving left it
+    ranked = eval_windows(train_ids, recipe.data.seq_len, HEAD_RANK_TOKENS)
+    base = head.always_kept(tokenizer)
+    kept = head.rank_rows(head.probability_mass(student, ranked, device), base, rows)
+    how = (f"the student's softmax summed over {ranked.numel():,} training tokens; the {len(base)} one-character "
+           "and special tokens always kept")
+    write_head_rows(folder, kept, student.cfg.vocab_size, how)
+    record = {"rows": rows, "vocab_size": student.cfg.vocab_size, "always_kept": len(base), "ranked_by": how,
+              "heldout": head.cut_figures(student, heldout, kept, device)}
+    spec = recipe.data.heldout_corpus
+    if spec:
+        other = load_corpus(spec, log=log)
+        if other.text != corpus.text:
+            windows = eval_windows(tokenize(tokenizer, other.text[:200_000]), recipe.data.seq_len,
+                                   recipe.distill.eval_tokens)
+            record["heldout_corpus"] = {"corpus": other.name, **head.cut_figures(student, windows, kept, device)}
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    h = record["heldout"]
+    log(f"distill: head cut to {rows:,} of {student.cfg.vocab_size:,} rows: on held-out text the whole head's "
+        f"top-1 is kept at {h['top1_agreement_with_whole_head']:.3f} of positions, {h['probability_kept']:.3f} "
+        f"of its probability")
+    return record
+
+
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory (VmHWM), as the bench measures it."""
     try:
@@ -203,7 +238,9 @@ def run_key(teacher_dir: Path, corpus: Corpus, recipe: Recipe) -> str:
 
     from edgedistil.distill import prune
 
-    return stage_key("distill-checkpoint", recipe.section("data"), recipe.section("student"),
+    # a whole head (head_rows 0) leaves the key as it was before the field existed
+    student = {k: v for k, v in recipe.section("student").items() if k != "head_rows" or v}
+    return stage_key("distill-checkpoint", recipe.section("data"), student,
                      prune.AUTO_RANKING if recipe.student.init == "auto" else None,
                      recipe.section("distill"), recipe.section("sequence"), folder_fingerprint(Path(teacher_dir)),
                      hashlib.sha256(corpus.text.encode()).hexdigest())
@@ -242,6 +279,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe, calib_ids, log)
     student_tok = load_tokenizer(student_tok_dir)
     check_vocab(student_tok, student.cfg.vocab_size, "the student")
+    head.check_rows(recipe.student.head_rows, len(head.always_kept(student_tok)), student.cfg.vocab_size)
     try:
         tokenizers = check_tokenizers(teacher_tok, student_tok, teacher.cfg.vocab_size, student.cfg.vocab_size)
     except EdgeError:
@@ -513,6 +551,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} (own tokenizer)")
 
         save_hf_folder(student.to("cpu").float(), tmp / "student", tokenizer_from=student_tok_dir)
+        trimmed = trim_head(student, recipe.student.head_rows, student_tok, train_ids, windows, corpus, recipe,
+                            tmp / "student", log) if recipe.student.head_rows else None
         (tmp / "heldout.txt").write_text(heldout_text, encoding="utf-8")
         record = {
             "stage": "distill",
@@ -548,6 +588,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             "peak_rss_mb": peak_rss_mb(),
             "final_loss": curve[-1]["loss"],
             "quality": quality,
+            "head": trimmed,
             # which teacher the held-out teacher figures above are: the one that taught
             "quality_teacher": "corrected (teacher_correction.folder)" if corrected else "the teacher as given",
         }

@@ -80,7 +80,7 @@ def transformers_lm(model_dir: Path):
     from edgedistil.errors import EdgeError
     from edgedistil.model import load_hf_folder
 
-    weights = load_hf_folder(model_dir).state_dict()  # checked against config.json
+    weights = load_hf_folder(model_dir, head="full").state_dict()  # checked against config.json
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
     wanted = model.state_dict()
     missing = [k for k in wanted if k not in weights]

@@ -54,7 +54,9 @@ def model_figures(model_dir: Path, items: dict[str, list], prompts: list[str], n
     from edgedistil.distill.data import load_tokenizer
     from edgedistil.model import load_hf_folder
 
-    model, tok = load_hf_folder(model_dir), load_tokenizer(model_dir)
+    # the whole head, as transformers and lm-eval read the folder: a trimmed head ([student] head_rows) gives the
+    # ids it leaves out probability 0, which log-likelihood scoring cannot take; its cost is in the distill record
+    model, tok = load_hf_folder(model_dir, head="full"), load_tokenizer(model_dir)
     out = {"benchmarks": {}, "seconds": {}}
     for name, its in items.items():
         t0 = time.perf_counter()
@@ -160,7 +162,7 @@ def heldout_figures(model_dir: Path, teacher_dir: Path | None, heldout_text: str
 
     tok = load_tokenizer(model_dir)
     windows = eval_windows(tokenize(tok, heldout_text), HELDOUT_BLOCK, HELDOUT_TOKENS)
-    student = load_hf_folder(model_dir)
+    student = load_hf_folder(model_dir, head="full")  # as model_figures
     if teacher_dir is None:
         return student_only_quality(student, windows, "no teacher given")
     if load_tokenizer(teacher_dir).to_str() != tok.to_str():

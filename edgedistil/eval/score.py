@@ -69,7 +69,7 @@ def loglikelihoods(model: EdgeLM, reqs: list[tuple[list[int], list[int]]], batch
             targets += cont
             owner += [r] * len(cont)
         h = model.hidden_states(x)[-1][torch.tensor(rows), torch.tensor(cols)]
-        lp = F.log_softmax(model.lm_head(h).float(), -1).gather(-1, torch.tensor(targets)[:, None])[:, 0]
+        lp = F.log_softmax(model.logits(h).float(), -1).gather(-1, torch.tensor(targets)[:, None])[:, 0]
         sums = torch.zeros(len(batch)).index_add_(0, torch.tensor(owner), lp)
         for r, j in enumerate(batch):
             out[j] = float(sums[r])

@@ -91,7 +91,7 @@ def build_gqa_graph(model: EdgeLM, max_len: int, io: str = "edgedistil"):
     freqs = np.arange(max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # [max_len, D/2]
     cos, sin = init("/rope_cos", np.cos(freqs)), init("/rope_sin", np.sin(freqs))
 
-    head = sd["lm_head.weight"].T  # [hidden, vocab], shared with the embedding when tied
+    head = sd["lm_head.weight"].T  # [hidden, vocab] (K rows trimmed), shared with the embedding when tied
     head_name = init("lm_head.weight.T", head)
     if c.tie_word_embeddings:
         cols = node("Gather", [head_name, "input_ids"], "/embed_tokens/Gather", axis=1)  # [hidden, 1, T]
@@ -121,7 +121,13 @@ def build_gqa_graph(model: EdgeLM, max_len: int, io: str = "edgedistil"):
                       f"layers.{i}/mlp/down_proj")
         x = node("Add", [x, down], f"/layers.{i}/mlp_residual")
     x = rmsnorm(x, "model.norm", "/norm")
-    nodes.append(helper.make_node("MatMul", [x, head_name], ["logits"], name="/lm_head/MatMul"))
+    if model.head_index is None:
+        nodes.append(helper.make_node("MatMul", [x, head_name], ["logits"], name="/lm_head/MatMul"))
+    else:  # a trimmed head: K rows, each id's logit gathered from them, HEAD_FLOOR added outside them
+        rows = node("MatMul", [x, head_name], "/lm_head/MatMul")
+        spread = node("Gather", [rows, init("/lm_head/index", model.head_index.numpy())], "/lm_head/Gather", axis=-1)
+        nodes.append(helper.make_node("Add", [spread, init("/lm_head/floor", model.head_floor.float().numpy())],
+                                      ["logits"], name="/lm_head/Add"))
 
     inputs, outputs = graph_inputs_outputs(c, max_len, io, tokens)
     graph = helper.make_graph(nodes, "edgedistil_gqa", inputs, outputs, inits, value_info=typed)

@@ -11,7 +11,7 @@ folder that `AutoModelForCausalLM.from_pretrained` reads. Two entry points:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,9 @@ _DEFAULT_MAX_POS = {"llama": 2048, "qwen2": 32768}
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # Large enough that exp() of a masked score is exactly 0 in fp32, small enough not to overflow fp16 (-1e9 does).
 _MASK_NEG = 1e4
+# The logit of an id a trimmed head leaves out (EdgeLM.trim_head): probability exactly 0 after softmax in fp32 and
+# fp16, yet finite, so log-probabilities and KL against it stay finite in every runtime.
+HEAD_FLOOR = -1e4
 
 
 def _refuse(what: str, only: str = "") -> EdgeError:
@@ -245,8 +248,46 @@ class EdgeLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # set by trim_head: lm_head then has K rows, and logits() spreads them back to the whole vocabulary
+        self.register_buffer("head_index", None, persistent=False)
+        self.register_buffer("head_floor", None, persistent=False)
         self.max_len = max_len or min(cfg.max_position_embeddings, 4096)
         self.build_rope()
+
+    def logits(self, hidden):
+        """The LM head: [.., hidden] -> [.., vocab]. A trimmed head computes its K rows and reads each id's logit
+        from them (a Gather; an id outside them reads row 0 and gets HEAD_FLOOR added): every runtime still sees a
+        full-vocabulary row, with probability 0 outside the kept ids."""
+        x = self.lm_head(hidden)
+        if self.head_index is None:
+            return x
+        return x.index_select(-1, self.head_index) + self.head_floor.to(x.dtype)
+
+    def trim_head(self, kept_ids) -> "EdgeLM":
+        """Keep only the output head's rows `kept_ids` (sorted, unique token ids): a decode step reads K rows of
+        the vocabulary matrix instead of all of them, and the other ids are never produced. The embedding stays
+        whole, so every id can still be read; the head becomes its own [K, hidden] matrix (untied)."""
+        kept = torch.as_tensor(kept_ids, dtype=torch.long)
+        vocab = self.cfg.vocab_size
+        if kept.ndim != 1 or not len(kept) or int(kept.min()) < 0 or int(kept.max()) >= vocab or \
+                bool((kept[1:] <= kept[:-1]).any()):
+            raise EdgeError(f"a trimmed head needs sorted, unique token ids in [0, {vocab}), got {len(kept)} ids",
+                            "rebuild the student's head_rows.json with `edgedistil distill`")
+        weight = self.lm_head.weight.detach()[kept].clone()
+        self.lm_head = nn.Linear(self.cfg.hidden_size, len(kept), bias=False, device=weight.device,
+                                 dtype=weight.dtype)
+        self.lm_head.weight = nn.Parameter(weight, requires_grad=False)
+        index = torch.zeros(vocab, dtype=torch.long)
+        index[kept] = torch.arange(len(kept))
+        floor = torch.full((vocab,), HEAD_FLOOR, dtype=torch.float32)
+        floor[kept] = 0.0
+        self.head_index, self.head_floor = index.to(weight.device), floor.to(weight.device)
+        self.cfg = replace(self.cfg, tie_word_embeddings=False)
+        return self
+
+    @property
+    def head_rows(self) -> int:
+        return self.lm_head.weight.shape[0]
 
     def build_rope(self, device=None):
         """(Re)compute the cos/sin tables; call after materialising a model built on the meta device."""
@@ -266,7 +307,7 @@ class EdgeLM(nn.Module):
         then each layer's output, where (as in HF) the last entry is taken after the final norm.
         """
         hidden = self.hidden_states(input_ids)
-        logits = self.lm_head(hidden[-1])
+        logits = self.logits(hidden[-1])
         return (logits, hidden) if output_hidden_states else logits
 
     def hidden_states(self, input_ids) -> list:
@@ -344,7 +385,7 @@ class EdgeLM(nn.Module):
             y = y.reshape(kv, rep, -1, hd).permute(2, 0, 1, 3).reshape(1, -1, attn.n_head * hd)  # [1,T,H*D]
             x = x + attn.o_proj(y)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.lm_head(self.model.norm(x))
+        logits = self.logits(self.model.norm(x))
         return logits, new_k, new_v
 
     def empty_cache(self, max_len: int, dtype=torch.float32):

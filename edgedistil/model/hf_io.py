@@ -20,6 +20,8 @@ _TEACHER_FIX = (
     "pass --teacher PATH pointing at a folder with config.json and *.safetensors "
     "(a downloaded Hugging Face model folder; hub ids are not fetched)"
 )
+# an HF student folder's trimmed output head (EdgeLM.trim_head): the token ids it keeps
+HEAD_ROWS_FILE = "head_rows.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -85,9 +87,14 @@ def _read_weights(folder: Path, dtype) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_hf_folder(folder, dtype=torch.float32, max_len=None) -> EdgeLM:
-    """EdgeLM with the weights of an HF Llama/Qwen2 folder, in `dtype`, in eval mode."""
+def load_hf_folder(folder, dtype=torch.float32, max_len=None, head: str = "shipped") -> EdgeLM:
+    """EdgeLM with the weights of an HF Llama/Qwen2 folder, in `dtype`, in eval mode.
+
+    head "shipped": with the folder's head_rows.json (a student whose head was trimmed), the model as every export
+    ships it, its head cut to those rows; "full": the whole head, as transformers reads the folder."""
     folder = Path(folder)
+    if head not in ("shipped", "full"):
+        raise ValueError(f"head must be 'shipped' or 'full', got {head!r}")
     cfg = read_hf_config(folder)
     state = _read_weights(folder, dtype)
     # Meta device: no time or memory spent on random init of weights that are about to be replaced.
@@ -122,12 +129,44 @@ def load_hf_folder(folder, dtype=torch.float32, max_len=None) -> EdgeLM:
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight  # assign=True replaced the shared Parameter
     model.build_rope()
+    kept = read_head_rows(folder) if head == "shipped" else None
+    if kept is not None:
+        model.trim_head(kept)
     return model.eval()
+
+
+def read_head_rows(folder) -> list[int] | None:
+    """The token ids a trimmed head keeps (the folder's head_rows.json), or None for a whole head."""
+    path = Path(folder) / HEAD_ROWS_FILE
+    if not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())["kept_ids"]
+        return [int(i) for i in kept]
+    except (ValueError, KeyError, TypeError) as e:
+        raise EdgeError(f"{path} is not a head_rows file ({e})",
+                        f"delete it for the whole head, or rebuild the student with `edgedistil distill`") from None
+
+
+def write_head_rows(folder, kept_ids: list[int], vocab_size: int, how: str) -> None:
+    """Record a trimmed head in an HF student folder: head_rows.json for edgedistil's loaders and exports, and the
+    other ids as generation_config.json's suppress_tokens, so transformers' generate() decodes as the exports do."""
+    folder = Path(folder)
+    kept = sorted(int(i) for i in kept_ids)
+    (folder / HEAD_ROWS_FILE).write_text(json.dumps({"rows": len(kept), "vocab_size": vocab_size, "ranked_by": how,
+                                                     "kept_ids": kept}) + "\n")
+    gen_path = folder / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    inside = set(kept)
+    gen["suppress_tokens"] = [i for i in range(vocab_size) if i not in inside]
+    gen_path.write_text(json.dumps(gen, indent=2) + "\n")
 
 
 def save_hf_folder(model: EdgeLM, folder, config_overrides: dict | None = None, tokenizer_from: Path | None = None):
     """Write `folder` (atomically) as an HF model folder that AutoModelForCausalLM.from_pretrained loads."""
     folder = Path(folder)
+    if model.head_index is not None:
+        raise ValueError("save the student before trim_head: an HF folder keeps the whole head (write_head_rows)")
     emb = model.model.embed_tokens.weight
     tied = model.lm_head.weight is emb
     # Sizes from the model itself, so a student whose layer list was cut after construction saves correctly.

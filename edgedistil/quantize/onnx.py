@@ -214,8 +214,10 @@ def quantize_file(src: Path, dst: Path, method: str, keep_float: list[str], bloc
             packed = quantize_matmuls(model, 4 if method == "int4" else 8, block_size, accuracy_level, excluded,
                                       hessians, eight_bit_layers(method, eight_bit))
             if not alpha:
-                # a tied head's lookup reads the head's own codes (one copy), any other table int8 blocks
-                quantize_gathers(model, block_size, excluded, packed=packed)
+                # a tied head's lookup reads the head's own codes (one copy); any other table (an untied or
+                # trimmed head's embedding) int8 rows in standard ops: Transformers.js' onnxruntime-web has no
+                # GatherBlockQuantized
+                quantize_gathers(model, block_size, excluded, portable=True, packed=packed)
             onnx.save(model, str(dst))
         elif method == "int8_storage":
             model = onnx.load(str(src))

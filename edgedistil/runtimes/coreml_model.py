@@ -59,7 +59,7 @@ def run_layers(model: EdgeLM, input_ids, position, k_cache, v_cache):
         y = y.reshape(kv, rep, t, hd).permute(2, 0, 1, 3).reshape(1, t, attn.n_head * hd)
         x = x + attn.o_proj(y)
         x = x + layer.mlp(rms_norm_fp16_safe(layer.post_attention_layernorm, x))
-    return model.lm_head(rms_norm_fp16_safe(model.model.norm, x))
+    return model.logits(rms_norm_fp16_safe(model.model.norm, x))
 
 
 class StatefulStep(nn.Module):
