@@ -15,7 +15,8 @@ English chat student uses a fraction of those rows. This measures, before anythi
   positions whose next token is kept, beside its full perplexity over the same positions;
 - decode speed: projected from the weights a step reads (the layers and K head rows; the embedding lookup reads
   one row), and measured on ONNX Runtime (fp32, 1 thread, the export stage's graph) for students whose head is K
-  rows scattered back into full-vocabulary logits (-inf elsewhere), so the runtimes' contract stays as it is.
+  rows read back into full-vocabulary logits (EdgeLM.trim_head, as `[student] head_rows` ships it; until
+  2026-12-07 this timed a scatter into a row of -inf), so the runtimes' contract stays as it is.
 
 Students here are untrained evenly spaced cuts: a step's cost does not depend on which layers are kept.
 Measure with idle cores; each speedup is the median of rounds that alternate with the teacher.
@@ -39,37 +40,6 @@ sys.path.insert(0, str(REPO))
 
 TRAIN_TOKENS = 65_536
 SIZES = (4096, 8192, 12288, 16384, 24576, 32768)
-
-
-class ScatteredHead(torch.nn.Module):
-    """A K-row output head whose logits land at their token ids in a full-vocabulary row of -inf."""
-
-    def __init__(self, weight: torch.Tensor, kept: torch.Tensor, vocab: int):
-        super().__init__()
-        self.weight = torch.nn.Parameter(weight[kept].clone(), requires_grad=False)
-        self.register_buffer("kept", kept.clone())
-        self.vocab = vocab
-
-    def forward(self, x):
-        small = x @ self.weight.T
-        full = torch.full((*x.shape[:-1], self.vocab), float("-inf"), dtype=small.dtype)
-        return full.index_copy(-1, self.kept, small)
-
-
-def always_kept(tok) -> list[int]:
-    """The byte-level alphabet (one-character tokens) and the special tokens."""
-    vocab = tok.get_vocab(with_added_tokens=True)
-    special = {t.content for t in tok.get_added_tokens_decoder().values()}
-    return sorted(i for s, i in vocab.items() if len(s) == 1 or s in special)
-
-
-@torch.no_grad()
-def teacher_mass(teacher, windows: torch.Tensor) -> torch.Tensor:
-    mass = torch.zeros(teacher.cfg.vocab_size, dtype=torch.float64)
-    for i in range(0, len(windows), 8):
-        logits = teacher(windows[i:i + 8, :-1]).float()
-        mass += logits.softmax(-1).sum((0, 1)).double()
-    return mass
 
 
 @torch.no_grad()
@@ -126,6 +96,7 @@ def main() -> None:
     from edgedistil.config import load_recipe
     from edgedistil.distill.data import tokenize
     from edgedistil.distill.evaluate import eval_windows
+    from edgedistil.distill.head import always_kept, probability_mass
     from edgedistil.distill.student import build_student
     from edgedistil.errors import write_json
     from edgedistil.model import load_hf_folder
@@ -149,7 +120,7 @@ def main() -> None:
     train_docs, heldout_text = split_corpus(corpus, recipe.data.heldout_fraction)
     train = eval_windows(tokenize(tok, "\n".join(train_docs)[:400_000]), seq, TRAIN_TOKENS)
     log(f"vocab: the teacher's mass over {train[:, :-1].numel():,} training tokens")
-    mass = teacher_mass(teacher, train)
+    mass = probability_mass(teacher, train)
     base = always_kept(tok)
     order = [i for i in mass.argsort(descending=True).tolist() if i not in set(base)]
     kept_sets = {k: torch.tensor(sorted(base + order[:k - len(base)])) for k in sizes}
@@ -176,7 +147,7 @@ def main() -> None:
                              teacher_bytes / decode_bytes(s_layers, args.time_k * tc.hidden_size), 3)})
         if args.measure:
             trimmed = build_student(teacher, k, "even", intermediate_size=s.intermediate_size, heads=s.heads)[0]
-            trimmed.lm_head = ScatteredHead(trimmed.lm_head.weight.detach(), kept, tc.vocab_size)
+            trimmed.trim_head(kept)
             timed[f"{k} full"], timed[f"{k} k"] = student, trimmed
     load_before = os.getloadavg()[0]
     if args.measure:
