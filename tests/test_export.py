@@ -212,3 +212,17 @@ def test_a_trimmed_head_exports_as_full_vocabulary_logits_floored_outside_its_ro
     heads = [i for i in onnx.load(tmp_path / cache / "model.onnx").graph.initializer if i.dims and VOCAB not in i.dims
              and len(kept) in i.dims and 64 in i.dims]
     assert heads
+
+
+def test_a_broken_head_rows_file_is_named_in_one_line(tmp_path):
+    from edgedistil.model.hf_io import HEAD_ROWS_FILE
+
+    hf = make_llama(tmp_path / "hf", seed=4)
+    (hf / HEAD_ROWS_FILE).write_text("{not json")
+    with pytest.raises(EdgeError, match="head_rows.json is not a head_rows file") as e:
+        load_hf_folder(hf)
+    assert "delete it for the whole head" in e.value.fix
+    assert load_hf_folder(hf, head="full").head_rows == VOCAB  # the whole head does not read it
+    (hf / HEAD_ROWS_FILE).write_text('{"kept_ids": [5, 3, 9]}')
+    with pytest.raises(EdgeError, match="sorted, unique token ids"):
+        load_hf_folder(hf)

@@ -145,7 +145,7 @@ def read_head_rows(folder) -> list[int] | None:
         return [int(i) for i in kept]
     except (ValueError, KeyError, TypeError) as e:
         raise EdgeError(f"{path} is not a head_rows file ({e})",
-                        f"delete it for the whole head, or rebuild the student with `edgedistil distill`") from None
+                        "delete it for the whole head, or rebuild the student with `edgedistil distill`") from None
 
 
 def write_head_rows(folder, kept_ids: list[int], vocab_size: int, how: str) -> None:
