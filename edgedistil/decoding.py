@@ -14,6 +14,10 @@ import numpy as np
 from edgedistil.errors import EdgeError
 
 StepFn = Callable[[list[int], int, Any], tuple[np.ndarray, Any]]
+# The logit of an id a trimmed head leaves out (EdgeLM.trim_head): probability exactly 0 after softmax in fp32 and
+# fp16, yet finite, so log-probabilities and KL against it stay finite in every runtime. Here, beside the other
+# torch-free helpers, since the fidelity checks read it on the arm64 root, which has no torch.
+HEAD_FLOOR = -1e4
 
 
 def prefill(step: StepFn, cache: Any, prompt: list[int], chunk: int, max_len: int, pad_id: int = 0,

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgedistil.decoding import decode, greedy, prefill
-from edgedistil.model.edge_lm import HEAD_FLOOR
+from edgedistil.decoding import HEAD_FLOOR, decode, greedy, prefill
 
 
 # Positions where the source's two best logits are closer than this are near-ties: any rounding may swap them.

@@ -378,7 +378,7 @@ def test_head_rows_keeps_the_rows_the_student_uses_and_measures_the_cut(tmp_path
     from edgedistil.distill.evaluate import eval_windows
     from edgedistil.distill.head import always_kept
     from edgedistil.distill.data import tokenize
-    from edgedistil.model.edge_lm import HEAD_FLOOR
+    from edgedistil.decoding import HEAD_FLOOR
 
     out = tmp_path / "distill"
     record = run_distill(teacher_dir, corpus, recipe(student={"head_rows": 300}), out, log=lambda m: None)

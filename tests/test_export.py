@@ -188,7 +188,7 @@ def test_repetition_penalty_pushes_down_only_the_answers_own_tokens():
 @pytest.mark.parametrize("cache", ["full", "gqa"])
 def test_a_trimmed_head_exports_as_full_vocabulary_logits_floored_outside_its_rows(tmp_path, cache):
     from edgedistil.model import write_head_rows
-    from edgedistil.model.edge_lm import HEAD_FLOOR
+    from edgedistil.decoding import HEAD_FLOOR
 
     hf = make_llama(tmp_path / "hf", seed=3)
     kept = list(range(0, VOCAB, 3))

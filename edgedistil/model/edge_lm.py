@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgedistil.decoding import HEAD_FLOOR
 from edgedistil.errors import EdgeError
 
 SUPPORTED = "llama (LlamaForCausalLM), qwen2 (Qwen2ForCausalLM)"
@@ -26,9 +27,6 @@ _DEFAULT_MAX_POS = {"llama": 2048, "qwen2": 32768}
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # Large enough that exp() of a masked score is exactly 0 in fp32, small enough not to overflow fp16 (-1e9 does).
 _MASK_NEG = 1e4
-# The logit of an id a trimmed head leaves out (EdgeLM.trim_head): probability exactly 0 after softmax in fp32 and
-# fp16, yet finite, so log-probabilities and KL against it stay finite in every runtime.
-HEAD_FLOOR = -1e4
 
 
 def _refuse(what: str, only: str = "") -> EdgeError:
