@@ -136,10 +136,9 @@ def make_student(teacher: EdgeLM, teacher_dir: Path, recipe: Recipe, calib_ids: 
     return student, teacher_dir, {"source": "built from the teacher", "layers": s.layers, "init": s.init, **info}
 
 
-def heldout_corpus_quality(student, teacher, tokenizer, corpus: Corpus, recipe: Recipe, device: str, autocast,
-                           log=print) -> dict | None:
-    """Student vs teacher on `[data] heldout_corpus`, a corpus the run never trains on (None when unset, or when
-    it is the training corpus itself)."""
+def heldout_corpus_windows(tokenizer, corpus: Corpus, recipe: Recipe, log=print) -> tuple[Corpus, torch.Tensor] | None:
+    """`[data] heldout_corpus`, a corpus the run never trains on, and its eval windows (None when unset, or when it
+    is the training corpus itself)."""
     from edgedistil.sources import load_corpus
 
     spec = recipe.data.heldout_corpus
@@ -149,23 +148,31 @@ def heldout_corpus_quality(student, teacher, tokenizer, corpus: Corpus, recipe: 
     if other.text == corpus.text:
         log(f"distill: [data] heldout_corpus {spec!r} is the training corpus; no out-of-domain figures")
         return None
-    windows = eval_windows(tokenize(tokenizer, other.text[:200_000]), recipe.data.seq_len, recipe.distill.eval_tokens)
+    return other, eval_windows(tokenize(tokenizer, other.text[:200_000]), recipe.data.seq_len,
+                               recipe.distill.eval_tokens)
+
+
+def heldout_corpus_quality(student, teacher, other: tuple[Corpus, torch.Tensor] | None, device: str,
+                           autocast) -> dict | None:
+    """Student vs teacher on the held-out corpus `other` (heldout_corpus_windows)."""
+    if other is None:
+        return None
+    other, windows = other
     with autocast:
         quality = compare_on_heldout(student, teacher, windows, device=device) if teacher is not None else \
             student_only_quality(student, windows, "the student's tokenizer is not the teacher's", device=device)
     return {"corpus": other.name, "source": other.source, **quality}
 
 
-def trim_head(student, rows: int, tokenizer, train_ids: np.ndarray, heldout: torch.Tensor, corpus: Corpus,
-              recipe: Recipe, folder: Path, log=print) -> dict:
+def trim_head(student, rows: int, tokenizer, train_ids: np.ndarray, heldout: torch.Tensor,
+              other: tuple[Corpus, torch.Tensor] | None, seq_len: int, folder: Path, log=print) -> dict:
     """Keep the `rows` output-head rows the trained student uses most (distill/head.py) in its saved `folder`, and
-    what the cut costs on held-out text (and on the corpus never trained on)."""
+    what the cut costs on held-out text (and on the held-out corpus `other`, heldout_corpus_windows)."""
     from edgedistil.model import write_head_rows
-    from edgedistil.sources import load_corpus
 
     t0 = time.perf_counter()
     device = next(student.parameters()).device  # where saving left it
-    ranked = eval_windows(train_ids, recipe.data.seq_len, HEAD_RANK_TOKENS)
+    ranked = eval_windows(train_ids, seq_len, HEAD_RANK_TOKENS)
     base = head.always_kept(tokenizer)
     kept = head.rank_rows(head.probability_mass(student, ranked, device), base, rows)
     how = (f"the student's softmax summed over {ranked.numel():,} training tokens; the {len(base)} one-character "
@@ -173,13 +180,8 @@ def trim_head(student, rows: int, tokenizer, train_ids: np.ndarray, heldout: tor
     write_head_rows(folder, kept, student.cfg.vocab_size, how)
     record = {"rows": rows, "vocab_size": student.cfg.vocab_size, "always_kept": len(base), "ranked_by": how,
               "heldout": head.cut_figures(student, heldout, kept, device)}
-    spec = recipe.data.heldout_corpus
-    if spec:
-        other = load_corpus(spec, log=log)
-        if other.text != corpus.text:
-            windows = eval_windows(tokenize(tokenizer, other.text[:200_000]), recipe.data.seq_len,
-                                   recipe.distill.eval_tokens)
-            record["heldout_corpus"] = {"corpus": other.name, **head.cut_figures(student, windows, kept, device)}
+    if other is not None:
+        record["heldout_corpus"] = {"corpus": other[0].name, **head.cut_figures(student, other[1], kept, device)}
     record["seconds"] = round(time.perf_counter() - t0, 2)
     h = record["heldout"]
     log(f"distill: head cut to {rows:,} of {student.cfg.vocab_size:,} rows: on held-out text the whole head's "
@@ -539,10 +541,11 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
                                                device=device)
             else:
                 quality = compare_on_heldout(student, teacher, windows, device=device)
-        other = heldout_corpus_quality(student, teacher if tokenizers is not None else None, student_tok, corpus,
-                                       recipe, device, eval_autocast, log)
-        if other is not None:
-            quality["heldout_corpus"] = other
+        other = heldout_corpus_windows(student_tok, corpus, recipe, log)
+        other_quality = heldout_corpus_quality(student, teacher if tokenizers is not None else None, other, device,
+                                               eval_autocast)
+        if other_quality is not None:
+            quality["heldout_corpus"] = other_quality
         write_json(tmp / "eval.json", quality)
         if quality["teacher_perplexity"] is not None:
             log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} vs teacher "
@@ -551,7 +554,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} (own tokenizer)")
 
         save_hf_folder(student.to("cpu").float(), tmp / "student", tokenizer_from=student_tok_dir)
-        trimmed = trim_head(student, recipe.student.head_rows, student_tok, train_ids, windows, corpus, recipe,
+        trimmed = trim_head(student, recipe.student.head_rows, student_tok, train_ids, windows, other, data.seq_len,
                             tmp / "student", log) if recipe.student.head_rows else None
         (tmp / "heldout.txt").write_text(heldout_text, encoding="utf-8")
         record = {
