@@ -14,8 +14,9 @@ def quality_entry(distill: dict) -> dict:
 
 def student_entry(distill: dict) -> dict:
     s = distill["student"]
+    # a trimmed output head ([student] head_rows): its rows and what the cut costs on held-out text; None = whole
     return {"parameters": s["parameters"], "layers": s["layers"], "teacher_layers": s["teacher_layers"],
-            "teacher_parameters": distill["teacher_parameters"]}
+            "teacher_parameters": distill["teacher_parameters"], "head": distill.get("head")}
 
 
 def evaluation_entry(evaluation: dict | None) -> dict | None:
