@@ -40,9 +40,10 @@ def probability_mass(model, windows: torch.Tensor, device: str = "cpu", batch: i
 def check_rows(rows: int, base: int, vocab: int) -> None:
     """Refuse a head_rows the vocabulary cannot honour, before training starts."""
     if rows and not base < rows < vocab:
+        example = " (e.g. 16384)" if base < 16384 < vocab else ""
         raise EdgeError(f"[student] head_rows = {rows} must be above the {base} ids always kept (bytes and special "
                         f"tokens) and below the vocabulary's {vocab}",
-                        f"set head_rows between {base + 1} and {vocab - 1} (e.g. 16384), or 0 for the whole head")
+                        f"set head_rows between {base + 1} and {vocab - 1}{example}, or 0 for the whole head")
 
 
 def rank_rows(mass: torch.Tensor, base: list[int], rows: int) -> list[int]:
