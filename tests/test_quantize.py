@@ -135,6 +135,49 @@ def test_int8_storage_keeps_a_float_head_apart_from_its_int8_embedding(source):
     assert rec["rounding"] == "nearest" and rec["calibration"] is None
 
 
+@pytest.mark.parametrize("cache", ["full", "gqa"])
+def test_int8_storage_reads_a_trimmed_heads_rows_from_the_embeddings_int8_table(tmp_path, cache):
+    """A trimmed head (distill/head.py) is K rows of the embedding: int8_storage stores the table once and the head
+    gathers its rows from it, constants that ONNX Runtime folds into an fp32 weight at load, so the file is no
+    larger than the whole head's and decodes as the trimmed model does."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgedistil.model import write_head_rows
+
+    hf = make_llama(tmp_path / "hf", seed=3)
+    heldout = np.random.default_rng(2).integers(0, VOCAB, 800)
+    run_export(hf, tmp_path / "whole", heldout, MAX_LEN, CHUNK, "student", cache=cache, **QUIET)
+    whole = run_quantize(tmp_path / "whole" / "model.onnx", hf, tmp_path / "qwhole", heldout, CHUNK,
+                         "int8_storage", **QUIET)
+    kept = list(range(0, VOCAB, 2))
+    write_head_rows(hf, kept, VOCAB, "every other id (a test)")
+    run_export(hf, tmp_path / "trim", heldout, MAX_LEN, CHUNK, "student", cache=cache, **QUIET)
+    rec = run_quantize(tmp_path / "trim" / "model.onnx", hf, tmp_path / "q", heldout, CHUNK, "int8_storage", **QUIET)
+    assert rec["warnings"] == [] and rec["precision"]["counts"] == whole["precision"]["counts"]
+    head, embed = by_node(rec, "lm_head")[0], by_node(rec, "embed")[0]
+    assert head["precision"] == "int8" and head["weight"] == embed["weight"] and head["shape"][0] == VOCAB
+    path = tmp_path / "q" / "model.onnx"
+    m = onnx.load(str(path))
+    int8 = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == len([i for i in onnx.load(str(tmp_path / "qwhole" / "model.onnx")).graph.initializer
+                             if i.data_type == onnx.TensorProto.INT8])
+    assert not [i.name for i in m.graph.initializer if len(kept) in i.dims and 64 in i.dims]  # no second matrix
+    # + the kept ids, the head's index and floor (int64 and fp32 per vocabulary id) and their nodes
+    assert rec["bytes"] - whole["bytes"] < len(kept) * 8 + VOCAB * 12 + 1024 < len(kept) * 64
+    # the kept rows' fidelity to the trimmed fp32 model, as good as the whole head's to the whole model
+    assert rec["fidelity"]["top1_agreement"] >= 0.95 and rec["fidelity"]["kl_mean"] < 0.02
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "optimized.onnx"))
+    inits = {i.name: i for i in opt.graph.initializer}
+    heads = [n for n in opt.graph.node if n.op_type in ("MatMul", "FusedMatMul") and n.input[1] in inits
+             and len(kept) in inits[n.input[1]].dims]
+    assert len(heads) == 1 and inits[heads[0].input[1]].data_type == onnx.TensorProto.FLOAT  # folded at load
+
+
 def test_int8_weight_only_on_the_gqa_layout_quantizes_the_tied_lookup(tmp_path):
     """The gqa graph's embedding gathers columns of the tied head matrix: it becomes a row lookup of an int8 copy,
     so no fp32 copy of the matrix is left behind and smoothing may scale the head."""

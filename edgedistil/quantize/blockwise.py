@@ -238,6 +238,27 @@ def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None, block: int = 0) -
     return codes.reshape(n, k // block, block), scales.reshape(n, k // block, 1)
 
 
+def rows_of(table: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+    """The ids of the rows of `table` [V, H] that the rows of `weight` [K, H] (K < V) are, in order; None where
+    one is not a row of it. Matched on a hash of each row's bits (integer arithmetic: the same row always gets the
+    same key), then checked exactly."""
+    if weight.ndim != 2 or table.ndim != 2 or weight.shape[1] != table.shape[1] or len(weight) >= len(table) or \
+            weight.dtype != table.dtype:
+        return None
+    mix = np.random.default_rng(0).integers(1, 2 ** 63, table.shape[1], dtype=np.uint64) | np.uint64(1)
+
+    def keys(rows):
+        bits = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), table.shape[1], -1)
+        word = sum(bits[..., j].astype(np.uint64) << np.uint64(8 * j) for j in range(bits.shape[-1]))
+        return (word * mix).sum(1)  # wraps modulo 2^64
+
+    table_keys = keys(table)
+    order = np.argsort(table_keys, kind="stable")
+    at = np.clip(np.searchsorted(table_keys[order], keys(weight)), 0, len(table) - 1)
+    ids = order[at]
+    return ids if np.array_equal(table[ids], weight) else None
+
+
 def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarray] | None) -> dict[str, tuple]:
     """Store every weight MatMul's B of `model` (changed in place) not in `excluded` as int8, a scale per block of
     INT8_STORAGE_BLOCK inputs of each output column, behind Cast -> Mul(scales) -> Reshape: all constant, so ONNX
@@ -248,8 +269,9 @@ def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarra
 
     A head whose weight is an embedding table (tied embeddings: a row Gather of a second copy, or in the gqa
     layouts a column Gather of the head's own matrix) is stored once, as the table's int8 rows with a scale per row,
-    read through a Transpose; returns {table: (codes, scales)} for quantize_gathers to look the embedding up in
-    the same int8 rows."""
+    read through a Transpose; so is a trimmed head, whose rows are some of the table's, read through a constant
+    Gather of their ids. Returns {table: (codes, scales)} for quantize_gathers to look the embedding up in the same
+    int8 rows."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -266,6 +288,27 @@ def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarra
         tied = b if b in column_tables and b not in shared else next(
             (t for t, table in tables.items() if t not in shared and table.shape == weight.shape
              and np.array_equal(table, weight)), None)
+        subset = None if tied is not None else next(
+            ((t, ids) for t, table in tables.items() if t not in shared
+             for ids in [rows_of(table, weight)] if ids is not None), None)
+        if subset is not None:
+            # a trimmed head (distill/head.py): its K rows are rows of the embedding table, so the head reads
+            # them from the table's own int8 rows; the Gathers are constant and fold at load like the rest
+            table_name, ids = subset
+            table = tables[table_name]
+            codes, scales = _int8_rows(table, None)
+            codes[ids], scales[ids] = _int8_rows(weight, hessian)  # the head's rows GPTQ-rounded for the head
+            q, sc = shared[table_name] = (f"{table_name}_Q8", f"{table_name}_scales")
+            return ([helper.make_node("Gather", [q, f"{b}_ids"], [f"{b}_q8"], name=f"{b}_gather", axis=0),
+                     helper.make_node("Gather", [sc, f"{b}_ids"], [f"{b}_row_scales"], name=f"{b}_gather_scales",
+                                      axis=0),
+                     helper.make_node("Cast", [f"{b}_q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
+                     helper.make_node("Mul", [f"{b}_f32", f"{b}_row_scales"], [f"{b}_rows"], name=f"{b}_scale"),
+                     helper.make_node("Transpose", [f"{b}_rows"], [f"{b}_dequantized"], name=f"{b}_transpose",
+                                      perm=[1, 0]),
+                     helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
+                    [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc),
+                     numpy_helper.from_array(ids.astype(np.int64), f"{b}_ids")])
         if tied is None:
             codes, scales = _int8_rows(weight, hessian, INT8_STORAGE_BLOCK)
             q, sc = f"{b}_Q8", f"{b}_scales"
@@ -378,7 +421,8 @@ def quantize_gathers(model, block_size: int, excluded: list[str], portable: bool
         if node.output[0] in folded:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if node.op_type != "Gather" or node.input[0] not in inits or node.name in excluded:
+        if node.op_type != "Gather" or node.input[0] not in inits or node.name in excluded or node.input[1] in inits:
+            # (constant ids: a trimmed head's rows selected from a table already stored, not a lookup)
             nodes.append(node)
             continue
         table, output = numpy_helper.to_array(inits[node.input[0]]), node.output[0]

@@ -37,10 +37,14 @@ def layer_precisions(path: Path | str) -> list[dict]:
         idx = WEIGHT_INPUT.get(n.op_type)
         if idx is None or len(n.input) <= idx:
             continue
+        if _selects_rows(n, inits):
+            continue  # storage, not a layer: a trimmed head's rows read from the embedding table
         name, via = n.input[idx], n.op_type
         # QDQ: the weight sits behind a DQ node; fp16 storage: behind a Cast to fp32; int8 storage: behind
-        # Cast -> Mul(scales), a tied head then Reshape (its blocks) and Transpose (quantize/blockwise.py)
-        while name not in inits and name in producer and producer[name].op_type in STORAGE_OPS:
+        # Cast -> Mul(scales), a tied head then Reshape (its blocks) and Transpose, a trimmed head a Gather of its
+        # rows (quantize/blockwise.py)
+        while name not in inits and name in producer and (producer[name].op_type in STORAGE_OPS
+                                                           or _selects_rows(producer[name], inits)):
             name, via = producer[name].input[0], producer[name].op_type
         if name not in inits:
             continue  # an activation (attention scores, cache reads), not a layer
@@ -50,6 +54,11 @@ def layer_precisions(path: Path | str) -> list[dict]:
         layers.append({"node": n.name, "op": n.op_type, "weight": _SUFFIX.sub("", name), "shape": list(init.dims),
                        "precision": _precision(n, init, via)})
     return layers
+
+
+def _selects_rows(node, inits) -> bool:
+    """A Gather of constant ids out of a weight table: rows selected once, when the session loads."""
+    return node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in inits and node.input[1] in inits
 
 
 def _precision(node, init, via: str) -> str:
