@@ -7,8 +7,9 @@ For layer counts x FFN widths, each candidate is the measured prune the distill 
   weight, the 4-bit file keeping the tied embedding at 8 bits as the int4 method does);
 - zero-shot quality: teacher cross-entropy / candidate cross-entropy on held-out text, before distillation
   (what distillation starts from; after training it rises, and a worse start stays worse at small budgets);
-- decode speed projected from weight bytes (decode reads every layer's weights and the LM head once a token),
-  as a speedup over the teacher at the same precision;
+- decode speed projected from weight bytes (decode reads every layer's weights and the LM head once a token:
+  the recipe's `[student] head_rows` of it when the head is trimmed), as a speedup over the teacher at the same
+  precision;
 - for a few candidates, decode speed measured on ONNX Runtime (fp32, one thread, the export stage's graph)
   beside the teacher's, so the projection can be checked.
 
@@ -64,6 +65,12 @@ def size_mb(layer_params: int, vocab_params: int, untied_head: int) -> dict:
 def decode_bytes(layer_params: int, vocab_params: int) -> int:
     """Weights a decode step reads: every layer, and the LM head (the embedding lookup reads one row)."""
     return layer_params + vocab_params
+
+
+def head_params(model, head_rows: int) -> int:
+    """Parameters of the LM head a decode step reads: `head_rows` rows of it when trimmed (0: all of them)."""
+    vocab, hidden = model.model.embed_tokens.weight.shape
+    return (head_rows if 0 < head_rows < vocab else vocab) * hidden
 
 
 def time_decode(path: Path) -> float:
@@ -148,6 +155,7 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
     t_layers, t_vocab = weight_split(teacher)
     untied = 0 if tc.tie_word_embeddings else t_vocab
     teacher_bytes = decode_bytes(t_layers, t_vocab)
+    head_rows = recipe.student.head_rows if 0 < recipe.student.head_rows < tc.vocab_size else 0
     candidates, importance = [], {}  # importance: FFN activations per layer count, measured once
 
     def candidate_student(k: int, w: int):
@@ -162,12 +170,13 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
         for w in sorted(set(ffn_widths), reverse=True):
             picks, student = candidate_student(k, w)
             s_layers, s_vocab = weight_split(student)
+            s_head = head_params(student, head_rows)
             ce = prune.keep_loss(student, windows, list(range(k)))
             candidates.append(Candidate(
                 layers=k, ffn=w, teacher_layers=picks, parameters=sum(p.numel() for p in student.parameters()),
-                size_mb=size_mb(s_layers, s_vocab, untied), zero_shot_ce=round(ce, 4),
+                size_mb=size_mb(s_layers, s_vocab, untied + (s_head if head_rows else 0)), zero_shot_ce=round(ce, 4),
                 quality_retained=round(teacher_ce / ce, 4),
-                projected_speedup=round(teacher_bytes / decode_bytes(s_layers, s_vocab), 3)))
+                projected_speedup=round(teacher_bytes / decode_bytes(s_layers, s_head), 3)))
             c = candidates[-1]
             log(f"plan: {k} layers x FFN {w}: {c.parameters / 1e6:.1f}M params, quality retained "
                 f"{c.quality_retained:.3f} before training, projected {c.projected_speedup:.2f}x")
@@ -184,6 +193,8 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
         chosen = {id(c): c for c in picks}  # the recommended one, the extremes and the middle, then the rest
         for c in list(chosen.values())[:measure]:
             _, student = candidate_student(c.layers, c.ffn)
+            if head_rows:  # which rows a trimmed head keeps does not change a step's cost: the first ones stand in
+                student = student.trim_head(list(range(head_rows)))
             c.measured_tokens_per_s = round(measure_decode(student, e.max_len, e.prefill_len), 2)
             c.measured_speedup = round(c.measured_tokens_per_s / teacher_tps, 3)
             log(f"plan: {c.layers} layers x FFN {c.ffn}: measured {c.measured_speedup:.2f}x "
@@ -194,11 +205,12 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "teacher_zero_shot_ce": round(teacher_ce, 4), "heldout_tokens": int(windows[:, 1:].numel()),
         "ranking": {k: v for k, v in ranking.items() if k in ("method", "removal_order", "calibration_tokens")},
-        "min_speedup": min_speedup,
+        "min_speedup": min_speedup, "head_rows": head_rows,
         "recommended": dataclasses.asdict(best) if best else None,
         "candidates": [dataclasses.asdict(c) for c in candidates],
         "measured": measured,
-        "basis": {"size": "estimate: 4/2/1/0.5 bytes a weight (int4 keeps the vocabulary matrix at 8 bits)",
+        "basis": {"size": "estimate: 4/2/1/0.5 bytes a weight (int4 keeps the vocabulary matrix at 8 bits; a "
+                          "trimmed head counted as its own matrix, which web's int8 reads from the embedding's)",
                   "projected_speedup": "teacher weight bytes read per decode step / the candidate's",
                   "quality_retained": "teacher CE / candidate CE on held-out text, before any training"},
         "seconds": round(time.perf_counter() - t0, 1),

@@ -38,6 +38,22 @@ def test_plan_measure_above_the_picks_times_every_candidate(tmp_path):
     assert len(cands) == 6 and all(c["measured_tokens_per_s"] > 0 for c in cands)
 
 
+def test_plan_projects_and_times_the_recipes_trimmed_head(tmp_path):
+    # a head cut to 300 of the tiny vocabulary's 512 rows: every candidate reads fewer bytes a step, and is timed so
+    def plan(out, *extra):
+        proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "1,2", "--ffn", "128",
+                          "--min-speedup", "1.1", "--measure", "1", *extra,
+                          env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((out / "plan" / "plan.json").read_text())
+
+    whole, trimmed = plan(tmp_path / "whole"), plan(tmp_path / "trimmed", "--set", "student.head_rows=300")
+    assert whole["head_rows"] == 0 and trimmed["head_rows"] == 300
+    for a, b in zip(whole["candidates"], trimmed["candidates"]):
+        assert b["projected_speedup"] > a["projected_speedup"] and b["quality_retained"] == a["quality_retained"]
+    assert [(c["measured_tokens_per_s"] or 0) > 0 for c in trimmed["candidates"]].count(True) == 1
+
+
 def test_plan_refuses_bad_lists_before_writing(tmp_path):
     out = tmp_path / "run"
     proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "2,x")

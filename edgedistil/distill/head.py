@@ -43,7 +43,8 @@ def check_rows(rows: int, base: int, vocab: int) -> None:
         example = " (e.g. 16384)" if base < 16384 < vocab else ""
         raise EdgeError(f"[student] head_rows = {rows} must be above the {base} ids always kept (bytes and special "
                         f"tokens) and below the vocabulary's {vocab}",
-                        f"set head_rows between {base + 1} and {vocab - 1}{example}, or 0 for the whole head")
+                        f"set head_rows between {base + 1} and {vocab - 1}{example}, or 0 for the whole head "
+                        f"(--set student.head_rows=0)")
 
 
 def rank_rows(mass: torch.Tensor, base: list[int], rows: int) -> list[int]:
