@@ -77,7 +77,7 @@ class StudentConfig:
     # output-head rows kept after training (distill/head.py): 0 = the whole vocabulary; K = the K ids the student
     # puts the most probability on over its training text, with the bytes and special tokens (the others never
     # produced, and a decode step reads K rows of the vocabulary matrix instead of all of them)
-    head_rows: int = 0
+    head_rows: int = 16384
 
     # keys whose TOML value may also be of these types (checked in _validate)
     also_accept = {"init": (list,)}

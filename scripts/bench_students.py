@@ -64,6 +64,9 @@ def main() -> None:
     from edgedistil.sources.cache import cache_dir
 
     recipe = load_recipe(args.config, args.overrides)
+    if not any(o.replace(" ", "").startswith("student.head_rows=") for o in args.overrides):
+        # the cliff compares students' shapes, each timed with the whole head as its points so far were
+        recipe = recipe_with(recipe, student={**recipe.section("student"), "head_rows": 0})
     name = Path(args.config).stem if args.config else "default"
     dest = Path(args.json) if args.json else REPO / "docs" / "results" / f"students_{name}.json"
     layer_counts = [int(x) for x in args.layers.split(",")]

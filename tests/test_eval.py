@@ -165,6 +165,32 @@ def test_answers_from_a_folder_whose_weights_are_a_lone_shard(tiny, tmp_path):
     assert all(a["tokens"] > 0 for a in want["answers"])  # something was generated to compare
 
 
+def test_a_trimmed_head_answers_as_shipped(tiny, tmp_path):
+    """A student folder with head_rows.json answers with the ids it keeps only, as its exports decode; keeping
+    every id the whole head produced changes nothing."""
+    import shutil
+
+    from edgedistil.model import write_head_rows
+
+    teacher, _, _ = tiny
+    prompts = ["hello there", "tell me more"]
+    whole = behaviour.generate_answers(teacher, prompts, new_tokens=8)
+    used = sorted({i for a in whole["answers"] for i in a["ids"]})
+    vocab = json.loads((teacher / "config.json").read_text())["vocab_size"]
+    unused = [i for i in range(vocab) if i not in used]
+    same, cut = tmp_path / "same", tmp_path / "cut"
+    for folder, kept in ((same, used + unused[:50]), (cut, unused)):
+        shutil.copytree(teacher, folder)
+        write_head_rows(folder, sorted(kept), vocab, "a test")
+    assert whole["head_rows"] is None
+    kept_all = behaviour.generate_answers(same, prompts, new_tokens=8)
+    assert kept_all["head_rows"] == len(used) + 50
+    assert [a["ids"] for a in kept_all["answers"]] == [a["ids"] for a in whole["answers"]]
+    trimmed = behaviour.generate_answers(cut, prompts, new_tokens=8)
+    ids = [i for a in trimmed["answers"] for i in a["ids"]]
+    assert ids and not set(ids) & set(used)  # answered, and never with an id the cut head left out
+
+
 def test_chat_prompts_ship_with_the_package():
     prompts = behaviour.chat_prompts()
     assert len(prompts) >= 50 and len(set(prompts)) == len(prompts)

@@ -97,8 +97,11 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
                      log=None, repetition_penalty: float = 1.0, penalty_scope: str = "context") -> dict:
     """Greedy answers for `prompts` (one user turn each); with the chat template when the tokenizer has one.
     `repetition_penalty` > 1 applies transformers' penalty over the whole context (`penalty_scope` "context", as
-    the runtimes' generation configs do) or over the answer's own tokens only ("answer")."""
+    the runtimes' generation configs do) or over the answer's own tokens only ("answer"). A trimmed head
+    (head_rows.json) answers as shipped: the ids it leaves out are never produced."""
     from transformers import AutoTokenizer, GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    from edgedistil.model import read_head_rows
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = transformers_lm(model_dir)
@@ -109,8 +112,10 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
              if chat else p for p in prompts]
     tok.padding_side = "left"
     context_penalty = repetition_penalty if penalty_scope == "context" else 1.0
+    kept = read_head_rows(model_dir)
+    suppress = sorted(set(range(model.config.vocab_size)) - set(kept)) if kept else None
     cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad,
-                           repetition_penalty=context_penalty)
+                           repetition_penalty=context_penalty, suppress_tokens=suppress)
     # similar lengths share a batch, so left padding stays short
     order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False).input_ids))
     answers: list[dict] = [{}] * len(texts)
@@ -124,12 +129,12 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
         out = model.generate(**enc, generation_config=cfg, logits_processor=answer_only)[:, prompt_len:].tolist()
         for i, ids in zip(idx, out):
             stop = next((k for k, t in enumerate(ids) if t in ends), None)
-            kept = ids[:stop]
-            answers[i] = {"text": tok.decode(kept, skip_special_tokens=True), "tokens": len(kept),
-                          "ended": stop is not None}
+            answers[i] = {"text": tok.decode(ids[:stop], skip_special_tokens=True), "tokens": len(ids[:stop]),
+                          "ended": stop is not None, "ids": ids[:stop]}
         if log:
             log(f"eval: {Path(model_dir).name} answered {min(s + batch, len(order))}/{len(order)} chat prompts")
-    return {"chat_template": chat, "new_tokens": new_tokens, "answers": answers}
+    return {"chat_template": chat, "new_tokens": new_tokens, "head_rows": len(kept) if kept else None,
+            "answers": answers}
 
 
 def summarize(answers: list[dict]) -> dict:
@@ -142,7 +147,8 @@ def summarize(answers: list[dict]) -> dict:
 def compare(prompts: list[str], student: dict | None, teacher: dict | None) -> dict:
     """The behaviour section of eval.json: each model's summary, ROUGE-L of student vs teacher, every answer."""
     out = {"prompts": len(prompts), "new_tokens": (student or teacher)["new_tokens"], "decoding": "greedy",
-           "chat_template": (student or teacher)["chat_template"]}
+           "chat_template": (student or teacher)["chat_template"],
+           "student_head_rows": (student or {}).get("head_rows")}  # a trimmed head answers as shipped
     rows = [{"prompt": p} for p in prompts]
     for role, gen in (("student", student), ("teacher", teacher)):
         if gen is not None:
