@@ -1,6 +1,8 @@
 """The eval's chat answers under a repetition penalty, beside greedy: does the decoding fix the loops?
 
     python scripts/bench_decoding.py --student RUN/distill/student      # -> docs/results/decoding_repetition.json
+    python scripts/bench_decoding.py --student RUN/distill/student --penalties 1.0 --no-repeat-ngrams 3,4 \
+        --json docs/results/decoding_no_repeat_ngram.json
 
 The eval's behaviour section (edgedistil/eval/behaviour.py) decodes greedily, as issue 18 measures. A consumer's
 generation config may add transformers' repetition penalty (CTRL's: a token already in the context has its logit
@@ -8,6 +10,8 @@ divided by the penalty when positive, multiplied when negative), which transform
 onnxruntime-genai all apply over the whole context, the prompt included. For the student and its teacher, at each
 penalty: the share of degenerate answers, the share that end their turn, the mean length, and ROUGE-L of the
 student's answers against the teacher's at the same penalty and against the teacher's greedy ones.
+`--no-repeat-ngrams` adds rows for transformers' no_repeat_ngram_size (also over the whole context, and a key
+Transformers.js and onnxruntime-genai read from their configs too).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def main() -> None:
     ap.add_argument("--penalties", default="1.0,1.1,1.2,1.3")
     ap.add_argument("--scopes", default="context,answer",
                     help="where the penalty looks: the whole context (as the runtimes apply it), the answer only")
+    ap.add_argument("--no-repeat-ngrams", default="", help="comma-separated n for no_repeat_ngram_size rows")
     ap.add_argument("--new-tokens", type=int, default=behaviour.NEW_TOKENS)
     ap.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "decoding_repetition.json")
     args = ap.parse_args()
@@ -46,13 +51,27 @@ def main() -> None:
     prompts = behaviour.chat_prompts()
     penalties = [float(x) for x in args.penalties.split(",")]
     settings = [(1.0, "none")] + [(p, sc) for sc in args.scopes.split(",") for p in penalties if p != 1.0]
-    gen = {(role, p, sc): behaviour.generate_answers(d, prompts, args.new_tokens, repetition_penalty=p,
-                                                     penalty_scope=sc)["answers"]
+    # no_repeat_N: over the whole context, as generation configs apply it; no_repeat_N_answer: the answer alone
+    settings += [(1.0, f"no_repeat_{n}" + ("_answer" if scope == "answer" else ""))
+                 for scope in args.scopes.split(",") for n in args.no_repeat_ngrams.split(",") if n]
+
+    def no_repeat(sc):  # (n, scope) of a setting
+        return (int(sc.split("_")[2]), "answer" if sc.endswith("_answer") else "context") \
+            if sc.startswith("no_repeat_") else (0, sc)
+
+    def answers(d, p, sc):
+        n, scope = no_repeat(sc)
+        return behaviour.generate_answers(d, prompts, args.new_tokens, repetition_penalty=p, penalty_scope=scope,
+                                          no_repeat_ngram=n)["answers"]
+
+    gen = {(role, p, sc): answers(d, p, sc)
            for role, d in (("student", args.student), ("teacher", args.teacher)) for p, sc in settings}
     rows = []
     for p, sc in settings:
         s, t = gen["student", p, sc], gen["teacher", p, sc]
-        rows.append({"repetition_penalty": p, "scope": sc, "student": behaviour.summarize(s),
+        rows.append({"repetition_penalty": p, "scope": sc,
+                     "no_repeat_ngram_size": no_repeat(sc)[0],
+                     "student": behaviour.summarize(s),
                      "teacher": behaviour.summarize(t), "rouge_l_student_vs_teacher": mean_rouge(s, t),
                      "rouge_l_student_vs_greedy_teacher": mean_rouge(s, gen["teacher", 1.0, "none"])})
         r = rows[-1]
@@ -63,7 +82,8 @@ def main() -> None:
         "command": "python scripts/bench_decoding.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "student": str(args.student), "teacher": str(args.teacher), "prompts": len(prompts),
         "new_tokens": args.new_tokens,
-        "decoding": "greedy, with transformers' repetition penalty over the whole context or the answer only",
+        "decoding": "greedy, with transformers' repetition penalty over the whole context or the answer only, or "
+                    "its no_repeat_ngram_size over the whole context",
         "rows": rows,
         "answers": [{"prompt": q, **{f"{role} {p} {sc}": gen[role, p, sc][i]["text"]
                                      for role in ("student", "teacher") for p, sc in settings}}

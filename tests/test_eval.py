@@ -191,6 +191,22 @@ def test_a_trimmed_head_answers_as_shipped(tiny, tmp_path):
     assert ids and not set(ids) & set(used)  # answered, and never with an id the cut head left out
 
 
+def test_no_repeat_ngram_keeps_every_answer_free_of_repeated_phrases(tiny):
+    """transformers' no_repeat_ngram_size over the whole context, or (scope "answer") over the answer alone."""
+    teacher, _, _ = tiny
+    prompts = ["hello there", "tell me more", "the", "def f(x):"]
+
+    def bigrams(ids):
+        return [tuple(ids[i:i + 2]) for i in range(len(ids) - 1)]
+
+    greedy = behaviour.generate_answers(teacher, prompts, new_tokens=48)
+    assert any(len(set(bigrams(a["ids"]))) < len(bigrams(a["ids"])) for a in greedy["answers"])  # it loops
+    for scope in ("context", "answer"):
+        out = behaviour.generate_answers(teacher, prompts, new_tokens=48, no_repeat_ngram=2, penalty_scope=scope)
+        for a in out["answers"]:
+            assert a["ids"] and len(set(bigrams(a["ids"]))) == len(bigrams(a["ids"]))
+
+
 def test_chat_prompts_ship_with_the_package():
     prompts = behaviour.chat_prompts()
     assert len(prompts) >= 50 and len(set(prompts)) == len(prompts)

@@ -153,7 +153,10 @@ console.log(result.ids, result.text, result.timings);  // timings: ttft_ms, pref
 already holds by 1.2 (CTRL's penalty on the answer's own tokens), which ended every looping answer of the default
 student and its teacher on 54 chat prompts (docs/quality.md in the edgedistil repository, "Decoding").
 Transformers.js and onnxruntime-genai apply their `repetition_penalty` over the prompt too, where the chat
-template's end-of-turn token sits: there the same 1.2 stops answers from ending. `lm.encode(text)` and
+template's end-of-turn token sits: there the same 1.2 stops answers from ending. What ended the loops through
+transformers' `generate` (Transformers.js takes the same option) is `no_repeat_ngram_size: 3` (no 3-token phrase
+twice): 1 of 54 answers looped against 26 greedily, as many ended their turn, but an answer cannot repeat a
+3-token phrase of the question either. `lm.encode(text)` and
 `lm.decode(ids)` use the bundle's tokenizer. The module keeps the files it imports at the relative paths of
 this folder; to move them, keep `edgedistil-web.js` beside `vendor/`, and pass
 `load({{ base: "https://.../bundle/" }})` when the model and manifest live elsewhere. `load({{ sessionOptions }})`

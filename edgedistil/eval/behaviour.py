@@ -94,12 +94,16 @@ def transformers_lm(model_dir: Path):
 
 @torch.no_grad()
 def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_TOKENS, batch: int = BATCH,
-                     log=None, repetition_penalty: float = 1.0, penalty_scope: str = "context") -> dict:
+                     log=None, repetition_penalty: float = 1.0, penalty_scope: str = "context",
+                     no_repeat_ngram: int = 0) -> dict:
     """Greedy answers for `prompts` (one user turn each); with the chat template when the tokenizer has one.
     `repetition_penalty` > 1 applies transformers' penalty over the whole context (`penalty_scope` "context", as
-    the runtimes' generation configs do) or over the answer's own tokens only ("answer"). A trimmed head
+    the runtimes' generation configs do) or over the answer's own tokens only ("answer"); `no_repeat_ngram` > 0
+    forbids any token that would repeat an n-gram (transformers' no_repeat_ngram_size), of the whole context or,
+    with `penalty_scope` "answer", of the answer alone. A trimmed head
     (head_rows.json) answers as shipped: the ids it leaves out are never produced."""
-    from transformers import AutoTokenizer, GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+    from transformers import (AutoTokenizer, GenerationConfig, LogitsProcessorList, NoRepeatNGramLogitsProcessor,
+                              RepetitionPenaltyLogitsProcessor)
 
     from edgedistil.model import read_head_rows
 
@@ -115,7 +119,8 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
     kept = read_head_rows(model_dir)
     suppress = sorted(set(range(model.config.vocab_size)) - set(kept)) if kept else None
     cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad,
-                           repetition_penalty=context_penalty, suppress_tokens=suppress)
+                           repetition_penalty=context_penalty, suppress_tokens=suppress,
+                           no_repeat_ngram_size=no_repeat_ngram if penalty_scope == "context" else 0)
     # similar lengths share a batch, so left padding stays short
     order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False).input_ids))
     answers: list[dict] = [{}] * len(texts)
@@ -124,8 +129,10 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_len = enc.input_ids.shape[1]  # left padded: every row's answer starts here
         answer_only = LogitsProcessorList(
-            [RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=prompt_len)]
-            if penalty_scope == "answer" and repetition_penalty != 1.0 else [])
+            ([RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=prompt_len)]
+             if penalty_scope == "answer" and repetition_penalty != 1.0 else []) +
+            ([_AnswerNoRepeatNGram(no_repeat_ngram, prompt_len, NoRepeatNGramLogitsProcessor)]
+             if penalty_scope == "answer" and no_repeat_ngram else []))
         out = model.generate(**enc, generation_config=cfg, logits_processor=answer_only)[:, prompt_len:].tolist()
         for i, ids in zip(idx, out):
             stop = next((k for k, t in enumerate(ids) if t in ends), None)
@@ -135,6 +142,16 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
             log(f"eval: {Path(model_dir).name} answered {min(s + batch, len(order))}/{len(order)} chat prompts")
     return {"chat_template": chat, "new_tokens": new_tokens, "head_rows": len(kept) if kept else None,
             "answers": answers}
+
+
+class _AnswerNoRepeatNGram:
+    """transformers' no_repeat_ngram_size over the answer's own tokens: the question's phrases may be echoed."""
+
+    def __init__(self, n: int, prompt_len: int, processor):
+        self.prompt_len, self.processor = prompt_len, processor(n)
+
+    def __call__(self, input_ids, scores):
+        return self.processor(input_ids[:, self.prompt_len:], scores)
 
 
 def summarize(answers: list[dict]) -> dict:
