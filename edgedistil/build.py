@@ -257,8 +257,10 @@ def eval_stage() -> Stage:
         from edgedistil.eval.run import METHOD_VERSION
 
         files = recipe_benchmarks(run.recipe)
+        # a trimmed head's chat answers come from the head as shipped since 2026-12-07 (whole-head keys unchanged)
+        shipped_head = ("chat answers from the shipped head",) if run.recipe.student.head_rows else ()
         return stage_key("eval", METHOD_VERSION, run.key_of("distill"), run.recipe.section("eval"),
-                         {k: sha256_file(v) for k, v in files.items()} if files else None)
+                         {k: sha256_file(v) for k, v in files.items()} if files else None, *shipped_head)
 
     def go(run: Run, folder: Path) -> dict:
         from edgedistil.eval.run import run_eval, summary
