@@ -70,7 +70,7 @@ def decode_bytes(layer_params: int, vocab_params: int) -> int:
 def head_params(model, head_rows: int) -> int:
     """Parameters of the LM head a decode step reads: `head_rows` rows of it when trimmed (0: all of them)."""
     vocab, hidden = model.model.embed_tokens.weight.shape
-    return (head_rows if 0 < head_rows < vocab else vocab) * hidden
+    return (head_rows or vocab) * hidden
 
 
 def time_decode(path: Path) -> float:

@@ -10,8 +10,8 @@ divided by the penalty when positive, multiplied when negative), which transform
 onnxruntime-genai all apply over the whole context, the prompt included. For the student and its teacher, at each
 penalty: the share of degenerate answers, the share that end their turn, the mean length, and ROUGE-L of the
 student's answers against the teacher's at the same penalty and against the teacher's greedy ones.
-`--no-repeat-ngrams` adds rows for transformers' no_repeat_ngram_size (also over the whole context, and a key
-Transformers.js and onnxruntime-genai read from their configs too).
+`--no-repeat-ngrams` adds rows for transformers' no_repeat_ngram_size, over each of `--scopes` (over the whole
+context it is a key Transformers.js and onnxruntime-genai configs have too).
 """
 
 from __future__ import annotations
@@ -50,28 +50,19 @@ def main() -> None:
     t0 = time.perf_counter()
     prompts = behaviour.chat_prompts()
     penalties = [float(x) for x in args.penalties.split(",")]
-    settings = [(1.0, "none")] + [(p, sc) for sc in args.scopes.split(",") for p in penalties if p != 1.0]
-    # no_repeat_N: over the whole context, as generation configs apply it; no_repeat_N_answer: the answer alone
-    settings += [(1.0, f"no_repeat_{n}" + ("_answer" if scope == "answer" else ""))
-                 for scope in args.scopes.split(",") for n in args.no_repeat_ngrams.split(",") if n]
-
-    def no_repeat(sc):  # (n, scope) of a setting
-        return (int(sc.split("_")[2]), "answer" if sc.endswith("_answer") else "context") \
-            if sc.startswith("no_repeat_") else (0, sc)
-
-    def answers(d, p, sc):
-        n, scope = no_repeat(sc)
-        return behaviour.generate_answers(d, prompts, args.new_tokens, repetition_penalty=p, penalty_scope=scope,
-                                          no_repeat_ngram=n)["answers"]
-
-    gen = {(role, p, sc): answers(d, p, sc)
-           for role, d in (("student", args.student), ("teacher", args.teacher)) for p, sc in settings}
+    # (penalty, label, no_repeat_ngram_size, scope): no_repeat_N looks at the whole context, as generation configs
+    # apply it; no_repeat_N_answer at the answer alone
+    settings = [(1.0, "none", 0, "context")] + [(p, sc, 0, sc) for sc in args.scopes.split(",") for p in penalties
+                                                if p != 1.0]
+    settings += [(1.0, f"no_repeat_{n}" + ("_answer" if sc == "answer" else ""), int(n), sc)
+                 for sc in args.scopes.split(",") for n in args.no_repeat_ngrams.split(",") if n]
+    gen = {(role, p, label): behaviour.generate_answers(d, prompts, args.new_tokens, repetition_penalty=p,
+                                                        penalty_scope=sc, no_repeat_ngram=n)["answers"]
+           for role, d in (("student", args.student), ("teacher", args.teacher)) for p, label, n, sc in settings}
     rows = []
-    for p, sc in settings:
+    for p, sc, n, _ in settings:
         s, t = gen["student", p, sc], gen["teacher", p, sc]
-        rows.append({"repetition_penalty": p, "scope": sc,
-                     "no_repeat_ngram_size": no_repeat(sc)[0],
-                     "student": behaviour.summarize(s),
+        rows.append({"repetition_penalty": p, "scope": sc, "no_repeat_ngram_size": n, "student": behaviour.summarize(s),
                      "teacher": behaviour.summarize(t), "rouge_l_student_vs_teacher": mean_rouge(s, t),
                      "rouge_l_student_vs_greedy_teacher": mean_rouge(s, gen["teacher", 1.0, "none"])})
         r = rows[-1]
@@ -82,11 +73,11 @@ def main() -> None:
         "command": "python scripts/bench_decoding.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "student": str(args.student), "teacher": str(args.teacher), "prompts": len(prompts),
         "new_tokens": args.new_tokens,
-        "decoding": "greedy, with transformers' repetition penalty over the whole context or the answer only, or "
-                    "its no_repeat_ngram_size over the whole context",
+        "decoding": "greedy, with transformers' repetition penalty or its no_repeat_ngram_size, over the whole "
+                    "context or the answer only",
         "rows": rows,
         "answers": [{"prompt": q, **{f"{role} {p} {sc}": gen[role, p, sc][i]["text"]
-                                     for role in ("student", "teacher") for p, sc in settings}}
+                                     for role in ("student", "teacher") for p, sc, _, _ in settings}}
                     for i, q in enumerate(prompts)],
         "seconds": round(time.perf_counter() - t0, 1)})
 

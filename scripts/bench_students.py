@@ -60,11 +60,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgedistil.build import Run, recipe_with
-    from edgedistil.config import load_recipe
+    from edgedistil.config import load_recipe, parse_set
     from edgedistil.sources.cache import cache_dir
 
     recipe = load_recipe(args.config, args.overrides)
-    if not any(o.replace(" ", "").startswith("student.head_rows=") for o in args.overrides):
+    if ("student", "head_rows") not in {parse_set(o)[:2] for o in args.overrides}:
         # the cliff compares students' shapes, each timed with the whole head as its points so far were
         recipe = recipe_with(recipe, student={**recipe.section("student"), "head_rows": 0})
     name = Path(args.config).stem if args.config else "default"

@@ -105,7 +105,7 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
     from transformers import (AutoTokenizer, GenerationConfig, LogitsProcessorList, NoRepeatNGramLogitsProcessor,
                               RepetitionPenaltyLogitsProcessor)
 
-    from edgedistil.model import read_head_rows
+    from edgedistil.model.hf_io import left_out_ids, read_head_rows
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = transformers_lm(model_dir)
@@ -117,7 +117,7 @@ def generate_answers(model_dir: Path, prompts: list[str], new_tokens: int = NEW_
     tok.padding_side = "left"
     context_penalty = repetition_penalty if penalty_scope == "context" else 1.0
     kept = read_head_rows(model_dir)
-    suppress = sorted(set(range(model.config.vocab_size)) - set(kept)) if kept else None
+    suppress = left_out_ids(kept, model.config.vocab_size) if kept else None
     cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad,
                            repetition_penalty=context_penalty, suppress_tokens=suppress,
                            no_repeat_ngram_size=no_repeat_ngram if penalty_scope == "context" else 0)

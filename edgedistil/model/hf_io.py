@@ -157,9 +157,14 @@ def write_head_rows(folder, kept_ids: list[int], vocab_size: int, how: str) -> N
                                                      "kept_ids": kept}) + "\n")
     gen_path = folder / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    inside = set(kept)
-    gen["suppress_tokens"] = [i for i in range(vocab_size) if i not in inside]
+    gen["suppress_tokens"] = left_out_ids(kept, vocab_size)
     gen_path.write_text(json.dumps(gen, indent=2) + "\n")
+
+
+def left_out_ids(kept_ids: list[int], vocab_size: int) -> list[int]:
+    """The ids a trimmed head keeping `kept_ids` never produces (generation configs' suppress_tokens)."""
+    inside = set(kept_ids)
+    return [i for i in range(vocab_size) if i not in inside]
 
 
 def save_hf_folder(model: EdgeLM, folder, config_overrides: dict | None = None, tokenizer_from: Path | None = None):

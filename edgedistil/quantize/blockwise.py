@@ -238,25 +238,27 @@ def _int8_rows(weight: np.ndarray, hessian: np.ndarray | None, block: int = 0) -
     return codes.reshape(n, k // block, block), scales.reshape(n, k // block, 1)
 
 
-def rows_of(table: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
-    """The ids of the rows of `table` [V, H] that the rows of `weight` [K, H] (K < V) are, in order; None where
-    one is not a row of it. Matched on a hash of each row's bits (integer arithmetic: the same row always gets the
-    same key), then checked exactly."""
-    if weight.ndim != 2 or table.ndim != 2 or weight.shape[1] != table.shape[1] or len(weight) >= len(table) or \
-            weight.dtype != table.dtype:
-        return None
+def row_finder(table: np.ndarray):
+    """For `table` [V, H], a function that gives the ids of the table rows that the rows of a `weight` [K, H]
+    (K < V) are, in order, or None where one is not a row of it. Matched on a hash of each row's bits (integer
+    arithmetic: the same row always gets the same key; the table's keys computed once), then checked exactly."""
     mix = np.random.default_rng(0).integers(1, 2 ** 63, table.shape[1], dtype=np.uint64) | np.uint64(1)
 
-    def keys(rows):
-        bits = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), table.shape[1], -1)
-        word = sum(bits[..., j].astype(np.uint64) << np.uint64(8 * j) for j in range(bits.shape[-1]))
-        return (word * mix).sum(1)  # wraps modulo 2^64
+    def keys(rows):  # wraps modulo 2^64
+        return (np.ascontiguousarray(rows).view(f"u{rows.itemsize}").astype(np.uint64) * mix).sum(1)
 
     table_keys = keys(table)
     order = np.argsort(table_keys, kind="stable")
-    at = np.clip(np.searchsorted(table_keys[order], keys(weight)), 0, len(table) - 1)
-    ids = order[at]
-    return ids if np.array_equal(table[ids], weight) else None
+    sorted_keys = table_keys[order]
+
+    def find(weight: np.ndarray) -> np.ndarray | None:
+        if weight.ndim != 2 or weight.shape[1] != table.shape[1] or len(weight) >= len(table) or \
+                weight.dtype != table.dtype:
+            return None
+        ids = order[np.clip(np.searchsorted(sorted_keys, keys(weight)), 0, len(table) - 1)]
+        return ids if np.array_equal(table[ids], weight) else None
+
+    return find
 
 
 def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarray] | None) -> dict[str, tuple]:
@@ -278,6 +280,7 @@ def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarra
     gathers = [(n.input[0], next((a.i for a in n.attribute if a.name == "axis"), 0)) for n in model.graph.node
                if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
     tables = {t: numpy_helper.to_array(inits[t]) for t, axis in gathers if axis == 0}
+    finders = {t: row_finder(table) for t, table in tables.items()}  # a trimmed head's rows among a table's
     # the gqa layouts read the head's own [K, N] matrix with a column Gather: the same table, already shared
     column_tables = {t for t, axis in gathers if axis == 1}
     shared: dict[str, tuple] = {}
@@ -288,52 +291,46 @@ def store_matmuls_int8(model, excluded: list[str], hessians: dict[str, np.ndarra
         tied = b if b in column_tables and b not in shared else next(
             (t for t, table in tables.items() if t not in shared and table.shape == weight.shape
              and np.array_equal(table, weight)), None)
+        # a trimmed head (distill/head.py): its K rows are some of the embedding table's, read from them by id
         subset = None if tied is not None else next(
-            ((t, ids) for t, table in tables.items() if t not in shared
-             for ids in [rows_of(table, weight)] if ids is not None), None)
-        if subset is not None:
-            # a trimmed head (distill/head.py): its K rows are rows of the embedding table, so the head reads
-            # them from the table's own int8 rows; the Gathers are constant and fold at load like the rest
-            table_name, ids = subset
-            table = tables[table_name]
-            codes, scales = _int8_rows(table, None)
-            codes[ids], scales[ids] = _int8_rows(weight, hessian)  # the head's rows GPTQ-rounded for the head
-            q, sc = shared[table_name] = (f"{table_name}_Q8", f"{table_name}_scales")
-            return ([helper.make_node("Gather", [q, f"{b}_ids"], [f"{b}_q8"], name=f"{b}_gather", axis=0),
-                     helper.make_node("Gather", [sc, f"{b}_ids"], [f"{b}_row_scales"], name=f"{b}_gather_scales",
-                                      axis=0),
-                     helper.make_node("Cast", [f"{b}_q8"], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
-                     helper.make_node("Mul", [f"{b}_f32", f"{b}_row_scales"], [f"{b}_rows"], name=f"{b}_scale"),
-                     helper.make_node("Transpose", [f"{b}_rows"], [f"{b}_dequantized"], name=f"{b}_transpose",
-                                      perm=[1, 0]),
-                     helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                    [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc),
-                     numpy_helper.from_array(ids.astype(np.int64), f"{b}_ids")])
-        if tied is None:
-            codes, scales = _int8_rows(weight, hessian, INT8_STORAGE_BLOCK)
-            q, sc = f"{b}_Q8", f"{b}_scales"
-            if codes.ndim == 2:
-                return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
-                         helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_dequantized"], name=f"{b}_scale"),
-                         helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                        [numpy_helper.from_array(codes.T.copy(), q),  # [K, N]
-                         numpy_helper.from_array(scales.T.copy(), sc)])  # [1, N]
-            # [N, G, B] codes, [N, G, 1] scales -> [G, B, N] and [G, 1, N], unblocked to B's [K, N]
+            ((t, ids) for t in tables if t not in shared for ids in [finders[t](weight)] if ids is not None), None)
+        if tied is not None or subset is not None:
+            table, ids = (tied, None) if tied is not None else subset
+            if ids is None:
+                codes, scales = _int8_rows(weight, hessian)
+            else:
+                codes, scales = _int8_rows(tables[table], None)
+                codes[ids], scales[ids] = _int8_rows(weight, hessian)  # the head's rows GPTQ-rounded for the head
+            q, sc = shared[table] = (f"{table}_Q8", f"{table}_scales")
+            nodes, added = [], [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc)]  # [V, K] [V, 1]
+            if ids is not None:  # constant Gathers: they fold at load like the rest
+                nodes = [helper.make_node("Gather", [q, f"{b}_ids"], [f"{b}_q8"], name=f"{b}_gather", axis=0),
+                         helper.make_node("Gather", [sc, f"{b}_ids"], [f"{b}_row_scales"], name=f"{b}_gather_scales",
+                                          axis=0)]
+                added.append(numpy_helper.from_array(ids.astype(np.int64), f"{b}_ids"))
+                q, sc = f"{b}_q8", f"{b}_row_scales"
+            return (nodes + [
+                helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
+                helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_rows"], name=f"{b}_scale"),
+                helper.make_node("Transpose", [f"{b}_rows"], [f"{b}_dequantized"], name=f"{b}_transpose", perm=[1, 0]),
+                helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)], added)
+        codes, scales = _int8_rows(weight, hessian, INT8_STORAGE_BLOCK)
+        q, sc = f"{b}_Q8", f"{b}_scales"
+        if codes.ndim == 2:
             return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
-                     helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_blocks"], name=f"{b}_scale"),
-                     helper.make_node("Reshape", [f"{b}_blocks", f"{b}_shape"], [f"{b}_dequantized"],
-                                      name=f"{b}_unblock"),
+                     helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_dequantized"], name=f"{b}_scale"),
                      helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                    [numpy_helper.from_array(codes.transpose(1, 2, 0).copy(), q),
-                     numpy_helper.from_array(scales.transpose(1, 2, 0).copy(), sc),
-                     numpy_helper.from_array(np.array(weight.shape[::-1], np.int64), f"{b}_shape")])
-        codes, scales = _int8_rows(weight, hessian)
-        q, sc = shared[tied] = (f"{tied}_Q8", f"{tied}_scales")
+                    [numpy_helper.from_array(codes.T.copy(), q),  # [K, N]
+                     numpy_helper.from_array(scales.T.copy(), sc)])  # [1, N]
+        # [N, G, B] codes, [N, G, 1] scales -> [G, B, N] and [G, 1, N], unblocked to B's [K, N]
         return ([helper.make_node("Cast", [q], [f"{b}_f32"], name=f"{b}_cast", to=TensorProto.FLOAT),
-                 helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_rows"], name=f"{b}_scale"),
-                 helper.make_node("Transpose", [f"{b}_rows"], [f"{b}_dequantized"], name=f"{b}_transpose", perm=[1, 0]),
+                 helper.make_node("Mul", [f"{b}_f32", sc], [f"{b}_blocks"], name=f"{b}_scale"),
+                 helper.make_node("Reshape", [f"{b}_blocks", f"{b}_shape"], [f"{b}_dequantized"],
+                                  name=f"{b}_unblock"),
                  helper.make_node("MatMul", [a, f"{b}_dequantized"], list(node.output), name=node.name)],
-                [numpy_helper.from_array(codes, q), numpy_helper.from_array(scales, sc)])  # [N, K], [N, 1]
+                [numpy_helper.from_array(codes.transpose(1, 2, 0).copy(), q),
+                 numpy_helper.from_array(scales.transpose(1, 2, 0).copy(), sc),
+                 numpy_helper.from_array(np.array(weight.shape[::-1], np.int64), f"{b}_shape")])
 
     _replace_weight_matmuls(model, excluded, replace)
     return shared
