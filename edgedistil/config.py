@@ -74,9 +74,9 @@ class StudentConfig:
     # Minitron ranks width) | "slice" (the teacher's first rows) | "random"
     shrink_init: str = "importance"
     source: str = ""  # "" = built from the teacher; or an HF folder of a ready student (e.g. a smaller pretrained LM)
-    # output-head rows kept after training (distill/head.py): 0 = the whole vocabulary; K = the K ids the student
-    # puts the most probability on over its training text, with the bytes and special tokens (the others never
-    # produced, and a decode step reads K rows of the vocabulary matrix instead of all of them)
+    # output-head rows kept (distill/head.py): 0 = the whole vocabulary; K = the K ids the teacher puts the most
+    # probability on over the training text, chosen before training, with the bytes and special tokens (the others
+    # never produced, and a decode step reads K rows of the vocabulary matrix instead of all of them)
     head_rows: int = 16384
 
     # keys whose TOML value may also be of these types (checked in _validate)
@@ -86,6 +86,7 @@ class StudentConfig:
 DISTILL_METHODS = ("response", "sequence")
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 FEATURE_LOSSES = ("mse", "cosine")
+TRAIN_HEADS = ("whole", "kept")
 
 
 @dataclass
@@ -133,6 +134,10 @@ class DistillConfig:
     # every earlier token, n >= 2 the token that followed an earlier occurrence of the last n - 1; 0 = off
     token_unlikelihood: float = 0.0
     token_unlikelihood_ngram: int = 1
+    # what the student's softmax runs over while it trains, with [student] head_rows: "whole" (the whole vocabulary;
+    # the head is cut after) | "kept" (the kept rows alone: 1.22x the training tokens/s on 2 CPU cores, and at the
+    # same steps a worse student: docs/benchmarks.md, "The output head")
+    train_head: str = "whole"
     # teacher correction (Minitron): fine-tune the teacher with CE on the training split for this many steps before it
     # teaches, for a corpus it models poorly (distill/correction.py; one-time, cached); 0 = the teacher as given
     teacher_correction_steps: int = 0
@@ -452,6 +457,13 @@ def _validate(r: Recipe, where) -> None:
                  f"must be >= 0 (0 = off), got {d.token_unlikelihood}")
     _check_range(where, "distill", "token_unlikelihood_ngram", d.token_unlikelihood_ngram >= 1,
                  f"must be >= 1, got {d.token_unlikelihood_ngram}")
+    _check_range(where, "distill", "train_head", d.train_head in TRAIN_HEADS,
+                 f"must be one of {', '.join(TRAIN_HEADS)}, got {d.train_head!r}")
+    _check_range(where, "distill", "train_head", not (d.train_head == "kept" and not s.head_rows),
+                 "= 'kept' trains over a trimmed head's rows; set [student] head_rows > 0, or train_head = 'whole'")
+    _check_range(where, "distill", "train_head", not (d.train_head == "kept" and d.on_policy),
+                 "= 'kept' cannot score on-policy samples (they are drawn from the whole vocabulary); set "
+                 "train_head = 'whole' or on_policy = 0")
     _check_range(where, "distill", "teacher_correction_steps", d.teacher_correction_steps >= 0,
                  f"must be >= 0 (0 = the teacher as given), got {d.teacher_correction_steps}")
     _check_range(where, "distill", "teacher_correction_lr", d.teacher_correction_lr > 0,

@@ -76,7 +76,7 @@ def main() -> None:
                            "wall_seconds": round(time.perf_counter() - t0, 1),
                            "train_seconds": record["train_seconds"],
                            "train_tokens_per_s": record["train_tokens_per_s"],
-                           "final_loss": record["final_loss"], "quality": record["quality"],
+                           "final_loss": record["final_loss"], "quality": record["quality"], "head": record["head"],
                            "teacher_correction": record["teacher_correction"]}
             if args.eval != "none":
                 student = Path(tmp) / label / "student"

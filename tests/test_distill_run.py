@@ -268,6 +268,38 @@ def test_topk_loss_gradient_is_autograds(temperature):
     assert half.grad.dtype == torch.bfloat16 and torch.allclose(half.grad.double(), ref.grad, atol=2e-3)
 
 
+def test_topk_loss_over_a_trimmed_heads_rows_leaves_out_the_ids_outside_them():
+    """Training over a trimmed head's rows: a teacher id outside them (IGNORE) drops out of the teacher's
+    renormalized top-k, a label outside them out of CE, and the gradient is autograd's of that formula."""
+    import torch.nn.functional as F
+
+    from edgedistil.distill.teacher_cache import IGNORE, topk_kd_loss
+
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(3, 4, 30, generator=g, dtype=torch.float64)
+    top = torch.randn(3, 4, 30, generator=g).topk(5, dim=-1)
+    ids, labels = top.indices.clone(), torch.randint(0, 30, (3, 4), generator=g)
+    ids[0, 0, :2] = IGNORE  # two of a position's teacher ids are outside the rows
+    ids[1, 2, :] = IGNORE  # none of this position's are: it has no KD term
+    labels[2, 1] = labels[0, 3] = IGNORE
+    ours = s.clone().requires_grad_()
+    loss, parts = topk_kd_loss(ours, ids, top.values, labels, 0.6, 1.0)
+    loss.backward()
+    ref = s.clone().requires_grad_()
+    flat, t, i, y = ref.reshape(-1, 30), top.values.double().reshape(-1, 5), ids.reshape(-1, 5), labels.reshape(-1)
+    has = (i != IGNORE).any(-1)
+    log_p_t = F.log_softmax(t.masked_fill(i == IGNORE, float("-inf"))[has], dim=-1)
+    log_p_s = F.log_softmax(flat, dim=-1)[has].gather(-1, i[has].clamp(min=0))
+    kl = torch.where(log_p_t.exp() > 0, log_p_t.exp() * (log_p_t - log_p_s), 0.0).sum(-1).mean()
+    ce = F.cross_entropy(flat, y, ignore_index=IGNORE)
+    expected = 0.6 * kl + 0.4 * ce
+    expected.backward()
+    assert int(has.sum()) == 11 and int((y != IGNORE).sum()) == 10
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["kl"] == pytest.approx(kl.item()) and parts["ce"] == pytest.approx(ce.item())
+    assert torch.allclose(ours.grad, ref.grad, atol=1e-7)
+
+
 def test_cached_batches_follow_the_cache_then_reshuffle():
     from edgedistil.distill.teacher_cache import cached_batch
 
@@ -373,19 +405,25 @@ def test_teacher_correction_fine_tunes_the_teacher_once_and_it_teaches(tmp_path,
 
 
 
-def test_head_rows_keeps_the_rows_the_student_uses_and_measures_the_cut(tmp_path, teacher_dir, corpus):
+def test_head_rows_keeps_the_rows_the_teacher_uses_and_measures_the_cut(tmp_path, teacher_dir, corpus):
     from edgedistil.distill.data import load_tokenizer
     from edgedistil.distill.evaluate import eval_windows
-    from edgedistil.distill.head import always_kept
+    from edgedistil.distill.head import always_kept, rank_rows, teacher_topk_mass
     from edgedistil.distill.data import tokenize
     from edgedistil.decoding import HEAD_FLOOR
 
     out = tmp_path / "distill"
-    record = run_distill(teacher_dir, corpus, recipe(student={"head_rows": 300}), out, log=lambda m: None)
+    cached = {"teacher_topk": 64}
+    record = run_distill(teacher_dir, corpus, recipe(student={"head_rows": 300}, distill=cached), out,
+                         log=lambda m: None)
     saved = json.loads((out / "student" / "head_rows.json").read_text())
     kept = saved["kept_ids"]
     base = always_kept(load_tokenizer(out / "student"))
     assert len(kept) == 300 == saved["rows"] and kept == sorted(set(kept)) and set(base) <= set(kept)
+    # chosen before training, by the teacher's probability over the training windows (its top-k cache)
+    cache = load_file(str(Path(record["teacher_cache"]["folder"]) / "teacher_topk.safetensors"))
+    assert kept == rank_rows(teacher_topk_mass(cache["ids"], cache["logits"], 512), base, 300)
+    assert record["head"]["trained_over"] == "the whole vocabulary" and "teacher" in saved["ranked_by"]
     # transformers' generate() leaves out what the exports cannot produce
     gen = json.loads((out / "student" / "generation_config.json").read_text())
     assert sorted(gen["suppress_tokens"] + kept) == list(range(512))
@@ -404,6 +442,21 @@ def test_head_rows_keeps_the_rows_the_student_uses_and_measures_the_cut(tmp_path
     figures = record["head"]["heldout"]
     assert figures["top1_agreement_with_whole_head"] == pytest.approx(agree, abs=1e-4)
     assert 0 < figures["probability_kept"] <= 1 and record["head"]["rows"] == 300
+
+
+def test_train_head_kept_trains_over_the_kept_rows_alone(tmp_path, teacher_dir, corpus):
+    """The same start, rows and first batch: over the 300 kept rows the first step's CE is lower than over the whole
+    vocabulary (a softmax over fewer rows, the labels outside them left out), and the same rows ship."""
+    cached = {"teacher_topk": 64}
+    whole = run_distill(teacher_dir, corpus, recipe(student={"head_rows": 300}, distill=cached),
+                        tmp_path / "whole" / "distill", log=lambda m: None)
+    kept = run_distill(teacher_dir, corpus, recipe(student={"head_rows": 300}, distill={**cached, "train_head": "kept"}),
+                       tmp_path / "kept" / "distill", log=lambda m: None)
+    assert kept["head"]["trained_over"] == "the 300 kept rows" and whole["head"]["trained_over"] == "the whole vocabulary"
+    rows = [json.loads((tmp_path / r / "distill" / "student" / "head_rows.json").read_text())["kept_ids"]
+            for r in ("whole", "kept")]
+    assert rows[0] == rows[1]
+    assert curve(tmp_path / "kept" / "distill")[0]["ce"] < curve(tmp_path / "whole" / "distill")[0]["ce"]
 
 
 def test_head_rows_below_the_bytes_and_special_tokens_is_refused_before_training(tmp_path, teacher_dir, corpus):

@@ -94,8 +94,10 @@ def test_a_run_mixes_on_policy_steps_and_repeats_them(tmp_path):
     teacher_dir = tiny_teacher(tmp_path / "teacher", corpus.text, chat=True)
     recipe = recipe_with(load_recipe(TINY), distill={**load_recipe(TINY).section("distill"), "steps": 4,
                                                      "eval_tokens": 256, "preflight_export": False,
-                                                     "on_policy": 0.5, "on_policy_tokens": 8})
+                                                     "on_policy": 0.5, "on_policy_tokens": 8},
+                         student={**load_recipe(TINY).section("student"), "head_rows": 300})
     first = run_distill(teacher_dir, corpus, recipe, tmp_path / "a" / "distill", log=lambda m: None)
+    assert first["head"]["rows"] == 300 and first["head"]["trained_over"] == "the whole vocabulary"
     second = run_distill(teacher_dir, corpus, recipe, tmp_path / "b" / "distill", log=lambda m: None)
     rows = [json.loads(x) for x in (tmp_path / "a" / "distill" / "train.jsonl").read_text().splitlines()]
     assert [r["on_policy"] for r in rows] == [False, True, False, True]

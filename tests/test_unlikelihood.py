@@ -49,6 +49,18 @@ def test_token_unlikelihood_pushes_the_candidates_down_and_leaves_positions_with
     assert token_unlikelihood(stepped, inputs, labels, 3)[0] < loss
 
 
+def test_token_unlikelihood_over_a_trimmed_heads_rows_reads_each_candidates_row():
+    x = torch.tensor([[5, 6, 7, 5, 6, 9, 5, 6]])
+    inputs, labels = x[:, :-1], x[:, 1:]
+    rows = torch.full((12,), -100)
+    rows[[5, 6, 7, 9]] = torch.arange(4)  # a head of four rows: 7 is row 2
+    sub = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(1))
+    loss, _ = token_unlikelihood(sub, inputs, labels, 3, rows)
+    assert loss.item() == pytest.approx((-torch.log1p(-sub.softmax(-1)[0, 4, 2]) / 7).item(), rel=1e-5)
+    rows[7] = -100  # the copy is outside the rows: nothing to push down
+    assert token_unlikelihood(sub, inputs, labels, 3, rows)[0].item() == 0
+
+
 def test_a_run_with_token_unlikelihood_trains_and_records_it(tmp_path):
     corpus = load_corpus("tiny")
     teacher_dir = tiny_teacher(tmp_path / "teacher", corpus.text, chat=True)

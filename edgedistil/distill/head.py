@@ -2,9 +2,12 @@
 
 A decode step of the default student spends 43% of its multiply-adds in the 49,152-row head it shares with the
 teacher (docs/benchmarks.md, "The output head"). An English chat student puts almost all of its probability on a
-few thousand tokens, so after training the head keeps the K rows with the most of the student's probability over
-its training text (its softmax summed over every position), plus the byte alphabet (one-character tokens) and the
-special tokens, so any text can still be spelled and every turn can end. Exports compute those K rows and read each
+few thousand tokens, so the head keeps the K rows with the most of the teacher's probability over the training text
+(its softmax summed over every position), plus the byte alphabet (one-character tokens) and the special tokens, so
+any text can still be spelled and every turn can end. The rows are chosen before training (from the teacher's
+top-k logits cache, at no cost); the student trains over the whole vocabulary, or over the kept rows alone with
+`[distill] train_head = "kept"` (1.22x the training tokens/s on 2 CPU cores, a worse student at the same steps:
+docs/benchmarks.md, "The output head"). Exports compute those K rows and read each
 id's logit from them; the ids outside them get HEAD_FLOOR (probability 0), so every runtime still sees a
 full-vocabulary row (edgedistil.model.EdgeLM.trim_head). The student folder keeps the whole head for transformers,
 with head_rows.json and generation_config.json's suppress_tokens saying which ids it never produces.
@@ -35,6 +38,20 @@ def probability_mass(model, windows: torch.Tensor, device: str = "cpu", batch: i
         logits = model(windows[i:i + batch].to(device)).float()
         mass += logits.softmax(-1).sum((0, 1)).double().cpu()
     return mass
+
+
+def teacher_topk_mass(ids: torch.Tensor, logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The teacher's softmax over its cached top-k logits (ids and logits [..., k]), summed over every position:
+    [vocab] float64. The mass outside the top k is dropped, as the top-k loss drops it."""
+    mass = torch.zeros(vocab, dtype=torch.float64)
+    return mass.index_add_(0, ids.reshape(-1).long(), logits.float().softmax(-1).reshape(-1).double())
+
+
+def row_index(kept: list[int], vocab: int, outside: int) -> torch.Tensor:
+    """[vocab] long: each kept id's row in a head of the `kept` rows, `outside` for every other id."""
+    index = torch.full((vocab,), outside, dtype=torch.long)
+    index[torch.as_tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
+    return index
 
 
 def check_rows(rows: int, base: int, vocab: int) -> None:

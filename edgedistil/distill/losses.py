@@ -72,10 +72,13 @@ def repeat_candidates(inputs: torch.Tensor, labels: torch.Tensor, n: int) -> tor
 
 
 def token_unlikelihood(student_logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
-                       n: int) -> tuple[torch.Tensor, float]:
+                       n: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Token-level unlikelihood (Welleck et al. 2020) on the training windows: sum over repeat_candidates of
-    -log(1 - p_student), averaged over positions; also the mean number of candidates a position has."""
+    -log(1 - p_student), averaged over positions; also the mean number of candidates a position has. With `rows`
+    ([vocab] -> row, negative outside), the logits are a trimmed head's rows, and a candidate outside them drops."""
     cand = repeat_candidates(inputs, labels, n)
+    if rows is not None:
+        cand = torch.where(cand >= 0, rows[cand.clamp(min=0)], -1).clamp(min=-1)
     used = cand >= 0
     log_p = F.log_softmax(student_logits.float(), dim=-1).gather(-1, cand.clamp(min=0))
     penalty = -torch.log((1.0 - log_p.exp()).clamp(min=1e-5))

@@ -126,31 +126,45 @@ def drawn_blocks(cache: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logits: torch.Tensor,
                  labels: torch.Tensor, alpha: float, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * T^2 * KL(teacher top-k || student) + (1 - alpha) * CE; logits [B, T, V], top-k [B, T, k]."""
+    """alpha * T^2 * KL(teacher top-k || student) + (1 - alpha) * CE; logits [B, T, V], top-k [B, T, k].
+
+    An id or label of IGNORE is left out: a teacher id the student cannot produce (training over a trimmed head's
+    rows) drops out of the teacher's renormalized top-k, and a label of IGNORE out of CE. The KD term is averaged
+    over the positions with a teacher id left, CE over those with a label."""
     v, k = student_logits.shape[-1], topk_ids.shape[-1]
     total, div, ce = _TopkKD.apply(student_logits.reshape(-1, v), topk_ids.reshape(-1, k),
                                    topk_logits.reshape(-1, k).float(), labels.reshape(-1), alpha, temperature)
     return total, {"loss": total.item(), "kl": div.item(), "ce": ce.item()}
 
 
+IGNORE = -100  # an id outside the rows trained over (F.cross_entropy's ignore_index)
+
+
 class _TopkKD(torch.autograd.Function):
     """The top-k KD loss with its gradient written out: d/ds = alpha*T*(softmax(s/T) - p_t on its ids)
-    + (1 - alpha)*(softmax(s) - one-hot label), averaged over the N rows. Autograd's version makes a float copy of
-    the [N, V] logits, runs log-softmax twice and zero-fills two [N, V] tensors for its gathers' gradients: a fifth
-    of a CPU training step on a 49k vocabulary. This one runs one log-softmax forward and turns its output into the
-    gradient in place."""
+    + (1 - alpha)*(softmax(s) - one-hot label), each term averaged over its rows. Autograd's version makes a float
+    copy of the [N, V] logits, runs log-softmax twice and zero-fills two [N, V] tensors for its gathers' gradients:
+    a fifth of a CPU training step on a 49k vocabulary. This one runs one log-softmax forward and turns its output
+    into the gradient in place."""
 
     @staticmethod
     def forward(ctx, logits, ids, t_logits, labels, alpha: float, temperature: float):
         ids, labels = ids.long(), labels.long()
+        kept, labelled = ids != IGNORE, labels != IGNORE
+        has_teacher = kept.any(-1)
+        ids, labels = ids.clamp(min=0), labels.clamp(min=0)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         log_p = F.log_softmax(logits, dim=-1, dtype=dtype)  # read once, in the logits' own dtype
         log_p_s = log_p if temperature == 1 else F.log_softmax(logits.to(dtype) / temperature, dim=-1)
-        log_p_t = F.log_softmax(t_logits / temperature, dim=-1)
-        p_t = log_p_t.exp()
-        div = (p_t * (log_p_t - log_p_s.gather(-1, ids))).sum(-1).mean()
-        ce = -log_p.gather(-1, labels[:, None]).mean()
-        ctx.save_for_backward(log_p, log_p_s, ids, p_t, labels)
+        t = (t_logits / temperature).masked_fill(~kept, float("-inf")).masked_fill(~has_teacher[:, None], 0.0)
+        log_p_t = F.log_softmax(t, dim=-1)
+        p_t = log_p_t.exp() * has_teacher[:, None]
+        # the KD term's and CE's weight per row: each term is a mean over the rows it has
+        w_kd = has_teacher / has_teacher.sum().clamp(min=1)
+        w_ce = labelled / labelled.sum().clamp(min=1)
+        div = (torch.where(p_t > 0, p_t * (log_p_t - log_p_s.gather(-1, ids)), 0.0).sum(-1) * w_kd).sum()
+        ce = -(log_p.gather(-1, labels[:, None])[:, 0] * w_ce).sum()
+        ctx.save_for_backward(log_p, log_p_s, ids, p_t, labels, w_kd, w_ce)
         ctx.alpha, ctx.temperature, ctx.dtype = alpha, temperature, logits.dtype
         ctx.mark_non_differentiable(div, ce)  # reported parts; the gradient is the total's
         return alpha * temperature**2 * div + (1.0 - alpha) * ce, div, ce
@@ -158,15 +172,16 @@ class _TopkKD(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total, _grad_div, _grad_ce):
-        log_p, log_p_s, ids, p_t, labels = ctx.saved_tensors
+        log_p, log_p_s, ids, p_t, labels, w_kd, w_ce = ctx.saved_tensors
         a, t = ctx.alpha, ctx.temperature
+        kd, ce = (w_kd * (a * t))[:, None].to(log_p.dtype), (w_ce * (1.0 - a))[:, None].to(log_p.dtype)
         if t == 1:
-            grad = log_p.exp_()  # softmax(s): the saved log-probabilities are not needed again
+            grad = log_p.exp_().mul_(kd + ce)  # softmax(s): the saved log-probabilities are not needed again
         else:
-            grad = log_p_s.exp_().mul_(a * t).add_(log_p.exp_(), alpha=1.0 - a)
-        grad.scatter_add_(-1, ids, p_t.to(grad.dtype) * -(a * t))
-        grad.scatter_add_(-1, labels[:, None], torch.full_like(grad[:, :1], a - 1.0))
-        return grad.mul_(grad_total / len(grad)).to(ctx.dtype), None, None, None, None, None
+            grad = log_p_s.exp_().mul_(kd).add_(log_p.exp_().mul_(ce))
+        grad.scatter_add_(-1, ids, -(p_t.to(grad.dtype) * kd))
+        grad.scatter_add_(-1, labels[:, None], -ce)
+        return grad.mul_(grad_total).to(ctx.dtype), None, None, None, None, None
 
 
 def describe(cache: dict[str, torch.Tensor], folder: Path) -> dict:

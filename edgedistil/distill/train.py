@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from edgedistil.config import Recipe
@@ -70,17 +71,22 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 class Trainee(torch.nn.Module):
-    """What the optimizer trains and DDP wraps: the student and, for hidden-state KD, its projections."""
+    """What the optimizer trains and DDP wraps: the student and, for hidden-state KD, its projections. With `rows`
+    (a trimmed head's kept ids) the logits are those rows' alone, [.., K]: the student trains over the head it
+    ships with."""
 
-    def __init__(self, student: EdgeLM, feature: FeatureKD | None):
+    def __init__(self, student: EdgeLM, feature: FeatureKD | None, rows: torch.Tensor | None = None):
         super().__init__()
         self.student, self.feature = student, feature
+        self.register_buffer("rows", rows, persistent=False)
 
     def forward(self, inputs, teacher_hidden=None):
-        if self.feature is None:
-            return self.student(inputs), None
-        logits, hidden = self.student(inputs, output_hidden_states=True)
-        return logits, self.feature(hidden, teacher_hidden)
+        hidden = self.student.hidden_states(inputs)
+        if self.rows is None:
+            logits = self.student.logits(hidden[-1])
+        else:
+            logits = F.linear(hidden[-1], self.student.lm_head.weight.index_select(0, self.rows))
+        return logits, None if self.feature is None else self.feature(hidden, teacher_hidden)
 
 
 MEASURED_INITS = ("auto", "greedy", "block_influence", "angular")
@@ -164,22 +170,32 @@ def heldout_corpus_quality(student, teacher, other: tuple[Corpus, torch.Tensor] 
     return {"corpus": other.name, "source": other.source, **quality}
 
 
-def trim_head(student, rows: int, tokenizer, train_ids: np.ndarray, heldout: torch.Tensor,
-              other: tuple[Corpus, torch.Tensor] | None, seq_len: int, folder: Path, log=print) -> dict:
-    """Keep the `rows` output-head rows the trained student uses most (distill/head.py) in its saved `folder`, and
-    what the cut costs on held-out text (and on the held-out corpus `other`, heldout_corpus_windows)."""
+def head_rows_to_keep(rows: int, base: list[int], vocab: int, cache: dict | None, mass_of) -> tuple[list[int], str]:
+    """The `rows` token ids a trimmed head keeps, chosen before training (distill/head.py): `base` (bytes and
+    special tokens), then the rest by the teacher's probability over the training windows, read from its top-k
+    cache when there is one, else from `mass_of()` (a model's softmax summed over training tokens, and whose);
+    then how they were chosen."""
+    if cache is not None:
+        mass = head.teacher_topk_mass(cache["ids"], cache["logits"], vocab)
+        how = (f"the teacher's softmax over its cached top-{cache['ids'].shape[-1]} logits, summed over the "
+               f"{cache['ids'][..., 0].numel():,} positions of the training windows")
+    else:
+        mass, how = mass_of()
+    return head.rank_rows(mass, base, rows), f"{how}; the {len(base)} one-character and special tokens always kept"
+
+
+def head_record(student, kept: list[int], always: int, how: str, trained_over: str, heldout: torch.Tensor,
+                other: tuple[Corpus, torch.Tensor] | None, folder: Path, log=print) -> dict:
+    """Record the trimmed head in the saved student `folder`, and what the cut costs on held-out text (and on the
+    held-out corpus `other`, heldout_corpus_windows), read from the whole head."""
     from edgedistil.model import write_head_rows
 
     t0 = time.perf_counter()
     device = next(student.parameters()).device  # where saving left it
-    ranked = eval_windows(train_ids, seq_len, HEAD_RANK_TOKENS)
-    base = head.always_kept(tokenizer)
-    kept = head.rank_rows(head.probability_mass(student, ranked, device), base, rows)
-    how = (f"the student's softmax summed over {ranked.numel():,} training tokens; the {len(base)} one-character "
-           "and special tokens always kept")
+    rows = len(kept)
     write_head_rows(folder, kept, student.cfg.vocab_size, how)
-    record = {"rows": rows, "vocab_size": student.cfg.vocab_size, "always_kept": len(base), "ranked_by": how,
-              "heldout": head.cut_figures(student, heldout, kept, device)}
+    record = {"rows": rows, "vocab_size": student.cfg.vocab_size, "always_kept": always, "ranked_by": how,
+              "trained_over": trained_over, "heldout": head.cut_figures(student, heldout, kept, device)}
     if other is not None:
         record["heldout_corpus"] = {"corpus": other[0].name, **head.cut_figures(student, other[1], kept, device)}
     record["seconds"] = round(time.perf_counter() - t0, 2)
@@ -242,7 +258,9 @@ def run_key(teacher_dir: Path, corpus: Corpus, recipe: Recipe) -> str:
 
     # a whole head (head_rows 0) leaves the key as it was before the field existed
     student = {k: v for k, v in recipe.section("student").items() if k != "head_rows" or v}
-    return stage_key("distill-checkpoint", recipe.section("data"), student,
+    # since 2026-12-08 a trimmed head's rows are the teacher's choice, made before training (whole-head keys unchanged)
+    ranked = ("head rows chosen by the teacher before training",) if recipe.student.head_rows else ()
+    return stage_key("distill-checkpoint", *ranked, recipe.section("data"), student,
                      prune.AUTO_RANKING if recipe.student.init == "auto" else None,
                      recipe.section("distill"), recipe.section("sequence"), folder_fingerprint(Path(teacher_dir)),
                      hashlib.sha256(corpus.text.encode()).hexdigest())
@@ -348,6 +366,22 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             log(f"distill: note: top-k KD at T = {d.temperature} measured far worse than at T = 1 on the default "
                 f"(the renormalized top-k teacher at high T pulls the student's mass into k tokens); consider "
                 f"temperature = 1.0")
+    autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None)
+    head_ids = head_how = train_rows = row_of = None
+    if recipe.student.head_rows:  # the trimmed head's rows, chosen before training so that it trains over them
+        base = head.always_kept(student_tok)
+
+        def mass_of():
+            ranked = eval_windows(train_ids, data.seq_len, HEAD_RANK_TOKENS)
+            model, whose = (teacher, "teacher") if tokenizers is not None else (student, "student as built")
+            with autocast:
+                mass = head.probability_mass(model.to(device), ranked, device)
+            return mass, f"the {whose}'s softmax summed over {ranked.numel():,} training tokens"
+
+        head_ids, head_how = head_rows_to_keep(recipe.student.head_rows, base, student.cfg.vocab_size, cache, mass_of)
+        if d.train_head == "kept":
+            train_rows = torch.as_tensor(head_ids, device=device)
+            row_of = head.row_index(head_ids, student.cfg.vocab_size, teacher_cache.IGNORE).to(device)
     flavour = ("sequence-level KD (CE on teacher texts)" if sequence else
                "CE only" if ce_only else f"response KD ({d.loss})" + (" + hidden states" if feature else "") +
                (f", {d.on_policy:.0%} of steps on-policy" if d.on_policy else "") +
@@ -362,7 +396,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
 
     # ---- training ----
     teacher.to(device)
-    net = Trainee(student, feature).to(device).train()
+    net = Trainee(student, feature, train_rows).to(device).train()
     model = net
     fsdp = ddp.active and d.parallel == "fsdp"
     if fsdp:
@@ -381,7 +415,6 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     # parameters keep the default implementation
     opt = torch.optim.AdamW(trained, lr=d.lr, weight_decay=d.weight_decay, betas=(0.9, 0.95), fused=not fsdp)
     sampler = torch.Generator().manual_seed(d.seed)
-    autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None)
     key = run_key(teacher_dir, corpus, recipe)
     ckpt_dir = out_dir.parent / f"{out_dir.name}-checkpoints"
     start, curve, tokens_seen, seconds_before = 0, [], 0, 0.0
@@ -420,11 +453,14 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
         if isinstance(top, torch.Tensor):  # an on-policy micro-batch: `top` is its mask of sampled tokens
             return on_policy_step_loss(x, top)
         inputs, labels = x[:, :-1], x[:, 1:]
+        # over a trimmed head's rows, ids are rows, and an id outside them is IGNORE
+        targets = labels if row_of is None else row_of[labels]
         f_loss = None
         if top is not None:  # from the teacher cache
             with autocast:
                 s_logits, _ = model(inputs)
-            loss, parts = teacher_cache.topk_kd_loss(s_logits, top[0], top[1], labels, d.alpha, d.temperature)
+            t_ids = top[0] if row_of is None else row_of[top[0]]
+            loss, parts = teacher_cache.topk_kd_loss(s_logits, t_ids, top[1], targets, d.alpha, d.temperature)
         else:
             with autocast:
                 t_logits = t_hidden = None
@@ -432,16 +468,18 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
                     with torch.no_grad():
                         t_out = teacher(inputs, output_hidden_states=feature is not None)
                     t_logits, t_hidden = t_out if feature is not None else (t_out, None)
+                    if train_rows is not None:
+                        t_logits = t_logits.index_select(-1, train_rows)
                 s_logits, f_loss = model(inputs, t_hidden)
             if ce_only:
-                loss, parts = ce_loss(s_logits, labels)
+                loss, parts = ce_loss(s_logits, targets)
             else:
-                loss, parts = kd_loss(s_logits, t_logits, labels, d.alpha, d.temperature, d.loss, d.beta)
+                loss, parts = kd_loss(s_logits, t_logits, targets, d.alpha, d.temperature, d.loss, d.beta)
         if f_loss is not None:
             loss = loss + d.feature_weight * f_loss
             parts.update(feature=f_loss.item(), loss=loss.item())
         if d.token_unlikelihood:
-            ul, candidates = token_unlikelihood(s_logits, inputs, labels, d.token_unlikelihood_ngram)
+            ul, candidates = token_unlikelihood(s_logits, inputs, labels, d.token_unlikelihood_ngram, row_of)
             loss = loss + d.token_unlikelihood * ul
             parts.update(token_unlikelihood=ul.item(), ul_candidates=candidates, loss=loss.item())
         return loss, parts
@@ -554,8 +592,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
             log(f"distill: held-out perplexity student {quality['student_perplexity']:.2f} (own tokenizer)")
 
         save_hf_folder(student.to("cpu").float(), tmp / "student", tokenizer_from=student_tok_dir)
-        trimmed = trim_head(student, recipe.student.head_rows, student_tok, train_ids, windows, other, data.seq_len,
-                            tmp / "student", log) if recipe.student.head_rows else None
+        trained_over = f"the {len(head_ids):,} kept rows" if train_rows is not None else "the whole vocabulary"
+        trimmed = head_record(student, head_ids, len(base), head_how, trained_over, windows, other, tmp / "student",
+                              log) if head_ids else None
         (tmp / "heldout.txt").write_text(heldout_text, encoding="utf-8")
         record = {
             "stage": "distill",
