@@ -20,6 +20,12 @@ StepFn = Callable[[list[int], int, Any], tuple[np.ndarray, Any]]
 HEAD_FLOOR = -1e4
 
 
+def logit_range(row: np.ndarray) -> float:
+    """max - min of one step's logits over the ids the model can produce (a trimmed head's floor left out)."""
+    live = row[row > HEAD_FLOOR / 2]
+    return float(live.max() - live.min()) if live.size else 0.0
+
+
 def prefill(step: StepFn, cache: Any, prompt: list[int], chunk: int, max_len: int, pad_id: int = 0,
             start: int = 0) -> tuple[np.ndarray, Any]:
     """Run `prompt` from position `start` in chunks of `chunk`; returns logits for every prompt token and the cache."""

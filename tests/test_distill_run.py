@@ -459,10 +459,17 @@ def test_train_head_kept_trains_over_the_kept_rows_alone(tmp_path, teacher_dir, 
     assert curve(tmp_path / "kept" / "distill")[0]["ce"] < curve(tmp_path / "whole" / "distill")[0]["ce"]
 
 
-def test_head_rows_below_the_bytes_and_special_tokens_is_refused_before_training(tmp_path, teacher_dir, corpus):
+def test_head_rows_below_the_bytes_and_special_tokens_is_refused_before_training(tmp_path, teacher_dir, corpus,
+                                                                                 monkeypatch):
+    from edgedistil.distill import prune
+
+    def ranked(*a, **k):
+        raise AssertionError("the refusal must come before the layer ranking")
+
+    monkeypatch.setattr(prune, "cached_ranking", ranked)
     out = tmp_path / "distill"
     with pytest.raises(EdgeError, match="head_rows = 100 must be above the 257 ids always kept") as e:
-        run_distill(teacher_dir, corpus, recipe(student={"head_rows": 100}), out, log=lambda m: None)
+        run_distill(teacher_dir, corpus, recipe(student={"head_rows": 100, "init": "auto"}), out, log=lambda m: None)
     assert "between 258 and 511, or 0" in e.value.fix  # no 16384 example for a 512-token vocabulary
     assert not out.exists()
 

@@ -188,7 +188,7 @@ def test_repetition_penalty_pushes_down_only_the_answers_own_tokens():
 @pytest.mark.parametrize("cache", ["full", "gqa"])
 def test_a_trimmed_head_exports_as_full_vocabulary_logits_floored_outside_its_rows(tmp_path, cache):
     from edgedistil.model import write_head_rows
-    from edgedistil.decoding import HEAD_FLOOR
+    from edgedistil.decoding import HEAD_FLOOR, logit_range
 
     hf = make_llama(tmp_path / "hf", seed=3)
     kept = list(range(0, VOCAB, 3))
@@ -208,6 +208,8 @@ def test_a_trimmed_head_exports_as_full_vocabulary_logits_floored_outside_its_ro
     with torch.no_grad():
         ref = whole(torch.tensor([ids]))[0].numpy()
     assert np.abs(logits[:, kept] - ref[:, kept]).max() < 1e-4
+    # a divergence record's logit range reads the ids the head produces, not its floor
+    assert logit_range(logits[0]) == pytest.approx(float(np.ptp(ref[0, kept])), abs=1e-3) and logit_range(logits[0]) < 100
     # the head's matrix is the kept rows alone
     heads = [i for i in onnx.load(tmp_path / cache / "model.onnx").graph.initializer if i.dims and VOCAB not in i.dims
              and len(kept) in i.dims and 64 in i.dims]

@@ -282,7 +282,7 @@ def reference_ids(model: Path, prompt: list[int], new_tokens: int, chunk: int,
 def divergence_gap(model: Path, prompt: list[int], ref: list[int], got: list[int], chunk: int) -> dict | None:
     """Where the browser's greedy ids first differ from the reference: how far apart, in Python onnxruntime's own
     logits at that step, the two chosen tokens were (a near-tie means kernel rounding, not a broken runtime)."""
-    from edgedistil.decoding import decode, prefill
+    from edgedistil.decoding import decode, logit_range, prefill
     from edgedistil.runtimes.ort import OrtLM
 
     d = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), None)
@@ -295,7 +295,7 @@ def divergence_gap(model: Path, prompt: list[int], ref: list[int], got: list[int
         row = decode(lm.step, cache, ref[:d], len(prompt))[0][-1]
     return {"position": d, "reference_token": ref[d], "browser_token": got[d],
             "logit_gap": round(float(row[ref[d]] - row[got[d]]), 5),
-            "logit_range": round(float(row.max() - row.min()), 3)}
+            "logit_range": round(logit_range(row), 3)}
 
 
 def bench_web(bundle: Path, prompt: list[int], new_tokens: int, repeats: int, threads: int = 1,

@@ -199,7 +199,7 @@ def _divergence(tokenizer, reference, prompt_ids: list[int], want: list[int], at
     """At the first token where the runtime's text leaves the reference's greedy tokens: the token it chose there
     (its remaining text re-tokenized, or a stop token where its text ends) and how far apart the two were in the
     reference's own logits. A near-tie means kernel rounding picked the other token, not a broken file."""
-    from edgedistil.decoding import decode, prefill
+    from edgedistil.decoding import decode, logit_range, prefill
 
     logits, cache = prefill(reference.step, reference.empty_cache(), prompt_ids, prefill_len, reference.max_len)
     row = decode(reference.step, cache, want[:at], len(prompt_ids))[0][-1] if at else logits[-1]
@@ -208,7 +208,7 @@ def _divergence(tokenizer, reference, prompt_ids: list[int], want: list[int], at
     chosen = tokenizer.encode(rest, add_special_tokens=False).ids[:1] if rest else likeliest_stop  # it stopped
     ref_token = want[at] if at < len(want) else likeliest_stop[0]  # here the reference stopped
     record = {"position": at, "reference_token": int(ref_token), "runtime_token": int(chosen[0]) if chosen else None,
-              "logit_range": round(float(row.max() - row.min()), 3)}
+              "logit_range": round(logit_range(row), 3)}
     if chosen:
         gap = float(row[ref_token] - row[chosen[0]])
         record.update(logit_gap=round(gap, 6), near_tie=abs(gap) < NEAR_TIE_LOGITS)

@@ -285,6 +285,9 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     # ---- pre-flight: everything that can fail fails here, before the first step ----
     t_pre = time.perf_counter()
     teacher_tok = load_tokenizer(teacher_dir)
+    if not recipe.student.source:  # a student built from the teacher has its vocabulary: refuse a head it cannot cut
+        head.check_rows(recipe.student.head_rows, len(head.always_kept(teacher_tok)),
+                        read_hf_config(teacher_dir).vocab_size)
     train_docs, heldout_text = split_corpus(corpus, data.heldout_fraction)
     train_text = "\n".join(train_docs)
     corrected, given_teacher = None, Path(teacher_dir)
@@ -299,7 +302,8 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     student, student_tok_dir, design = make_student(teacher, teacher_dir, recipe, calib_ids, log)
     student_tok = load_tokenizer(student_tok_dir)
     check_vocab(student_tok, student.cfg.vocab_size, "the student")
-    head.check_rows(recipe.student.head_rows, len(head.always_kept(student_tok)), student.cfg.vocab_size)
+    if recipe.student.source:
+        head.check_rows(recipe.student.head_rows, len(head.always_kept(student_tok)), student.cfg.vocab_size)
     try:
         tokenizers = check_tokenizers(teacher_tok, student_tok, teacher.cfg.vocab_size, student.cfg.vocab_size)
     except EdgeError:
