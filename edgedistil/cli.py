@@ -345,7 +345,10 @@ def eval_cmd(source, teacher, full, out, benchmarks, new_tokens):
 @click.option("--measure", type=int, default=3, show_default=True,
               help="Candidates whose decode speed is also measured on ONNX Runtime: the recommended one, the "
                    "fastest, the slowest, the middle, then the rest (0 = projections only).")
-def plan(config, sets, out, target, teacher, data, min_speedup, layer_counts, ffn_widths, measure):
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timing rounds, the teacher and each measured candidate alternating, so that the machine's "
+                   "drift falls on both sides of each ratio (the median ratio is reported).")
+def plan(config, sets, out, target, teacher, data, min_speedup, layer_counts, ffn_widths, measure, rounds):
     """Candidate students before any training: parameters, size per precision, zero-shot quality after the
     measured prune, and decode speed projected from weight bytes (measured for a few), for layer counts x FFN
     widths; writes OUT/plan/plan.json, plan.md and plan.png."""
@@ -371,7 +374,7 @@ def plan(config, sets, out, target, teacher, data, min_speedup, layer_counts, ff
         full = read_hf_config(teacher_dir).intermediate_size
         widths = [full, full * 3 // 4, full // 2]
     record = run_plan(teacher_dir, run.corpus(), run.recipe, run.out / "plan", counts, widths, min_speedup,
-                      measure=measure, log=log)
+                      measure=measure, rounds=rounds, log=log)
     click.echo((run.out / "plan" / "plan.md").read_text())
     if record["recommended"] is None:
         sys.exit(EXIT_CHECK_FAILED)

@@ -11,7 +11,8 @@ For layer counts x FFN widths, each candidate is the measured prune the distill 
   the recipe's `[student] head_rows` of it when the head is trimmed), as a speedup over the teacher at the same
   precision;
 - for a few candidates, decode speed measured on ONNX Runtime (fp32, one thread, the export stage's graph)
-  beside the teacher's, so the projection can be checked.
+  beside the teacher's, so the projection can be checked: `--rounds` rounds alternating teacher and candidates,
+  each candidate's speedup the median of its per-round ratios (this machine's speed drifts by 20-30% over hours).
 
 The plan recommends the candidate with the best zero-shot quality among those projected at or above
 `--min-speedup`, and writes plan.json, plan.md and plan.png.
@@ -44,8 +45,9 @@ class Candidate:
     zero_shot_ce: float
     quality_retained: float
     projected_speedup: float
-    measured_speedup: float | None = None
+    measured_speedup: float | None = None  # the median of its per-round ratios to the teacher (paired_speedups)
     measured_tokens_per_s: float | None = None
+    measured_ratios: list[float] | None = None  # one per round
 
 
 def weight_split(model) -> tuple[int, int]:
@@ -83,16 +85,6 @@ def time_decode(path: Path) -> float:
     return float(proc.stdout.split()[0])
 
 
-def measure_decode(model, max_len: int, prefill_len: int) -> float:
-    """fp32 decode tok/s of `model` on ONNX Runtime (1 thread): the export stage's graph, timed once."""
-    from edgedistil.export.onnx import trace_full
-
-    with tempfile.TemporaryDirectory(prefix="edgedistil-plan-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        trace_full(model.float().eval(), path, max_len, prefill_len)
-        return time_decode(path)
-
-
 def paired_speedups(teacher, students: dict, max_len: int, prefill_len: int, rounds: int = 3) -> dict:
     """Each student's fp32 decode speed over the teacher's, timed in alternating rounds (teacher, then every
     student, `rounds` times) so that the machine's drift over minutes falls on both sides of each ratio: per
@@ -121,7 +113,7 @@ def paired_speedups(teacher, students: dict, max_len: int, prefill_len: int, rou
 
 @torch.no_grad()
 def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: list[int], ffn_widths: list[int],
-             min_speedup: float, measure: int = 3, log=print) -> dict:
+             min_speedup: float, measure: int = 3, rounds: int = 3, log=print) -> dict:
     from edgedistil.distill import prune
     from edgedistil.distill.data import load_tokenizer, need_tokens, tokenize
     from edgedistil.distill.evaluate import eval_windows
@@ -185,20 +177,25 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
     measured = {}
     if measure:
         e = recipe.export
-        log("plan: timing fp32 decode on ONNX Runtime (1 thread) for the teacher and a few candidates")
-        teacher_tps = measure_decode(teacher, e.max_len, e.prefill_len)
-        measured["teacher_tokens_per_s"] = round(teacher_tps, 2)
+        log(f"plan: timing fp32 decode on ONNX Runtime (1 thread) for the teacher and a few candidates, "
+            f"{rounds} alternating round(s)")
         by_speed = sorted(candidates, key=lambda c: c.projected_speedup)
         picks = ([best] if best else []) + [by_speed[0], by_speed[-1], by_speed[len(by_speed) // 2]] + by_speed
-        chosen = {id(c): c for c in picks}  # the recommended one, the extremes and the middle, then the rest
-        for c in list(chosen.values())[:measure]:
+        chosen = list({id(c): c for c in picks}.values())[:measure]  # the recommended, the extremes, the middle
+        students = {}
+        for c in chosen:
             _, student = candidate_student(c.layers, c.ffn)
             if head_rows:  # which rows a trimmed head keeps does not change a step's cost: the first ones stand in
                 student = student.trim_head(list(range(head_rows)))
-            c.measured_tokens_per_s = round(measure_decode(student, e.max_len, e.prefill_len), 2)
-            c.measured_speedup = round(c.measured_tokens_per_s / teacher_tps, 3)
+            students[f"{c.layers}x{c.ffn}"] = student
+        timed = paired_speedups(teacher, students, e.max_len, e.prefill_len, rounds)
+        for c in chosen:
+            t = timed[f"{c.layers}x{c.ffn}"]
+            c.measured_tokens_per_s, c.measured_speedup, c.measured_ratios = t["tokens_per_s"], t["speedup"], t["ratios"]
+            measured["teacher_tokens_per_s"] = t["teacher_tokens_per_s"]
             log(f"plan: {c.layers} layers x FFN {c.ffn}: measured {c.measured_speedup:.2f}x "
-                f"(projected {c.projected_speedup:.2f}x)")
+                f"(projected {c.projected_speedup:.2f}x; per round {', '.join(f'{r:.2f}' for r in c.measured_ratios)})")
+        measured["rounds"] = rounds
     record = {
         "stage": "plan", "teacher": str(teacher_dir), "corpus": corpus.name,
         "teacher_layers": tc.num_hidden_layers, "teacher_ffn": tc.intermediate_size,

@@ -8,7 +8,8 @@ from conftest import TINY, edgedistil
 def test_plan_scores_candidates_and_recommends_one(tmp_path):
     out = tmp_path / "run"
     proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "1,2,3,4", "--ffn", "128,64",
-                      "--min-speedup", "1.1", "--measure", "2", env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
+                      "--min-speedup", "1.1", "--measure", "2", "--rounds", "2",
+                      env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "plan" / "plan.json").read_text())
     cands = record["candidates"]
@@ -24,7 +25,10 @@ def test_plan_scores_candidates_and_recommends_one(tmp_path):
     assert best["quality_retained"] == max(c["quality_retained"] for c in cands if c["projected_speedup"] >= 1.1)
     timed = [c for c in cands if c["measured_speedup"] is not None]
     assert len(timed) == 2 and all(c["measured_tokens_per_s"] > 0 for c in timed)
-    assert record["measured"]["teacher_tokens_per_s"] > 0
+    assert record["measured"]["teacher_tokens_per_s"] > 0 and record["measured"]["rounds"] == 2
+    # timed in rounds alternating with the teacher: the reported speedup is the median of the per-round ratios
+    for c in timed:
+        assert len(c["measured_ratios"]) == 2 and abs(c["measured_speedup"] - sum(c["measured_ratios"]) / 2) < 2e-3
     assert "Recommended at >= 1.1x" in proc.stdout
 
 
@@ -32,7 +36,8 @@ def test_plan_measure_above_the_picks_times_every_candidate(tmp_path):
     # the recommended, fastest, slowest and middle come first; a larger --measure times the rest in one run
     out = tmp_path / "run"
     proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "1,2,3", "--ffn", "128,64",
-                      "--min-speedup", "1.1", "--measure", "6", env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
+                      "--min-speedup", "1.1", "--measure", "6", "--rounds", "1",
+                      env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     cands = json.loads((out / "plan" / "plan.json").read_text())["candidates"]
     assert len(cands) == 6 and all(c["measured_tokens_per_s"] > 0 for c in cands)
@@ -42,7 +47,7 @@ def test_plan_projects_and_times_the_recipes_trimmed_head(tmp_path):
     # a head cut to 300 of the tiny vocabulary's 512 rows: every candidate reads fewer bytes a step, and is timed so
     def plan(out, *extra):
         proc = edgedistil("plan", "--config", TINY, "--out", out, "--layers", "1,2", "--ffn", "128",
-                          "--min-speedup", "1.1", "--measure", "1", *extra,
+                          "--min-speedup", "1.1", "--measure", "1", "--rounds", "1", *extra,
                           env={"EDGEDISTIL_CACHE": str(tmp_path / "cache")})
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads((out / "plan" / "plan.json").read_text())
