@@ -191,7 +191,8 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
         timed = paired_speedups(teacher, students, e.max_len, e.prefill_len, rounds)
         for c in chosen:
             t = timed[f"{c.layers}x{c.ffn}"]
-            c.measured_tokens_per_s, c.measured_speedup, c.measured_ratios = t["tokens_per_s"], t["speedup"], t["ratios"]
+            c.measured_tokens_per_s, c.measured_speedup = t["tokens_per_s"], t["speedup"]
+            c.measured_ratios = t["ratios"]
             measured["teacher_tokens_per_s"] = t["teacher_tokens_per_s"]
             log(f"plan: {c.layers} layers x FFN {c.ffn}: measured {c.measured_speedup:.2f}x "
                 f"(projected {c.projected_speedup:.2f}x; per round {', '.join(f'{r:.2f}' for r in c.measured_ratios)})")

@@ -372,7 +372,7 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
                 f"temperature = 1.0")
     autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None)
     head_ids = head_how = train_rows = row_of = None
-    if recipe.student.head_rows:  # the trimmed head's rows, chosen before training so that it trains over them
+    if recipe.student.head_rows:  # the trimmed head's rows, chosen before training ([distill] train_head may use them)
         base = head.always_kept(student_tok)
 
         def mass_of():
