@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -47,3 +48,11 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def machine(load_before: tuple[float, ...], **extra) -> dict:
+    """The host a benchmark ran on, and its load average before and after (a timing taken beside another job
+    shows in them)."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), **extra,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}

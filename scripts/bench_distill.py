@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,9 +131,7 @@ def main() -> None:
         "goal_met": gain >= 0.10 and (other is None or other >= 0.10) and (
             scores is None or (scores["kd"]["student"] or 0) > (scores["ce_only"]["student"] or 0)),
         "kd_step_slowdown_vs_ce": round(runs["ce_only"]["train_tokens_per_s"] / runs["kd"]["train_tokens_per_s"], 2),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before),
         "note": "CPU shared with other jobs: tokens/s are noisy; perplexities are deterministic for a seed",
     }
     dest.parent.mkdir(parents=True, exist_ok=True)

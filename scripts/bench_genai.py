@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = [(7 * i + 3) % 97 + 100 for i in range(64)]  # the prompt peers.py builds
@@ -118,9 +119,7 @@ def main() -> None:
         "folder": str(folder), "student": str(student), "onnxruntime_genai": og.__version__,
         "prompt_tokens": len(PROMPT), "new_tokens": args.new_tokens, "threads": 1, "rounds": args.rounds,
         "models": results, "ratios": ratios,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(args.json, record)

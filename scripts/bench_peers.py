@@ -34,12 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -373,9 +374,7 @@ def main() -> None:
                 f"{SPEED_GOAL}x their training tokens/s or more",
         "goal_met": bool(compare) and all(c.get("goal_met") for k, c in compare.items()
                                           if k.startswith("edgedistil vs ")),  # the recipe as it ships
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before),
     }
     write_json(dest, result)
     for label, r in runs.items():

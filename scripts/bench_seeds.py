@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,9 +90,7 @@ def main() -> None:
                    + f" --seeds {args.seeds}" + (f" --eval {args.eval}" if args.eval != "fast" else ""),
         "seeds": seeds, "steps": recipe.distill.steps, "runs": {str(s): v for s, v in runs.items()},
         "spread": spread,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before),
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=2) + "\n")

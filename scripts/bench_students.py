@@ -26,12 +26,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,9 +130,7 @@ def main() -> None:
         "goal": "at the largest budget, a student at >= 1.5x fp32 decode speed with CE ratio >= 0.95 and >= 90% of "
                 "the teacher's benchmark margin (pooled)",
         "goal_met": bool(meeting),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before),
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=2) + "\n")

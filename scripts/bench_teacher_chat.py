@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,10 +70,8 @@ def main() -> None:
         "command": "python scripts/bench_teacher_chat.py" + (f" --config {args.config}" if args.config else "")
                    + f" --batches {args.batches} --new-tokens {args.new_tokens}",
         "teacher": str(teacher), "new_tokens": args.new_tokens, "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_has_bf16": cpu_has_bf16(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before, cpu_has_bf16=cpu_has_bf16(), torch=torch.__version__,
+                           threads=torch.get_num_threads()),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from edgedistil.records import machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,9 +117,7 @@ def main() -> None:
         "batch": {"batch_size": d.batch_size, "seq_len": recipe.data.seq_len, "teacher_topk": k},
         "precision": f"{amp_dtype} autocast" if amp_dtype else "fp32", "threads": torch.get_num_threads(),
         "runs": runs, "speedup_shipped_vs_autograd": round(ratio, 3),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(v, 2) for v in load_before],
-                    "loadavg_after": [round(v, 2) for v in os.getloadavg()]},
+        "machine": machine(load_before),
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=2) + "\n")
