@@ -135,8 +135,8 @@ class DistillConfig:
     token_unlikelihood: float = 0.0
     token_unlikelihood_ngram: int = 1
     # what the student's softmax runs over while it trains, with [student] head_rows: "whole" (the whole vocabulary;
-    # the head is cut after) | "kept" (the kept rows alone: 1.22x the training tokens/s on 2 CPU cores, and at the
-    # same steps a worse student: docs/benchmarks.md, "The output head")
+    # the head is cut after) | "kept" (the kept rows alone: 1.22x the training tokens/s on 2 CPU cores; one run, inside
+    # the seeds' spread of the default: docs/benchmarks.md, "The output head")
     train_head: str = "whole"
     # teacher correction (Minitron): fine-tune the teacher with CE on the training split for this many steps before it
     # teaches, for a corpus it models poorly (distill/correction.py; one-time, cached); 0 = the teacher as given

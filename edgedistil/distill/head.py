@@ -6,8 +6,8 @@ few thousand tokens, so the head keeps the K rows with the most of the teacher's
 (its softmax summed over every position), plus the byte alphabet (one-character tokens) and the special tokens, so
 any text can still be spelled and every turn can end. The rows are chosen before training (from the teacher's
 top-k logits cache, at no cost); the student trains over the whole vocabulary, or over the kept rows alone with
-`[distill] train_head = "kept"` (1.22x the training tokens/s on 2 CPU cores, a worse student at the same steps:
-docs/benchmarks.md, "The output head"). Exports compute those K rows and read each
+`[distill] train_head = "kept"` (1.22x the training tokens/s on 2 CPU cores; one run, within the seeds' spread of the
+default: docs/benchmarks.md, "The output head"). Exports compute those K rows and read each
 id's logit from them; the ids outside them get HEAD_FLOOR (probability 0), so every runtime still sees a
 full-vocabulary row (edgedistil.model.EdgeLM.trim_head). The student folder keeps the whole head for transformers,
 with head_rows.json and generation_config.json's suppress_tokens saying which ids it never produces.
