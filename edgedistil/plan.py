@@ -193,10 +193,9 @@ def run_plan(teacher_dir: Path, corpus, recipe, out_dir: Path, layer_counts: lis
             t = timed[f"{c.layers}x{c.ffn}"]
             c.measured_tokens_per_s, c.measured_speedup = t["tokens_per_s"], t["speedup"]
             c.measured_ratios = t["ratios"]
-            measured["teacher_tokens_per_s"] = t["teacher_tokens_per_s"]
             log(f"plan: {c.layers} layers x FFN {c.ffn}: measured {c.measured_speedup:.2f}x "
                 f"(projected {c.projected_speedup:.2f}x; per round {', '.join(f'{r:.2f}' for r in c.measured_ratios)})")
-        measured["rounds"] = rounds
+        measured.update(teacher_tokens_per_s=next(iter(timed.values()))["teacher_tokens_per_s"], rounds=rounds)
     record = {
         "stage": "plan", "teacher": str(teacher_dir), "corpus": corpus.name,
         "teacher_layers": tc.num_hidden_layers, "teacher_ffn": tc.intermediate_size,

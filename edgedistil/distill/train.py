@@ -170,20 +170,6 @@ def heldout_corpus_quality(student, teacher, other: tuple[Corpus, torch.Tensor] 
     return {"corpus": other.name, "source": other.source, **quality}
 
 
-def head_rows_to_keep(rows: int, base: list[int], vocab: int, cache: dict | None, mass_of) -> tuple[list[int], str]:
-    """The `rows` token ids a trimmed head keeps, chosen before training (distill/head.py): `base` (bytes and
-    special tokens), then the rest by the teacher's probability over the training windows, read from its top-k
-    cache when there is one, else from `mass_of()` (a model's softmax summed over training tokens, and whose);
-    then how they were chosen."""
-    if cache is not None:
-        mass = head.teacher_topk_mass(cache["ids"], cache["logits"], vocab)
-        how = (f"the teacher's softmax over its cached top-{cache['ids'].shape[-1]} logits, summed over the "
-               f"{cache['ids'][..., 0].numel():,} positions of the training windows")
-    else:
-        mass, how = mass_of()
-    return head.rank_rows(mass, base, rows), f"{how}; the {len(base)} one-character and special tokens always kept"
-
-
 def head_record(student, kept: list[int], always: int, how: str, trained_over: str, heldout: torch.Tensor,
                 other: tuple[Corpus, torch.Tensor] | None, folder: Path, log=print) -> dict:
     """Record the trimmed head in the saved student `folder`, and what the cut costs on held-out text (and on the
@@ -374,15 +360,18 @@ def run_distill(teacher_dir: Path, corpus: Corpus, recipe: Recipe, out_dir: Path
     head_ids = head_how = train_rows = row_of = None
     if recipe.student.head_rows:  # the trimmed head's rows, chosen before training ([distill] train_head may use them)
         base = head.always_kept(student_tok)
-
-        def mass_of():
+        if cache is not None:  # the teacher's probability over the training windows, free from its top-k cache
+            mass = head.teacher_topk_mass(cache["ids"], cache["logits"], student.cfg.vocab_size)
+            head_how = (f"the teacher's softmax over its cached top-{cache['ids'].shape[-1]} logits, summed over the "
+                        f"{cache['ids'][..., 0].numel():,} positions of the training windows")
+        else:
             ranked = eval_windows(train_ids, data.seq_len, HEAD_RANK_TOKENS)
             model, whose = (teacher, "teacher") if tokenizers is not None else (student, "student as built")
             with autocast:
                 mass = head.probability_mass(model.to(device), ranked, device)
-            return mass, f"the {whose}'s softmax summed over {ranked.numel():,} training tokens"
-
-        head_ids, head_how = head_rows_to_keep(recipe.student.head_rows, base, student.cfg.vocab_size, cache, mass_of)
+            head_how = f"the {whose}'s softmax summed over {ranked.numel():,} training tokens"
+        head_ids = head.rank_rows(mass, base, recipe.student.head_rows)
+        head_how += f"; the {len(base)} one-character and special tokens always kept"
         if d.train_head == "kept":
             train_rows = torch.as_tensor(head_ids, device=device)
             row_of = head.row_index(head_ids, student.cfg.vocab_size, teacher_cache.IGNORE).to(device)
